@@ -1,0 +1,2 @@
+"""smalldp: a small ATProto DataPlane."""
+__version__ = "0.1.0"

@@ -1,0 +1,207 @@
+"""Jetstream v1 JSON events decoded into typed operations.
+
+The wire types are msgspec Structs (a typed decode is about 5x faster than
+json.loads).  ``decode_event`` turns one JSON document into one operation or raises
+``MalformedEvent`` with a reason; callers count and skip those.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Union
+
+import msgspec
+
+from smalldp.tid import tid_to_int
+
+
+class _Commit(msgspec.Struct):
+    rev: str
+    operation: str
+    collection: str
+    rkey: str
+    record: msgspec.Raw = msgspec.Raw(b"")
+    cid: str | None = None
+
+
+class _Identity(msgspec.Struct):
+    handle: str | None = None
+    seq: int | None = None
+
+
+class _Account(msgspec.Struct):
+    active: bool
+    status: str | None = None
+    seq: int | None = None
+
+
+class _Event(msgspec.Struct):
+    did: str
+    time_us: int
+    kind: str
+    commit: _Commit | None = None
+    identity: _Identity | None = None
+    account: _Account | None = None
+
+
+class PutRecord(msgspec.Struct, frozen=True):
+    """A record create or update: the record's links are replaced by these."""
+
+    did: str
+    time_us: int
+    rev: int
+    collection: str
+    rkey: str
+    cid: str | None
+    body: bytes  # the record's JSON exactly as received
+    record: dict[str, Any]
+    is_create: bool
+
+
+class DeleteRecord(msgspec.Struct, frozen=True):
+    """A record delete (no body: the forward index says which links it made)."""
+
+    did: str
+    time_us: int
+    rev: int
+    collection: str
+    rkey: str
+
+
+class AccountStatus(msgspec.Struct, frozen=True):
+    """An account became active or inactive; status 'deleted' purges its data."""
+
+    did: str
+    time_us: int
+    seq: int | None
+    active: bool
+    status: str | None
+
+
+class Identity(msgspec.Struct, frozen=True):
+    """An identity change; ``handle`` is None when the event carried none."""
+
+    did: str
+    time_us: int
+    seq: int | None
+    handle: str | None
+
+
+Operation = Union[PutRecord, DeleteRecord, AccountStatus, Identity]
+
+
+class MalformedEvent(ValueError):
+    """An event that can't be applied; the message says why."""
+
+
+_decoder = msgspec.json.Decoder(_Event)
+_record_decoder = msgspec.json.Decoder(dict)
+_DID = re.compile(r"did:[a-z]+:[A-Za-z0-9._:%-]{1,2040}\Z")
+_NSID = re.compile(r"[a-zA-Z]([a-zA-Z0-9-]{0,62})?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,62})?)+\Z")
+_RKEY = re.compile(r"[A-Za-z0-9._:~-]{1,512}\Z")
+_HANDLE = re.compile(
+    r"([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\Z"
+)
+ACCOUNT_STATUSES = frozenset(
+    {"takendown", "suspended", "deleted", "deactivated", "desynchronized", "throttled"}
+)
+_did_ok: dict[str, bool] = {}  # small memo: the same DIDs recur constantly
+_nsid_ok: dict[str, bool] = {}
+
+
+def valid_did(did: str) -> bool:
+    """Whether ``did`` has DID syntax (memoised for the hot path, bounded)."""
+    ok = _did_ok.get(did)
+    if ok is None:
+        ok = _DID.match(did) is not None
+        if len(_did_ok) > 100_000:
+            _did_ok.clear()
+        _did_ok[did] = ok
+    return ok
+
+
+def valid_nsid(nsid: str) -> bool:
+    """Whether ``nsid`` has NSID syntax."""
+    ok = _nsid_ok.get(nsid)
+    if ok is None:
+        ok = len(nsid) <= 317 and _NSID.match(nsid) is not None
+        if len(_nsid_ok) > 10_000:
+            _nsid_ok.clear()
+        _nsid_ok[nsid] = ok
+    return ok
+
+
+def valid_rkey(rkey: str) -> bool:
+    """Whether ``rkey`` is a valid record key."""
+    return rkey not in (".", "..") and _RKEY.match(rkey) is not None
+
+
+def valid_handle(handle: str) -> bool:
+    """Whether ``handle`` has handle syntax."""
+    return len(handle) <= 253 and _HANDLE.match(handle) is not None
+
+
+def decode_event(line: bytes | str) -> Operation | None:
+    """Decode one Jetstream v1 event.
+
+    Returns None for a well-formed event smalldp has no use for (an unknown kind),
+    and raises MalformedEvent for anything that can't be applied.
+    """
+    try:
+        event = _decoder.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedEvent(str(exc)) from None
+    did = event.did
+    if not valid_did(did):
+        raise MalformedEvent(f"invalid did {did[:80]!r}")
+    if event.time_us < 0:
+        raise MalformedEvent("negative time_us")
+    kind = event.kind
+    if kind == "commit":
+        return _commit(event)
+    if kind == "account":
+        account = event.account
+        if account is None:
+            raise MalformedEvent("account event without account")
+        status = account.status
+        if status is not None and status not in ACCOUNT_STATUSES:
+            raise MalformedEvent(f"unknown account status {status[:40]!r}")
+        return AccountStatus(did, event.time_us, account.seq, account.active, status)
+    if kind == "identity":
+        identity = event.identity
+        if identity is None:
+            raise MalformedEvent("identity event without identity")
+        handle = identity.handle
+        if handle is not None and not valid_handle(handle):
+            raise MalformedEvent(f"invalid handle {handle[:80]!r}")
+        return Identity(did, event.time_us, identity.seq, handle.lower() if handle else None)
+    return None
+
+
+def _commit(event: _Event) -> Operation:
+    commit = event.commit
+    if commit is None:
+        raise MalformedEvent("commit event without commit")
+    rev = tid_to_int(commit.rev)
+    if rev is None:
+        raise MalformedEvent(f"invalid rev {commit.rev[:40]!r}")
+    if not valid_nsid(commit.collection):
+        raise MalformedEvent(f"invalid collection {commit.collection[:80]!r}")
+    if not valid_rkey(commit.rkey):
+        raise MalformedEvent(f"invalid rkey {commit.rkey[:80]!r}")
+    op = commit.operation
+    if op == "delete":
+        return DeleteRecord(event.did, event.time_us, rev, commit.collection, commit.rkey)
+    if op not in ("create", "update"):
+        raise MalformedEvent(f"unknown operation {op[:40]!r}")
+    if not commit.record:
+        raise MalformedEvent(f"{op} without record")
+    body = bytes(commit.record)
+    try:
+        record = _record_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise MalformedEvent("record is not a JSON object") from None
+    return PutRecord(
+        event.did, event.time_us, rev, commit.collection, commit.rkey, commit.cid, body, record,
+        op == "create",
+    )

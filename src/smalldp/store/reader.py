@@ -1,0 +1,472 @@
+"""Read-only queries over the store: counts, pages of backlinks, distinct DIDs, records.
+
+A Reader owns one read-only connection and is used by one thread at a time.  Each
+public method runs in one read transaction, so it sees one committed snapshot while
+the writer goes on.  Accounts in the inactive bitmap are subtracted at read time:
+deactivating an account hides its links without rewriting them.
+"""
+
+from __future__ import annotations
+
+import base64
+import heapq
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+import orjson
+from pyroaring import BitMap
+
+from smalldp.events import valid_did, valid_nsid, valid_rkey
+from smalldp.store.bodies import BodyDecompressor
+from smalldp.store.encoding import (
+    BlockHeader,
+    Entry,
+    decode_links,
+    decode_target,
+    encode_target_lookup,
+    iter_entries,
+    split_target,
+)
+from smalldp.store.schema import open_reader
+from smalldp.tid import int_to_tid, tid_to_int
+
+T = TypeVar("T")
+_CURSOR = struct.Struct(">qI")
+
+
+class BadCursor(ValueError):
+    """A cursor that this server did not make."""
+
+
+def encode_cursor(entry: Entry) -> str:
+    """An opaque, URL-safe cursor for a position in a newest-first list."""
+    return base64.urlsafe_b64encode(_CURSOR.pack(*entry)).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> Entry:
+    """Inverse of encode_cursor; raises BadCursor."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        sk, aid = _CURSOR.unpack(raw)
+    except (ValueError, struct.error):
+        raise BadCursor("invalid cursor") from None
+    return sk, aid
+
+
+@dataclass
+class LinkRecord:
+    """One linking record."""
+
+    did: str
+    collection: str
+    rkey: str
+
+
+@dataclass
+class Page:
+    """A page of a list: the live total, the items, and the cursor of the next page."""
+
+    total: int
+    items: list[Any]
+    cursor: str | None
+
+
+class _Chunk:
+    __slots__ = ("run", "hi", "data", "_header")
+
+    def __init__(self, run: int, hi: int, data: bytes) -> None:
+        self.run, self.hi, self.data = run, hi, data
+        self._header: BlockHeader | None = None
+
+    @property
+    def header(self) -> BlockHeader:
+        if self._header is None:
+            self._header = BlockHeader(self.data)
+        return self._header
+
+    def entries(self) -> list[Entry]:
+        header = self.header
+        return list(iter_entries(self.data, header.body, header.count))
+
+
+class Reader:
+    """Queries on one read-only connection."""
+
+    def __init__(self, path: Path, *, cache_mb: int = 64, mmap_mb: int = 0) -> None:
+        self.conn = open_reader(path, cache_mb, mmap_mb)
+        self._bodies = BodyDecompressor(self.conn)
+        self._version = -1
+        self._runs = "NULL"
+        self.hidden = BitMap()
+        self._sources: dict[tuple[str, str], int] = {}
+        self._source_names: dict[int, tuple[str, str]] = {}
+        self._colls: dict[str, int] = {}
+        self._coll_names: dict[int, str] = {}
+        self._dids: dict[int, str] = {}
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    # ------------------------------------------------------------ snapshot plumbing
+
+    def _read(self, fn: Callable[[], T]) -> T:
+        self.conn.execute("BEGIN")
+        try:
+            self._refresh()
+            return fn()
+        finally:
+            self.conn.execute("COMMIT")
+
+    def _refresh(self) -> None:
+        version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._version:
+            return
+        self._version = version
+        self._runs = ",".join(str(r) for (r,) in self.conn.execute("SELECT run FROM run")) or "NULL"
+        row = self.conn.execute("SELECT v FROM meta WHERE k='hidden'").fetchone()
+        self.hidden = BitMap.deserialize(row[0]) if row and row[0] else BitMap()
+        if len(self._dids) > 200_000:
+            self._dids.clear()
+
+    def _coll_id(self, nsid: str) -> int | None:
+        cid = self._colls.get(nsid)
+        if cid is None:
+            row = self.conn.execute("SELECT cid FROM coll WHERE nsid=?", (nsid,)).fetchone()
+            if row is None:
+                return None
+            cid = self._colls[nsid] = row[0]
+            self._coll_names[cid] = nsid
+        return cid
+
+    def _coll_name(self, cid: int) -> str:
+        name = self._coll_names.get(cid)
+        if name is None:
+            name = self.conn.execute("SELECT nsid FROM coll WHERE cid=?", (cid,)).fetchone()[0]
+            self._coll_names[cid] = name
+            self._colls[name] = cid
+        return name
+
+    def _source_id(self, collection: str, path: str) -> int | None:
+        sid = self._sources.get((collection, path))
+        if sid is None:
+            cid = self._coll_id(collection)
+            if cid is None:
+                return None
+            row = self.conn.execute("SELECT sid FROM source WHERE coll=? AND path=?", (cid, path)).fetchone()
+            if row is None:
+                return None
+            sid = self._sources[(collection, path)] = row[0]
+            self._source_names[sid] = (collection, path)
+        return sid
+
+    def _source_name(self, sid: int) -> tuple[str, str]:
+        name = self._source_names.get(sid)
+        if name is None:
+            cid, path = self.conn.execute("SELECT coll, path FROM source WHERE sid=?", (sid,)).fetchone()
+            name = (self._coll_name(cid), path)
+            self._source_names[sid] = name
+            self._sources[name] = sid
+        return name
+
+    def _aid(self, did: str) -> int | None:
+        row = self.conn.execute("SELECT aid FROM actor WHERE did=?", (did,)).fetchone()
+        return None if row is None else row[0]
+
+    def _did(self, aid: int) -> str:
+        did = self._dids.get(aid)
+        if did is None:
+            did = self._dids[aid] = self.conn.execute("SELECT did FROM actor WHERE aid=?", (aid,)).fetchone()[0]
+        return did
+
+    def _load_dids(self, aids: Iterable[int]) -> None:
+        missing = [a for a in set(aids) if a not in self._dids]
+        for start in range(0, len(missing), 500):
+            part = missing[start:start + 500]
+            self._dids.update(self.conn.execute(
+                f"SELECT aid, did FROM actor WHERE aid IN ({','.join('?' * len(part))})", part))
+
+    def _target_key(self, target: str) -> bytes | None:
+        return encode_target_lookup(target, self._aid, self._coll_id)
+
+    def _chunks(self, tkey: bytes, sid: int) -> list[_Chunk]:
+        return [_Chunk(run, hi, data) for run, hi, data in self.conn.execute(
+            f"SELECT run, hi, data FROM bl WHERE run IN ({self._runs}) AND tkey=? AND sid=?", (tkey, sid))]
+
+    def _locate(self, target: str, collection: str, path: str) -> list[_Chunk]:
+        sid = self._source_id(collection, path)
+        tkey = self._target_key(target)
+        if sid is None or tkey is None:
+            return []
+        return self._chunks(tkey, sid)
+
+    def _rkeys(self, coll: int, entries: list[Entry]) -> list[str]:
+        out = []
+        for sk, aid in entries:
+            if sk >= 0:
+                out.append(int_to_tid(sk))
+            else:
+                out.append(self.conn.execute("SELECT rkey FROM alias WHERE aid=? AND coll=? AND sk=?",
+                                             (aid, coll, sk)).fetchone()[0])
+        return out
+
+    # ------------------------------------------------------------ counting
+
+    def _count_chunks(self, chunks: list[_Chunk], dids: BitMap | None = None) -> tuple[int, BitMap]:
+        """Live links and the bitmap of live linking actors over some chunks."""
+        hidden = self.hidden
+        total = 0
+        actors = BitMap()
+        for chunk in chunks:
+            header = chunk.header
+            bitmap = header.bitmap
+            if dids is not None:
+                keep = bitmap & dids
+                if hidden:
+                    keep -= hidden
+                total += len(keep) + sum(header.extra.get(a, 0) for a in keep) if header.extra else len(keep)
+                actors |= keep
+                continue
+            total += header.count
+            if hidden:
+                gone = bitmap & hidden
+                if gone:
+                    total -= len(gone) + sum(header.extra.get(a, 0) for a in gone)
+            actors |= bitmap
+        if hidden:
+            actors -= hidden
+        return total, actors
+
+    def count(self, target: str, collection: str, path: str, dids: Iterable[str] = ()) -> int:
+        """Live links to ``target`` from ``collection`` at ``path`` (``path`` with its leading dot)."""
+        return self._read(lambda: self._count(target, collection, path, dids)[0])
+
+    def distinct_count(self, target: str, collection: str, path: str) -> int:
+        """Distinct live accounts linking to ``target`` from (collection, path)."""
+        return self._read(lambda: len(self._count(target, collection, path, ())[1]))
+
+    def _count(self, target: str, collection: str, path: str, dids: Iterable[str]) -> tuple[int, BitMap]:
+        return self._count_chunks(self._locate(target, collection, path), self._did_filter(dids))
+
+    def _did_filter(self, dids: Iterable[str]) -> BitMap | None:
+        dids = list(dids)
+        if not dids:
+            return None
+        return BitMap(aid for aid in (self._aid(d) for d in dids) if aid is not None)
+
+    # ------------------------------------------------------------ listing
+
+    def backlinks(self, target: str, collection: str, path: str, *, dids: Iterable[str] = (),
+                  limit: int = 100, cursor: str | None = None, reverse: bool = False) -> Page:
+        """A page of records linking to ``target``: newest first (``reverse``: oldest first)."""
+        after = decode_cursor(cursor) if cursor else None
+        return self._read(lambda: self._backlinks(target, collection, path, list(dids), limit, after, reverse))
+
+    def _backlinks(self, target: str, collection: str, path: str, dids: list[str], limit: int,
+                   after: Entry | None, reverse: bool) -> Page:
+        chunks = self._locate(target, collection, path)
+        wanted = self._did_filter(dids)
+        total, _ = self._count_chunks(chunks, wanted)
+        picked: list[Entry] = []
+        more = False
+        for entry in self._walk(chunks, after, reverse):
+            if entry[1] in self.hidden or (wanted is not None and entry[1] not in wanted):
+                continue
+            if len(picked) == limit:
+                more = True
+                break
+            picked.append(entry)
+        coll = self._coll_id(collection)
+        self._load_dids(aid for _, aid in picked)
+        rkeys = self._rkeys(coll, picked) if coll is not None else []
+        items = [LinkRecord(self._dids[aid], collection, rkey) for (_, aid), rkey in zip(picked, rkeys)]
+        return Page(total, items, encode_cursor(picked[-1]) if more and picked else None)
+
+    def _walk(self, chunks: list[_Chunk], after: Entry | None, reverse: bool) -> Iterator[Entry]:
+        """Entries of all runs merged newest first (or oldest first), strictly past ``after``."""
+        by_run: dict[int, list[_Chunk]] = {}
+        for chunk in chunks:
+            by_run.setdefault(chunk.run, []).append(chunk)
+        streams = [self._run_stream(sorted(c, key=lambda ch: ch.hi, reverse=True), after, reverse)
+                   for c in by_run.values()]
+        return heapq.merge(*streams, reverse=not reverse)
+
+    @staticmethod
+    def _run_stream(chunks: list[_Chunk], after: Entry | None, reverse: bool) -> Iterator[Entry]:
+        # chunks newest first; chunk i holds sort keys in (hi of chunk i+1, hi of chunk i]
+        if reverse:
+            for chunk in reversed(chunks):
+                if after is not None and chunk.hi < after[0]:
+                    continue
+                for entry in reversed(chunk.entries()):
+                    if after is None or entry > after:
+                        yield entry
+        else:
+            for i, chunk in enumerate(chunks):
+                if after is not None and i + 1 < len(chunks) and chunks[i + 1].hi > after[0]:
+                    continue
+                for entry in chunk.entries():
+                    if after is None or entry < after:
+                        yield entry
+
+    def distinct_dids(self, target: str, collection: str, path: str, *, limit: int = 100,
+                      cursor: str | None = None) -> Page:
+        """A page of distinct live accounts linking to ``target``, newest-seen account first.
+
+        Ordered by account ID (the order smalldp first saw each account), descending,
+        which a bitmap gives for free and new links can't disturb.
+        """
+        before = decode_cursor(cursor)[1] if cursor else None
+        return self._read(lambda: self._distinct_dids(target, collection, path, limit, before))
+
+    def _distinct_dids(self, target: str, collection: str, path: str, limit: int,
+                       before: int | None) -> Page:
+        _, actors = self._count(target, collection, path, ())
+        end = actors.rank(before - 1) if before is not None else len(actors)
+        start = max(0, end - limit)
+        picked = [actors[i] for i in range(end - 1, start - 1, -1)]
+        self._load_dids(picked)
+        cursor = encode_cursor((0, picked[-1])) if start > 0 and picked else None
+        return Page(len(actors), [self._dids[a] for a in picked], cursor)
+
+    # ------------------------------------------------------------ whole-target views
+
+    def all_links(self, target: str) -> dict[str, dict[str, tuple[int, int]]]:
+        """For every (collection, path) linking to ``target``: (live records, distinct accounts)."""
+        return self._read(lambda: self._all_links(target))
+
+    def _all_links(self, target: str) -> dict[str, dict[str, tuple[int, int]]]:
+        tkey = self._target_key(target)
+        if tkey is None:
+            return {}
+        by_sid: dict[int, list[_Chunk]] = {}
+        for sid, run, hi, data in self.conn.execute(
+                f"SELECT sid, run, hi, data FROM bl WHERE run IN ({self._runs}) AND tkey=?", (tkey,)):
+            by_sid.setdefault(sid, []).append(_Chunk(run, hi, data))
+        out: dict[str, dict[str, tuple[int, int]]] = {}
+        for sid in sorted(by_sid):
+            total, actors = self._count_chunks(by_sid[sid])
+            if total:
+                collection, path = self._source_name(sid)
+                out.setdefault(collection, {})[path] = (total, len(actors))
+        return out
+
+    def many_to_many(self, subject: str, collection: str, path: str, path_to_other: str, *,
+                     dids: Iterable[str] = (), other_subjects: Iterable[str] = (), limit: int = 100,
+                     cursor: str | None = None) -> tuple[list[tuple[str, int, int]], str | None]:
+        """Group the records linking to ``subject`` by what they link to at ``path_to_other``.
+
+        Returns [(other subject, records, distinct accounts)] ordered by other subject,
+        and the cursor of the next page (the last subject, opaque).
+        """
+        after = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode() if cursor else None
+        return self._read(lambda: self._many_to_many(subject, collection, path, path_to_other,
+                                                      list(dids), list(other_subjects), limit, after))
+
+    def _many_to_many(self, subject: str, collection: str, path: str, path_to_other: str,
+                      dids: list[str], others: list[str], limit: int,
+                      after: str | None) -> tuple[list[tuple[str, int, int]], str | None]:
+        chunks = self._locate(subject, collection, path)
+        other_sid = self._source_id(collection, path_to_other)
+        coll = self._coll_id(collection)
+        if not chunks or other_sid is None or coll is None:
+            return [], None
+        wanted = self._did_filter(dids)
+        wanted_keys = None
+        if others:
+            wanted_keys = {k for k in (self._target_key(o) for o in others) if k is not None}
+        groups: dict[bytes, tuple[list[int], BitMap]] = {}
+        entries = [e for c in chunks for e in c.entries()
+                   if e[1] not in self.hidden and (wanted is None or e[1] in wanted)]
+        for start in range(0, len(entries), 300):
+            part = entries[start:start + 300]
+            values = ",".join("(?,?,?)" for _ in part)
+            params = [x for sk, aid in part for x in (sk, aid, coll)]
+            for aid, links in self.conn.execute(
+                    f"SELECT aid, links FROM fwd WHERE (sk, aid, coll) IN (VALUES {values})", params):
+                if links is None:
+                    continue
+                for sid, tkey in decode_links(links):
+                    if sid == other_sid and (wanted_keys is None or tkey in wanted_keys):
+                        group = groups.setdefault(tkey, ([0], BitMap()))
+                        group[0][0] += 1
+                        group[1].add(aid)
+        named = sorted((self._target_name(tkey), g[0][0], len(g[1])) for tkey, g in groups.items())
+        if after is not None:
+            named = [n for n in named if n[0] > after]
+        page = named[:limit]
+        next_cursor = None
+        if len(named) > limit and page:
+            next_cursor = base64.urlsafe_b64encode(page[-1][0].encode()).decode().rstrip("=")
+        return page, next_cursor
+
+    def _target_name(self, tkey: bytes) -> str:
+        return decode_target(tkey, self._did, self._coll_name)
+
+    # ------------------------------------------------------------ records and state
+
+    def record(self, uri: str) -> dict[str, Any] | None:
+        """A stored record by at-uri: {uri, cid, indexedAt, value}, or None."""
+        parts = split_target(uri)
+        if parts is None:
+            return None
+        return self._read(lambda: self._record(uri, *parts))
+
+    def _record(self, uri: str, did: str, collection: str, rkey: str) -> dict[str, Any] | None:
+        aid = self._aid(did)
+        coll = self._coll_id(collection)
+        if aid is None or coll is None or aid in self.hidden:
+            return None
+        sk = tid_to_int(rkey)
+        if sk is None:
+            row = self.conn.execute("SELECT sk FROM alias WHERE aid=? AND coll=? AND rkey=?",
+                                    (aid, coll, rkey)).fetchone()
+            if row is None:
+                return None
+            sk = row[0]
+        row = self.conn.execute("SELECT cid, indexed_us, data FROM body WHERE sk=? AND aid=? AND coll=?",
+                                (sk, aid, coll)).fetchone()
+        if row is None:
+            return None
+        cid, indexed_us, data = row
+        return {"uri": uri, "cid": cid, "indexedAt": _iso(indexed_us),
+                "value": orjson.loads(self._bodies.decompress(data))}
+
+    def actor_state(self, did: str) -> dict[str, Any] | None:
+        """Account state of a DID: {did, active, status, handle}, or None if never seen."""
+        def read() -> dict[str, Any] | None:
+            row = self.conn.execute("SELECT active, status, handle FROM actor WHERE did=?", (did,)).fetchone()
+            if row is None:
+                return None
+            return {"did": did, "active": bool(row[0]), "status": row[1], "handle": row[2]}
+        return self._read(read)
+
+    def stats(self) -> dict[str, Any]:
+        """Cursor, live links, runs and actor counts."""
+        def read() -> dict[str, Any]:
+            meta = dict(self.conn.execute("SELECT k, v FROM meta WHERE k IN ('cursor', 'links')"))
+            return {
+                "cursor": meta.get("cursor"),
+                "links": meta.get("links", 0),
+                "runs": self._runs.count(",") + 1 if self._runs != "NULL" else 0,
+                "inactive_accounts": len(self.hidden),
+            }
+        return self._read(read)
+
+
+def _iso(time_us: int) -> str:
+    import datetime as _dt
+    moment = _dt.datetime.fromtimestamp(time_us / 1e6, tz=_dt.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{time_us % 1_000_000 // 1000:03d}Z"
+
+
+def valid_target(target: str) -> bool:
+    """Whether a query subject could be a link target at all."""
+    from smalldp.links import is_link
+    return is_link(target)
+
+
+__all__ = ["Reader", "Page", "LinkRecord", "BadCursor", "encode_cursor", "decode_cursor",
+           "valid_target", "valid_did", "valid_nsid", "valid_rkey"]

@@ -1,0 +1,95 @@
+"""The SQLite file: schema, pragmas and how connections are opened.
+
+Tables (all integers are SQLite varints on disk):
+  meta(k, v)                 cursor, counters, the inactive-actor bitmap, zstd dictionaries
+  actor(aid, did, ...)       DIDs as integer IDs, plus account state and handle
+  coll(cid, nsid)            collection NSIDs as small integers
+  source(sid, coll, path)    (collection, path) pairs as small integers
+  alias(aid, coll, rkey, sk) sort keys of records whose rkey is not a TID
+  fwd(sk, aid, coll, rev, links)   forward index: what each record links to;
+                             links NULL is a tombstone that keeps the delete's rev
+  body(sk, aid, coll, ...)   zstd-compressed record JSON for the body collections
+  run(run, level, blocks)    the sorted runs of the backlink index (an LSM of tables)
+  bl(run, tkey, sid, hi, data)  backlink chunks: per run and (target, source), entries
+                             newest first, split into chunks keyed by their newest sort key
+  purge(aid, rev)            deleted accounts whose rows are still to be removed
+
+A record is keyed (sk, aid, coll): sk is its rkey's TID value, so records created
+now sit at the right edge of fwd and body, and creates append instead of landing
+at random places in a big B-tree.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+DB_NAME = "smalldp.sqlite"
+PAGE_SIZE = 8192
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS actor(
+  aid INTEGER PRIMARY KEY, did TEXT NOT NULL UNIQUE,
+  active INTEGER NOT NULL DEFAULT 1, status TEXT, handle TEXT,
+  acct_seq INTEGER, id_seq INTEGER, purged_rev INTEGER);
+CREATE INDEX IF NOT EXISTS actor_handle ON actor(handle) WHERE handle IS NOT NULL;
+CREATE TABLE IF NOT EXISTS coll(cid INTEGER PRIMARY KEY, nsid TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS source(
+  sid INTEGER PRIMARY KEY, coll INTEGER NOT NULL, path TEXT NOT NULL, UNIQUE(coll, path));
+CREATE TABLE IF NOT EXISTS alias(
+  aid INTEGER, coll INTEGER, rkey TEXT, sk INTEGER NOT NULL,
+  PRIMARY KEY(aid, coll, rkey)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fwd(
+  sk INTEGER, aid INTEGER, coll INTEGER, rev INTEGER NOT NULL, links BLOB,
+  PRIMARY KEY(sk, aid, coll)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS body(
+  sk INTEGER, aid INTEGER, coll INTEGER, cid TEXT, indexed_us INTEGER NOT NULL, data BLOB NOT NULL,
+  PRIMARY KEY(sk, aid, coll)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS run(run INTEGER PRIMARY KEY, level INTEGER NOT NULL, blocks INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS bl(
+  run INTEGER, tkey BLOB, sid INTEGER, hi INTEGER, data BLOB NOT NULL,
+  PRIMARY KEY(run, tkey, sid, hi)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS purge(aid INTEGER PRIMARY KEY, rev INTEGER NOT NULL);
+"""
+
+
+def db_path(data_dir: Path) -> Path:
+    """Where the SQLite file of a data directory lives."""
+    return Path(data_dir) / DB_NAME
+
+
+def open_writer(path: Path, cache_mb: int, mmap_mb: int) -> sqlite3.Connection:
+    """Open (creating if needed) the one read-write connection."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+    conn.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode: a crash keeps the database consistent; a power cut may lose
+    # the last commits, which the cursor then replays.
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(f"PRAGMA cache_size={-cache_mb * 1024}")
+    conn.execute(f"PRAGMA mmap_size={mmap_mb * 1024 * 1024}")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    # Checkpoint less often than the 1000-page default: big batches would otherwise
+    # checkpoint on every commit.
+    conn.execute("PRAGMA wal_autocheckpoint=8192")
+    conn.executescript(SCHEMA)
+    version = conn.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
+    if version is None:
+        conn.execute("INSERT INTO meta VALUES('schema', ?)", (SCHEMA_VERSION,))
+    elif version[0] != SCHEMA_VERSION:
+        raise RuntimeError(f"{path}: schema version {version[0]}, this smalldp reads {SCHEMA_VERSION}")
+    return conn
+
+
+def open_reader(path: Path, cache_mb: int, mmap_mb: int) -> sqlite3.Connection:
+    """Open a read-only connection (queries never take the write lock)."""
+    if not path.exists():
+        raise FileNotFoundError(f"no smalldp database at {path}: run `smalldp import` first")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                           check_same_thread=False)
+    conn.execute(f"PRAGMA cache_size={-cache_mb * 1024}")
+    conn.execute(f"PRAGMA mmap_size={mmap_mb * 1024 * 1024}")
+    return conn

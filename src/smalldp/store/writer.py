@@ -1,0 +1,598 @@
+"""The single writer: applies a batch of operations in one transaction.
+
+Write path, per batch:
+  1. resolve DIDs to actor IDs (bounded in-memory cache, one query for the misses);
+  2. fetch the forward rows of every record the batch touches (one join; creates
+     land at the right edge of ``fwd`` so these pages are hot);
+  3. apply the operations in order against that state: a put or delete whose rev is
+     not newer than the record's stored rev is a replay and changes nothing;
+  4. write: forward rows, bodies, the batch's new backlinks as a new sorted run,
+     removals from the chunks that hold them, account state, the cursor;
+  5. commit, then merge runs when a level is full (tiered compaction).
+
+New links never touch existing backlink pages: they go into the new run, written in
+key order.  Only deletes and updates read and rewrite existing chunks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from pyroaring import BitMap
+
+from smalldp.events import AccountStatus, DeleteRecord, Identity, Operation, PutRecord
+from smalldp.links import extract_links
+from smalldp.store.bodies import BodyCompressor
+from smalldp.store.encoding import (
+    Entry,
+    decode_block,
+    decode_links,
+    encode_block,
+    encode_links,
+    encode_target,
+    target_dids,
+)
+from smalldp.store.schema import open_writer
+from smalldp.tid import tid_from_time, tid_to_int
+
+log = logging.getLogger(__name__)
+
+CHUNK_ENTRIES = 512  # entries per backlink chunk in merged runs
+PURGE_QUEUE_MAX = 64  # deleted accounts queued before their rows are removed
+# Records of a deleted account with a rev older than the deletion's time plus this
+# margin are purged (and replays of them ignored).  PDS clocks run a little ahead
+# of Jetstream's sometimes; a deleted account makes no new commits.
+PURGE_MARGIN_US = 600_000_000
+ALIAS_BASE = -(1 << 62)  # sort keys of non-TID rkeys: negative, in first-seen order
+
+DEFAULT_BODY_COLLECTIONS = (
+    "app.bsky.feed.post", "app.bsky.actor.profile", "app.bsky.graph.list",
+    "app.bsky.feed.generator", "app.bsky.graph.starterpack", "app.bsky.feed.threadgate",
+    "app.bsky.feed.postgate", "app.bsky.labeler.service",
+)
+
+RecordKey = tuple[int, int, int]  # (sort key, actor id, collection id)
+LinkList = list[tuple[int, bytes]]  # [(source id, target key)]
+
+
+class ActorState:
+    """What the writer keeps of one DID."""
+
+    __slots__ = ("aid", "active", "status", "handle", "acct_seq", "id_seq", "purged_rev", "dirty")
+
+    def __init__(self, aid: int, active: bool = True, status: str | None = None,
+                 handle: str | None = None, acct_seq: int | None = None,
+                 id_seq: int | None = None, purged_rev: int | None = None) -> None:
+        self.aid = aid
+        self.active = active
+        self.status = status
+        self.handle = handle
+        self.acct_seq = acct_seq
+        self.id_seq = id_seq
+        self.purged_rev = purged_rev
+        self.dirty = False
+
+
+@dataclass
+class BatchStats:
+    """What one batch did."""
+
+    applied: int = 0
+    replays: int = 0
+    links_added: int = 0
+    links_removed: int = 0
+    purged_actors: int = 0
+
+
+@dataclass
+class _Batch:
+    """Working state of one batch before it is written."""
+
+    records: dict[RecordKey, tuple[int, LinkList | None]] = field(default_factory=dict)
+    dirty_records: set[RecordKey] = field(default_factory=set)
+    bodies: dict[RecordKey, tuple[str | None, int, bytes] | None] = field(default_factory=dict)
+    # backlinks keyed (source id, target key), like the links of a forward row
+    adds: dict[tuple[int, bytes], set[Entry]] = field(default_factory=dict)
+    removes: dict[tuple[int, bytes], set[Entry]] = field(default_factory=dict)
+    new_actors: list[tuple[int, str]] = field(default_factory=list)
+    stats: BatchStats = field(default_factory=BatchStats)
+
+    def add_link(self, key: tuple[int, bytes], entry: Entry) -> None:
+        gone = self.removes.get(key)
+        if gone is not None and entry in gone:
+            gone.discard(entry)  # removed and re-added in one batch: it never left
+        else:
+            self.adds.setdefault(key, set()).add(entry)
+        self.stats.links_added += 1
+
+    def remove_link(self, key: tuple[int, bytes], entry: Entry) -> None:
+        added = self.adds.get(key)
+        if added is not None and entry in added:
+            added.discard(entry)  # added earlier in this batch: just forget it
+        else:
+            self.removes.setdefault(key, set()).add(entry)
+        self.stats.links_removed += 1
+
+
+class Writer:
+    """Owns the only read-write connection; everything that changes the file goes here."""
+
+    def __init__(self, path: Path, *, cache_mb: int = 64, mmap_mb: int = 0,
+                 actor_cache: int = 500_000, fanout: int = 8,
+                 body_collections: Sequence[str] = DEFAULT_BODY_COLLECTIONS) -> None:
+        self.path = path
+        self.conn = open_writer(path, cache_mb, mmap_mb)
+        self.actor_cache_max = actor_cache
+        self.fanout = fanout
+        self._body_exact = {c for c in body_collections if not c.endswith(".*")}
+        self._body_prefixes = tuple(c[:-1] for c in body_collections if c.endswith(".*"))
+        self._keeps_body: dict[int, bool] = {}
+        self._load()
+
+    # ------------------------------------------------------------ state
+
+    def _load(self) -> None:
+        conn = self.conn
+        self.colls: dict[str, int] = dict(conn.execute("SELECT nsid, cid FROM coll"))
+        self.coll_names = {cid: nsid for nsid, cid in self.colls.items()}
+        self.sources: dict[tuple[int, str], int] = {
+            (coll, path): sid for sid, coll, path in conn.execute("SELECT sid, coll, path FROM source")}
+        self.next_aid = (conn.execute("SELECT max(aid) FROM actor").fetchone()[0] or 0) + 1
+        self.alias_next = self._meta("alias_next", ALIAS_BASE)
+        self.links_live = self._meta("links", 0)
+        hidden = self._meta("hidden", None)
+        self.hidden = BitMap.deserialize(hidden) if hidden else BitMap()
+        self.runs: dict[int, int] = dict(conn.execute("SELECT run, level FROM run"))
+        self.next_run = max(self.runs, default=0) + 1
+        self.purge_queue: dict[int, int] = dict(conn.execute("SELECT aid, rev FROM purge"))
+        self.actors: dict[str, ActorState] = {}
+        self.bodies = BodyCompressor(conn)
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS q(sk INTEGER, aid INTEGER, coll INTEGER)")
+
+    def _meta(self, key: str, default: object) -> object:
+        row = self.conn.execute("SELECT v FROM meta WHERE k=?", (key,)).fetchone()
+        return default if row is None else row[0]
+
+    def meta(self, key: str) -> object:
+        """A value from the meta table (None when absent)."""
+        return self._meta(key, None)
+
+    @property
+    def cursor(self) -> int | None:
+        """time_us of the newest event committed."""
+        value = self._meta("cursor", None)
+        return None if value is None else int(value)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Finish pending purges, checkpoint and close the connection."""
+        if self.purge_queue:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                batch = _Batch()
+                self._purge(list(self.purge_queue), batch)
+                self._write_backlinks(batch)
+                self._write_meta({})
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.conn.close()
+
+    # ------------------------------------------------------------ IDs
+
+    def coll_id(self, nsid: str) -> int:
+        """The integer of a collection NSID, assigned on first sight."""
+        cid = self.colls.get(nsid)
+        if cid is None:
+            cid = len(self.colls) + 1
+            self.conn.execute("INSERT INTO coll VALUES(?, ?)", (cid, nsid))
+            self.colls[nsid] = cid
+            self.coll_names[cid] = nsid
+        return cid
+
+    def source_id(self, coll: int, path: str) -> int:
+        """The integer of a (collection, path) pair, assigned on first sight."""
+        sid = self.sources.get((coll, path))
+        if sid is None:
+            sid = len(self.sources) + 1
+            self.conn.execute("INSERT INTO source VALUES(?, ?, ?)", (sid, coll, path))
+            self.sources[(coll, path)] = sid
+        return sid
+
+    def _resolve_actors(self, dids: set[str], batch: _Batch) -> None:
+        missing = [did for did in dids if did not in self.actors]
+        for start in range(0, len(missing), 500):
+            chunk = missing[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.conn.execute(
+                    "SELECT did, aid, active, status, handle, acct_seq, id_seq, purged_rev "
+                    f"FROM actor WHERE did IN ({marks})", chunk):
+                self.actors[row[0]] = ActorState(row[1], bool(row[2]), *row[3:])
+        for did in missing:
+            if did not in self.actors:
+                self.actors[did] = ActorState(self.next_aid)
+                batch.new_actors.append((self.next_aid, did))
+                self.next_aid += 1
+
+    def _aid(self, did: str) -> int:
+        return self.actors[did].aid
+
+    def _sort_key(self, aid: int, coll: int, rkey: str) -> int:
+        tid = tid_to_int(rkey)
+        if tid is not None:
+            return tid
+        row = self.conn.execute("SELECT sk FROM alias WHERE aid=? AND coll=? AND rkey=?",
+                                (aid, coll, rkey)).fetchone()
+        if row is not None:
+            return row[0]
+        sk = self.alias_next
+        self.alias_next += 1
+        self.conn.execute("INSERT INTO alias VALUES(?, ?, ?, ?)", (aid, coll, rkey, sk))
+        return sk
+
+    def _keeps_body_of(self, coll: int) -> bool:
+        keep = self._keeps_body.get(coll)
+        if keep is None:
+            nsid = self.coll_names[coll]
+            keep = nsid in self._body_exact or nsid.startswith(self._body_prefixes)
+            self._keeps_body[coll] = keep
+        return keep
+
+    # ------------------------------------------------------------ the batch
+
+    def apply(self, ops: Iterable[Operation], cursor: int | None = None,
+              meta: dict[str, object] | None = None) -> BatchStats:
+        """Apply operations in order, in one transaction with the cursor and ``meta``."""
+        ops = list(ops)
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            batch = _Batch()
+            self._apply(ops, batch)
+            self._write(batch)
+            if self.purge_queue and (len(self.purge_queue) >= PURGE_QUEUE_MAX or self._purge_now()):
+                self._purge(list(self.purge_queue) if len(self.purge_queue) >= PURGE_QUEUE_MAX
+                            else self._purge_now(), batch)
+            self._write_backlinks(batch)
+            values = dict(meta or {})
+            if cursor is not None:
+                values["cursor"] = cursor
+            self._write_meta(values)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._load()  # drop caches that may hold uncommitted state
+            raise
+        self._trim_actor_cache()
+        self.compact()
+        return batch.stats
+
+    def _purge_now(self) -> list[int]:
+        """Queued deleted accounts that are active again: purge before they show."""
+        return [aid for aid in self.purge_queue if aid not in self.hidden]
+
+    def _apply(self, ops: list[Operation], batch: _Batch) -> None:
+        # Pass 1: links, DIDs, collections.
+        dids: set[str] = set()
+        prepared: list[tuple[Operation, list[tuple[str, str]]]] = []
+        for op in ops:
+            dids.add(op.did)
+            links: list[tuple[str, str]] = []
+            if isinstance(op, PutRecord):
+                links = extract_links(op.record)
+                for _, target in links:
+                    did = target_dids(target)
+                    if did is not None:
+                        dids.add(did)
+            prepared.append((op, links))
+        self._resolve_actors(dids, batch)
+
+        # Pass 2: record keys, and the stored state of every record touched.
+        keys: list[RecordKey | None] = []
+        for op, _ in prepared:
+            if isinstance(op, (PutRecord, DeleteRecord)):
+                aid = self.actors[op.did].aid
+                coll = self.coll_id(op.collection)
+                keys.append((self._sort_key(aid, coll, op.rkey), aid, coll))
+            else:
+                keys.append(None)
+        self._fetch_records({k for k in keys if k is not None}, batch)
+
+        # Pass 3: apply in order.
+        for (op, links), key in zip(prepared, keys):
+            if key is not None:
+                self._apply_record(op, links, key, batch)  # type: ignore[arg-type]
+            elif isinstance(op, AccountStatus):
+                self._apply_account(op, batch)
+            elif isinstance(op, Identity):
+                self._apply_identity(op, batch)
+
+    def _fetch_records(self, keys: set[RecordKey], batch: _Batch) -> None:
+        conn = self.conn
+        conn.execute("DELETE FROM q")
+        conn.executemany("INSERT INTO q VALUES(?, ?, ?)", keys)
+        for sk, aid, coll, rev, links in conn.execute(
+                "SELECT f.sk, f.aid, f.coll, f.rev, f.links FROM q "
+                "JOIN fwd f ON f.sk = q.sk AND f.aid = q.aid AND f.coll = q.coll"):
+            batch.records[(sk, aid, coll)] = (rev, None if links is None else decode_links(links))
+
+    def _apply_record(self, op: PutRecord | DeleteRecord, links: list[tuple[str, str]],
+                      key: RecordKey, batch: _Batch) -> None:
+        actor = self.actors[op.did]
+        if actor.purged_rev is not None and op.rev <= actor.purged_rev:
+            batch.stats.replays += 1
+            return
+        current = batch.records.get(key)
+        if current is not None and current[0] >= op.rev:
+            batch.stats.replays += 1  # this record already reflects a newer or equal commit
+            return
+        sk, aid, coll = key
+        old: LinkList = current[1] or [] if current is not None else []
+        if isinstance(op, PutRecord):
+            new: LinkList = []
+            seen: set[tuple[int, bytes]] = set()
+            for path, target in links:
+                link = (self.source_id(coll, path), encode_target(target, self._aid, self.coll_id))
+                if link not in seen:
+                    seen.add(link)
+                    new.append(link)
+            entry = (sk, aid)
+            for link in old:
+                if link not in seen:
+                    batch.remove_link(link, entry)
+            old_set = set(old)
+            for link in new:
+                if link not in old_set:
+                    batch.add_link(link, entry)
+            batch.records[key] = (op.rev, new)
+            if self._keeps_body_of(coll):
+                batch.bodies[key] = (op.cid, op.time_us, op.body)
+        else:
+            entry = (sk, aid)
+            for link in old:
+                batch.remove_link(link, entry)
+            batch.records[key] = (op.rev, None)
+            if self._keeps_body_of(coll):
+                batch.bodies[key] = None
+        batch.dirty_records.add(key)
+        batch.stats.applied += 1
+
+    def _apply_account(self, op: AccountStatus, batch: _Batch) -> None:
+        actor = self.actors[op.did]
+        if op.seq is not None and actor.acct_seq is not None and op.seq <= actor.acct_seq:
+            batch.stats.replays += 1
+            return
+        if op.seq is not None:
+            actor.acct_seq = op.seq
+        actor.active = op.active
+        actor.status = op.status
+        if op.active:
+            self.hidden.discard(actor.aid)
+        else:
+            self.hidden.add(actor.aid)
+        if op.status == "deleted":
+            rev = tid_from_time(op.time_us + PURGE_MARGIN_US, 1023)
+            actor.purged_rev = max(rev, actor.purged_rev or 0)
+            self.purge_queue[actor.aid] = actor.purged_rev
+            self.conn.execute("INSERT OR REPLACE INTO purge VALUES(?, ?)", (actor.aid, actor.purged_rev))
+        actor.dirty = True
+        batch.stats.applied += 1
+
+    def _apply_identity(self, op: Identity, batch: _Batch) -> None:
+        actor = self.actors[op.did]
+        if op.seq is not None and actor.id_seq is not None and op.seq <= actor.id_seq:
+            batch.stats.replays += 1
+            return
+        if op.seq is not None:
+            actor.id_seq = op.seq
+        if op.handle is not None:
+            actor.handle = op.handle
+        actor.dirty = True
+        batch.stats.applied += 1
+
+    # ------------------------------------------------------------ writing
+
+    def _write(self, batch: _Batch) -> None:
+        conn = self.conn
+        if batch.new_actors:
+            conn.executemany("INSERT INTO actor(aid, did) VALUES(?, ?)", batch.new_actors)
+        dirty = [a for a in self.actors.values() if a.dirty]
+        if dirty:
+            conn.executemany(
+                "UPDATE actor SET active=?, status=?, handle=?, acct_seq=?, id_seq=?, purged_rev=? WHERE aid=?",
+                [(int(a.active), a.status, a.handle, a.acct_seq, a.id_seq, a.purged_rev, a.aid) for a in dirty])
+            for a in dirty:
+                a.dirty = False
+        rows = []
+        for key in sorted(batch.dirty_records):
+            rev, links = batch.records[key]
+            rows.append((*key, rev, None if links is None else encode_links(links)))
+        conn.executemany("INSERT OR REPLACE INTO fwd VALUES(?, ?, ?, ?, ?)", rows)
+        puts, deletes = [], []
+        for key in sorted(batch.bodies):
+            value = batch.bodies[key]
+            if value is None:
+                deletes.append(key)
+            else:
+                cid, time_us, body = value
+                puts.append((*key, cid, time_us, self.bodies.compress(body)))
+        if puts:
+            conn.executemany("INSERT OR REPLACE INTO body VALUES(?, ?, ?, ?, ?, ?)", puts)
+        if deletes:
+            conn.executemany("DELETE FROM body WHERE sk=? AND aid=? AND coll=?", deletes)
+
+    def _write_backlinks(self, batch: _Batch) -> None:
+        self._remove_entries(batch.removes)
+        adds = {key: entries for key, entries in batch.adds.items() if entries}
+        if adds:
+            run = self.next_run
+            self.next_run += 1
+            rows = []
+            for sid, tkey in sorted(adds, key=lambda k: (k[1], k[0])):  # key order: appends
+                entries = sorted(adds[(sid, tkey)], reverse=True)
+                for chunk in _chunks(entries):
+                    rows.append((run, tkey, sid, chunk[0][0], encode_block(chunk)))
+            self.conn.executemany("INSERT INTO bl VALUES(?, ?, ?, ?, ?)", rows)
+            self.conn.execute("INSERT INTO run VALUES(?, 0, ?)", (run, len(rows)))
+            self.runs[run] = 0
+        self.links_live += sum(len(e) for e in adds.values()) - sum(len(e) for e in batch.removes.values())
+        batch.adds.clear()
+        batch.removes.clear()
+
+    def _remove_entries(self, removes: dict[tuple[int, bytes], set[Entry]]) -> None:
+        conn = self.conn
+        run_list = ",".join(str(r) for r in self.runs) or "NULL"
+        for (sid, tkey), gone in removes.items():
+            if not gone:
+                continue
+            gone = set(gone)
+            # Chunk keys of this (target, source) in every run; an entry lives in the
+            # chunk of its run with the smallest hi >= its sort key.
+            by_run: dict[int, list[int]] = {}
+            for run, hi in conn.execute(
+                    f"SELECT run, hi FROM bl WHERE run IN ({run_list}) AND tkey=? AND sid=?", (tkey, sid)):
+                by_run.setdefault(run, []).append(hi)
+            wanted: set[tuple[int, int]] = set()
+            for sk, _ in gone:
+                for run, his in by_run.items():
+                    candidates = [hi for hi in his if hi >= sk]
+                    if candidates:
+                        wanted.add((run, min(candidates)))
+            for run, hi in sorted(wanted):
+                if not gone:
+                    break
+                data = conn.execute("SELECT data FROM bl WHERE run=? AND tkey=? AND sid=? AND hi=?",
+                                    (run, tkey, sid, hi)).fetchone()[0]
+                entries = decode_block(data)
+                kept = [e for e in entries if e not in gone]
+                if len(kept) == len(entries):
+                    continue
+                gone.difference_update(entries)
+                conn.execute("DELETE FROM bl WHERE run=? AND tkey=? AND sid=? AND hi=?", (run, tkey, sid, hi))
+                if kept:
+                    conn.execute("INSERT INTO bl VALUES(?, ?, ?, ?, ?)",
+                                 (run, tkey, sid, kept[0][0], encode_block(kept)))
+            if gone:
+                raise RuntimeError(f"backlink entries missing from the index: {sorted(gone)[:5]}")
+
+    def _write_meta(self, values: dict[str, object]) -> None:
+        values = dict(values)
+        values["alias_next"] = self.alias_next
+        values["links"] = self.links_live
+        values["hidden"] = self.hidden.serialize()
+        self.conn.executemany("INSERT OR REPLACE INTO meta VALUES(?, ?)", list(values.items()))
+
+    def _purge(self, aids: list[int], batch: _Batch) -> None:
+        """Remove every record, body and link of deleted accounts."""
+        if not aids:
+            return
+        conn = self.conn
+        revs = {aid: self.purge_queue[aid] for aid in aids}
+        marks = ",".join(str(a) for a in aids)
+        doomed = []
+        for sk, aid, coll, rev, links in conn.execute(
+                f"SELECT sk, aid, coll, rev, links FROM fwd WHERE aid IN ({marks})").fetchall():
+            if rev > revs[aid]:
+                continue
+            if links is not None:
+                for link in decode_links(links):
+                    batch.remove_link(link, (sk, aid))
+            doomed.append((sk, aid, coll))
+        conn.executemany("DELETE FROM fwd WHERE sk=? AND aid=? AND coll=?", doomed)
+        conn.executemany("DELETE FROM body WHERE sk=? AND aid=? AND coll=?", doomed)
+        conn.execute(f"DELETE FROM purge WHERE aid IN ({marks})")
+        for aid in aids:
+            del self.purge_queue[aid]
+        batch.stats.purged_actors += len(aids)
+
+    def _trim_actor_cache(self) -> None:
+        excess = len(self.actors) - self.actor_cache_max
+        if excess > 0:
+            # Drop the oldest fifth (dicts keep insertion order): cheap and good enough,
+            # the hot DIDs come straight back from the actor table.
+            drop = excess + self.actor_cache_max // 5
+            for did in list(itertools.islice(self.actors, drop)):
+                del self.actors[did]
+
+    # ------------------------------------------------------------ compaction
+
+    def compact(self, full: bool = False) -> int:
+        """Merge full levels of runs (or, with ``full``, every run into one); returns merges done."""
+        merges = 0
+        while True:
+            levels: dict[int, list[int]] = {}
+            for run, level in sorted(self.runs.items()):
+                levels.setdefault(level, []).append(run)
+            if full:
+                target = sorted(self.runs) if len(self.runs) > 1 else []
+                level = max(self.runs.values(), default=0) + 1
+            else:
+                full_levels = [lv for lv, runs in levels.items() if len(runs) >= self.fanout]
+                target = levels[min(full_levels)] if full_levels else []
+                level = min(full_levels) + 1 if full_levels else 0
+            if not target:
+                return merges
+            self._merge(target, level)
+            merges += 1
+            if full:
+                return merges
+
+    def _merge(self, runs: list[int], level: int) -> None:
+        conn = self.conn
+        new = self.next_run
+        self.next_run += 1
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cursors = [conn.execute("SELECT tkey, sid, hi, data FROM bl WHERE run=? ORDER BY tkey, sid, hi DESC",
+                                    (run,)) for run in runs]
+            count = 0
+
+            def rows() -> Iterator[tuple[int, bytes, int, int, bytes]]:
+                nonlocal count
+                merged = heapq.merge(*cursors, key=lambda row: (row[0], row[1]))
+                for (tkey, sid), group in itertools.groupby(merged, key=lambda row: (row[0], row[1])):
+                    chunks = list(group)
+                    if len(chunks) == 1:
+                        count += 1
+                        yield new, tkey, sid, chunks[0][2], chunks[0][3]
+                        continue
+                    entries = sorted(itertools.chain.from_iterable(decode_block(c[3]) for c in chunks),
+                                     reverse=True)
+                    for chunk in _chunks(entries):
+                        count += 1
+                        yield new, tkey, sid, chunk[0][0], encode_block(chunk)
+
+            conn.executemany("INSERT INTO bl VALUES(?, ?, ?, ?, ?)", rows())
+            marks = ",".join(str(r) for r in runs)
+            conn.execute(f"DELETE FROM bl WHERE run IN ({marks})")
+            conn.execute(f"DELETE FROM run WHERE run IN ({marks})")
+            conn.execute("INSERT INTO run VALUES(?, ?, ?)", (new, level, count))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            self._load()
+            raise
+        for run in runs:
+            del self.runs[run]
+        self.runs[new] = level
+
+
+def _chunks(entries: list[Entry]) -> Iterator[list[Entry]]:
+    """Split sorted entries into chunks of about CHUNK_ENTRIES, never between equal sort keys
+    (a chunk is keyed by its first sort key, which must be unique in its run)."""
+    start = 0
+    n = len(entries)
+    while start < n:
+        end = min(start + CHUNK_ENTRIES, n)
+        while end < n and entries[end][0] == entries[end - 1][0]:
+            end += 1
+        yield entries[start:end]
+        start = end

@@ -1,0 +1,288 @@
+"""Configuration: one settings table, merged from defaults < TOML file < env < CLI.
+
+Every setting is described once in :data:`SETTINGS`. Values are read from
+(lowest to highest precedence) the table defaults, a TOML file given with
+``--config PATH``, ``SMALLDP_<NAME>`` environment variables and CLI flags, then
+validated. Any bad value raises :class:`ConfigError`, whose message names the
+setting and where the value came from, e.g.::
+
+    invalid setting listen (from SMALLDP_LISTEN): expected HOST:PORT, got 'abc'
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_PREFIX = "SMALLDP_"
+_TYPES = ("path", "str", "int", "bool", "list", "listen", "choice")
+_TRUE = ("true", "1", "yes")
+_FALSE = ("false", "0", "no")
+# An NSID (at least three dot-separated segments) or a prefix wildcard `a.b.*`.
+_NSID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*(\.[A-Za-z0-9][A-Za-z0-9-]*){2,}$")
+_NSID_PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*(\.[A-Za-z0-9][A-Za-z0-9-]*)*\.\*$")
+
+
+class ConfigError(ValueError):
+    """A bad setting value, config file or key; the message names the setting and its source."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the settings table."""
+
+    name: str
+    type: str  # one of "path", "str", "int", "bool", "list", "listen", "choice"
+    default: object
+    help: str
+    minimum: int | None = None
+    maximum: int | None = None
+    choices: tuple[str, ...] = ()
+
+    @property
+    def env_var(self) -> str:
+        """The environment variable that sets this setting, e.g. ``SMALLDP_CACHE_MB``."""
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        """The CLI flag that sets this setting, e.g. ``--cache-mb``."""
+        return "--" + self.name.replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("data_dir", "path", "./data",
+            "Directory holding the SQLite databases."),
+    Setting("listen", "listen", "127.0.0.1:8080",
+            "HOST:PORT the HTTP API listens on; IPv6 as [::1]:8080."),
+    Setting("cache_mb", "int", 64, "SQLite page cache per connection, in MiB.", 1, 65536),
+    Setting("mmap_mb", "int", 0,
+            "SQLite mmap size in MiB; 0 (off) is safest on SD cards.", 0, 65536),
+    Setting("batch_events", "int", 20000, "Events per write transaction.", 1, 1_000_000),
+    Setting("batch_ms", "int", 1000,
+            "Max milliseconds before a partial batch is committed.", 1, 600_000),
+    Setting("compaction_fanout", "int", 8, "Index segments merged per compaction step.", 2, 64),
+    Setting("actor_cache", "int", 500_000,
+            "Max DIDs kept in the in-memory ID cache.", 1000, 100_000_000),
+    Setting("body_collections", "list",
+            ("app.bsky.feed.post", "app.bsky.actor.profile", "app.bsky.graph.list",
+             "app.bsky.feed.generator", "app.bsky.graph.starterpack", "app.bsky.feed.threadgate",
+             "app.bsky.feed.postgate", "app.bsky.labeler.service"),
+            "Collections (NSIDs, `prefix.*` allowed) whose record bodies are stored; "
+            "comma-separated in env and CLI."),
+    Setting("log_level", "choice", "info", "Log verbosity.",
+            choices=("debug", "info", "warning", "error")),
+    Setting("read_threads", "int", 4, "Threads answering queries.", 1, 64),
+)
+_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+assert all(s.type in _TYPES for s in SETTINGS)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated, typed configuration; one attribute per entry of :data:`SETTINGS`."""
+
+    data_dir: Path
+    listen: str
+    cache_mb: int
+    mmap_mb: int
+    batch_events: int
+    batch_ms: int
+    compaction_fanout: int
+    actor_cache: int
+    body_collections: tuple[str, ...]
+    log_level: str
+    read_threads: int
+
+    def listen_host_port(self) -> tuple[str, int]:
+        """Return ``listen`` split into (host, port); IPv6 hosts come back without brackets."""
+        return parse_listen(self.listen)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (or ``[IPV6]:PORT``) into (host, port); raise ValueError if malformed."""
+    host, sep, port_text = value.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        bad_host = not host or "[" in host or "]" in host
+    else:
+        bad_host = not host or any(c in host for c in ":[]")
+    if not sep or bad_host or not port_text.isascii() or not port_text.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be between 1 and 65535, got {port}")
+    return host, port
+
+
+def _convert(setting: Setting, raw: object) -> object:
+    """Turn a raw value (a string from env/CLI, or a TOML value) into the setting's type."""
+    kind = setting.type
+    if kind == "int":
+        if isinstance(raw, str):
+            try:
+                raw = int(raw.strip())
+            except ValueError:
+                raise ValueError(f"expected an integer, got {raw!r}") from None
+        if not isinstance(raw, int) or isinstance(raw, bool):
+            raise ValueError(f"expected an integer, got {raw!r}")
+        lo, hi = setting.minimum, setting.maximum
+        if (lo is not None and raw < lo) or (hi is not None and raw > hi):
+            raise ValueError(f"must be between {lo} and {hi}, got {raw}")
+        return raw
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ValueError(f"expected true/false/1/0/yes/no, got {raw!r}")
+    if kind == "list":
+        if isinstance(raw, str):
+            items = [part.strip() for part in raw.split(",")]
+        elif isinstance(raw, (list, tuple)) and all(isinstance(x, str) for x in raw):
+            items = [x.strip() for x in raw]
+        else:
+            raise ValueError(f"expected a list of strings, got {raw!r}")
+        items = [x for x in items if x]
+        if setting.name == "body_collections":
+            for item in items:
+                if not (_NSID_RE.match(item) or _NSID_PREFIX_RE.match(item)):
+                    raise ValueError(f"expected NSIDs (optionally ending in .*), got {item!r}")
+        return tuple(items)
+    if not isinstance(raw, str):
+        raise ValueError(f"expected a string, got {raw!r}")
+    if kind == "path":
+        if not raw.strip():
+            raise ValueError("expected a path, got ''")
+        return Path(raw).expanduser()
+    if kind == "listen":
+        parse_listen(raw)
+        return raw.strip()
+    if kind == "choice":
+        text = raw.strip().lower()
+        if text not in setting.choices:
+            raise ValueError(f"expected one of {', '.join(setting.choices)}, got {raw!r}")
+        return text
+    return raw
+
+
+def _read_toml(path: Path) -> dict[str, object]:
+    """Parse a TOML config file, rejecting unknown keys."""
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file '{path}': {e.strerror or e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"invalid config file '{path}': {e}") from e
+    for key in data:
+        if key not in _BY_NAME:
+            close = difflib.get_close_matches(key.replace("-", "_"), list(_BY_NAME), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown setting '{key}' in config file '{path}'{hint}")
+    return data
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
+    """Add `--config` and a `--<name-with-dashes>` flag (default None, help from the table) for each named setting.
+
+    Flags take raw strings (lists comma-separated); conversion and validation happen
+    in :func:`load_settings`, so errors carry the usual message. ``--config`` is
+    skipped if the parser already has it.
+    """
+    try:
+        parser.add_argument("--config", metavar="PATH", default=None,
+                            help="TOML config file (settings as top-level keys)")
+    except argparse.ArgumentError:
+        pass
+    for name in names:
+        s = _BY_NAME.get(name)
+        if s is None:
+            raise ValueError(f"unknown setting {name!r}")
+        help_text = f"{s.help} Default: {_format_default(s)}; env {s.env_var}."
+        if s.type == "bool":
+            parser.add_argument(s.flag, dest=s.name, default=None,
+                                action=argparse.BooleanOptionalAction,
+                                help=help_text.replace("%", "%%"))
+            continue
+        metavar = {"int": "N", "path": "PATH", "listen": "HOST:PORT", "list": "A,B,..."}.get(
+            s.type, "{" + ",".join(s.choices) + "}" if s.type == "choice" else "VALUE")
+        parser.add_argument(s.flag, dest=s.name, default=None, metavar=metavar,
+                            help=help_text.replace("%", "%%"))
+
+
+def load_settings(cli: Mapping[str, object] | argparse.Namespace | None = None,
+                  config_path: str | os.PathLike[str] | None = None,
+                  env: Mapping[str, str] | None = None) -> Settings:
+    """Merge defaults < TOML < env < CLI (CLI values of None are ignored) and validate. If config_path is None and cli has a 'config' attribute/key, use it. env defaults to os.environ.
+
+    Keys in ``cli`` that are not settings (subcommands, other flags) are ignored.
+    Raises :class:`ConfigError` naming the setting and source of the first bad value.
+    """
+    env = os.environ if env is None else env
+    cli_values: Mapping[str, object] = vars(cli) if isinstance(cli, argparse.Namespace) else (cli or {})
+    if config_path is None:
+        config_path = cli_values.get("config")  # type: ignore[assignment]
+
+    # name -> (raw value, source description); later layers overwrite earlier ones.
+    raw: dict[str, tuple[object, str]] = {s.name: (s.default, "default") for s in SETTINGS}
+    state_dir = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if state_dir:
+        raw["data_dir"] = (state_dir, "STATE_DIRECTORY")
+    if config_path is not None:
+        path = Path(config_path).expanduser()
+        for key, value in _read_toml(path).items():
+            raw[key] = (value, f"config file '{path}'")
+    for s in SETTINGS:
+        if s.env_var in env:
+            raw[s.name] = (env[s.env_var], s.env_var)
+    for s in SETTINGS:
+        value = cli_values.get(s.name)
+        if value is not None:
+            raw[s.name] = (value, s.flag)
+
+    values: dict[str, object] = {}
+    for s in SETTINGS:
+        value, source = raw[s.name]
+        try:
+            values[s.name] = _convert(s, value)
+        except ValueError as e:
+            raise ConfigError(f"invalid setting {s.name} (from {source}): {e}") from None
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def _format_default(s: Setting) -> str:
+    if s.type == "list":
+        return ",".join(s.default)  # type: ignore[arg-type]
+    if s.name == "data_dir":
+        return f"{s.default} (or $STATE_DIRECTORY)"
+    return str(s.default)
+
+
+def settings_table_markdown() -> str:
+    """The settings table as Markdown (name | type | default | env var | help) for README."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = ["| name | type | default | env var | help |", "| --- | --- | --- | --- | --- |"]
+    for s in SETTINGS:
+        kind = s.type
+        if s.type == "int" and (s.minimum is not None or s.maximum is not None):
+            kind = f"int ({s.minimum}..{s.maximum})"
+        elif s.type == "choice":
+            kind = "one of " + ", ".join(s.choices)
+        if s.type == "list":
+            default = "<br>".join(f"`{x}`" for x in s.default)  # type: ignore[attr-defined]
+        elif s.name == "data_dir":
+            default = f"`{s.default}` or `$STATE_DIRECTORY`"
+        else:
+            default = f"`{s.default}`"
+        lines.append(f"| `{s.name}` | {cell(kind)} | {cell(default)} | `{s.env_var}` | {cell(s.help)} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,144 @@
+"""A small, obviously-correct in-memory model of smalldp's index semantics.
+
+It keeps every record with its links in plain dicts and answers queries by brute
+force.  The differential tests apply the same events to it and to the real store
+and require every answer to be equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from smalldp.events import AccountStatus, DeleteRecord, Identity, Operation, PutRecord
+from smalldp.links import extract_links
+from smalldp.store.writer import ALIAS_BASE, PURGE_MARGIN_US
+from smalldp.tid import tid_from_time, tid_to_int
+
+RecordId = tuple[str, str, str]  # (did, collection, rkey)
+
+
+@dataclass
+class ModelRecord:
+    rev: int
+    links: list[tuple[str, str]]  # (path, target)
+    body: bytes
+    cid: str | None
+
+
+@dataclass
+class ModelActor:
+    active: bool = True
+    status: str | None = None
+    handle: str | None = None
+    acct_seq: int | None = None
+    id_seq: int | None = None
+    purged_rev: int | None = None
+
+
+@dataclass
+class Model:
+    records: dict[RecordId, ModelRecord] = field(default_factory=dict)
+    revs: dict[RecordId, int] = field(default_factory=dict)  # last rev applied per record
+    actors: dict[str, ModelActor] = field(default_factory=dict)
+    aliases: dict[RecordId, int] = field(default_factory=dict)
+    alias_next: int = ALIAS_BASE
+    body_collections: frozenset[str] = frozenset({"app.bsky.feed.post", "app.bsky.actor.profile"})
+
+    def actor(self, did: str) -> ModelActor:
+        return self.actors.setdefault(did, ModelActor())
+
+    def sort_key(self, rid: RecordId) -> int:
+        tid = tid_to_int(rid[2])
+        if tid is not None:
+            return tid
+        if rid not in self.aliases:
+            self.aliases[rid] = self.alias_next
+            self.alias_next += 1
+        return self.aliases[rid]
+
+    def apply(self, op: Operation) -> None:
+        actor = self.actor(op.did)
+        if isinstance(op, (PutRecord, DeleteRecord)):
+            rid = (op.did, op.collection, op.rkey)
+            self.sort_key(rid)  # first sight fixes the order of non-TID records
+            if actor.purged_rev is not None and op.rev <= actor.purged_rev:
+                return
+            if rid in self.revs and self.revs[rid] >= op.rev:
+                return
+            self.revs[rid] = op.rev
+            if isinstance(op, PutRecord):
+                self.records[rid] = ModelRecord(op.rev, extract_links(op.record), op.body, op.cid)
+            else:
+                self.records.pop(rid, None)
+        elif isinstance(op, AccountStatus):
+            if op.seq is not None and actor.acct_seq is not None and op.seq <= actor.acct_seq:
+                return
+            if op.seq is not None:
+                actor.acct_seq = op.seq
+            actor.active = op.active
+            actor.status = op.status
+            if op.status == "deleted":
+                actor.purged_rev = max(tid_from_time(op.time_us + PURGE_MARGIN_US, 1023), actor.purged_rev or 0)
+                for rid in [r for r in self.revs if r[0] == op.did and self.revs[r] <= actor.purged_rev]:
+                    self.records.pop(rid, None)
+                    del self.revs[rid]
+        elif isinstance(op, Identity):
+            if op.seq is not None and actor.id_seq is not None and op.seq <= actor.id_seq:
+                return
+            if op.seq is not None:
+                actor.id_seq = op.seq
+            if op.handle is not None:
+                actor.handle = op.handle
+
+    # ------------------------------------------------------------ queries
+
+    def visible(self, did: str) -> bool:
+        return self.actor(did).active
+
+    def linking(self, target: str, collection: str, path: str) -> list[tuple[int, str, str]]:
+        """(sort key, did, rkey) of live records linking to target, newest first."""
+        out = []
+        for rid, rec in self.records.items():
+            did, coll, rkey = rid
+            if coll == collection and (path, target) in rec.links and self.visible(did):
+                out.append((self.sort_key(rid), did, rkey))
+        out.sort(key=lambda x: x[0], reverse=True)
+        return out
+
+    def count(self, target: str, collection: str, path: str) -> int:
+        return len(self.linking(target, collection, path))
+
+    def distinct(self, target: str, collection: str, path: str) -> set[str]:
+        return {did for _, did, _ in self.linking(target, collection, path)}
+
+    def all_links(self, target: str) -> dict[str, dict[str, tuple[int, int]]]:
+        seen: dict[tuple[str, str], tuple[int, set[str]]] = {}
+        for rid, rec in self.records.items():
+            if not self.visible(rid[0]):
+                continue
+            for path, t in rec.links:
+                if t == target:
+                    n, dids = seen.get((rid[1], path), (0, set()))
+                    seen[(rid[1], path)] = (n + 1, dids | {rid[0]})
+        out: dict[str, dict[str, tuple[int, int]]] = {}
+        for (coll, path), (n, dids) in seen.items():
+            out.setdefault(coll, {})[path] = (n, len(dids))
+        return out
+
+    def many_to_many(self, subject: str, collection: str, path: str, other_path: str) -> list[tuple[str, int, int]]:
+        groups: dict[str, tuple[int, set[str]]] = {}
+        for rid, rec in self.records.items():
+            if rid[1] != collection or (path, subject) not in rec.links or not self.visible(rid[0]):
+                continue
+            for p, t in rec.links:
+                if p == other_path:
+                    n, dids = groups.get(t, (0, set()))
+                    groups[t] = (n + 1, dids | {rid[0]})
+        return sorted((t, n, len(d)) for t, (n, d) in groups.items())
+
+    def record(self, did: str, collection: str, rkey: str) -> dict[str, Any] | None:
+        rec = self.records.get((did, collection, rkey))
+        if rec is None or collection not in self.body_collections or not self.visible(did):
+            return None
+        return {"cid": rec.cid, "body": rec.body}

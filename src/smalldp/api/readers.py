@@ -1,0 +1,48 @@
+"""A pool of read-only Readers, one per worker thread, so queries never block the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from smalldp.store.reader import Reader
+
+T = TypeVar("T")
+
+
+class ReaderPool:
+    """Runs reader functions on worker threads, each with its own connection."""
+
+    def __init__(self, path: Path, threads: int = 4, cache_mb: int = 64, mmap_mb: int = 0) -> None:
+        self.path = path
+        self._cache_mb = cache_mb
+        self._mmap_mb = mmap_mb
+        self._local = threading.local()
+        self._all: list[Reader] = []
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="reader")
+
+    def _reader(self) -> Reader:
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            reader = Reader(self.path, cache_mb=self._cache_mb, mmap_mb=self._mmap_mb)
+            self._local.reader = reader
+            with self._lock:
+                self._all.append(reader)
+        return reader
+
+    async def run(self, fn: Callable[[Reader], T]) -> T:
+        """Run ``fn(reader)`` on a worker thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(self._reader()))
+
+    def close(self) -> None:
+        """Stop the threads and close every connection."""
+        self._executor.shutdown(wait=True)
+        with self._lock:
+            for reader in self._all:
+                reader.close()
+            self._all.clear()

@@ -1,0 +1,78 @@
+"""The aiohttp application: routes, the reader pool, health, and running it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from smalldp import __version__
+from smalldp.api import NAMESPACE, constellation
+from smalldp.api.readers import ReaderPool
+from smalldp.api.xrpc import Params, XrpcError, json_response, xrpc_errors
+from smalldp.links import is_link
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+
+
+@routes.get(f"/xrpc/{NAMESPACE}.getRecord")
+async def get_record(request: web.Request) -> web.Response:
+    uri = Params(request).required("uri", 2048)
+    if not uri.startswith("at://") or not is_link(uri):
+        raise XrpcError("parameter 'uri' must be an at-uri")
+    record = await request.app["readers"].run(lambda r: r.record(uri))
+    if record is None:
+        raise XrpcError(f"no stored record at {uri[:300]}", error="RecordNotFound")
+    return json_response(record)
+
+
+@routes.get("/xrpc/_health")
+async def health(request: web.Request) -> web.Response:
+    stats = await request.app["readers"].run(lambda r: r.stats())
+    cursor = stats["cursor"]
+    lag = None if cursor is None else round(time.time() - int(cursor) / 1e6, 3)
+    return json_response({
+        "status": "ok", "version": __version__, "ingest": request.app["ingest_state"],
+        "cursor": cursor, "lag_s": lag, "links": stats["links"], "runs": stats["runs"],
+        "inactive_accounts": stats["inactive_accounts"]})
+
+
+def make_app(db_path: Path, *, read_threads: int = 4, cache_mb: int = 64, mmap_mb: int = 0,
+             ingest_state: str = "disabled") -> web.Application:
+    """Build the application answering from read-only connections to ``db_path``."""
+    app = web.Application(middlewares=[xrpc_errors])
+    app["readers"] = ReaderPool(db_path, threads=read_threads, cache_mb=cache_mb, mmap_mb=mmap_mb)
+    app["ingest_state"] = ingest_state
+    app.add_routes(constellation.routes)
+    app.add_routes(routes)
+
+    async def close_readers(app: web.Application) -> None:
+        app["readers"].close()
+
+    app.on_cleanup.append(close_readers)
+    return app
+
+
+async def serve(app: web.Application, host: str, port: int, ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    log.info("serving on http://%s:%d", host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()

@@ -1,0 +1,123 @@
+"""The `smalldp` command: import, serve, compact."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from smalldp import __version__
+from smalldp.config import ConfigError, Settings, add_arguments, load_settings
+
+STORE_SETTINGS = ["data_dir", "cache_mb", "mmap_mb", "compaction_fanout", "actor_cache",
+                  "body_collections", "log_level"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smalldp", description="A small ATProto DataPlane.")
+    parser.add_argument("--version", action="version", version=f"smalldp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    imp = sub.add_parser("import", help="import Jetstream v1 JSONL captures (plain or .zst)")
+    add_arguments(imp, [*STORE_SETTINGS, "batch_events"])
+    imp.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    imp.add_argument("--restart", action="store_true",
+                     help="read files from the start even if an earlier import of them got further")
+    imp.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    srv = sub.add_parser("serve", help="serve the HTTP API")
+    add_arguments(srv, [*STORE_SETTINGS, "listen", "read_threads"])
+    srv.add_argument("--no-ingest", action="store_true", help="answer queries only; do not follow Jetstream")
+
+    cmp_ = sub.add_parser("compact", help="merge every run of the backlink index into one")
+    add_arguments(cmp_, STORE_SETTINGS)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    try:
+        return load_settings(args)
+    except ConfigError as exc:
+        print(f"smalldp: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _writer(settings: Settings):  # type: ignore[no-untyped-def]
+    from smalldp.store.schema import db_path
+    from smalldp.store.writer import Writer
+    return Writer(db_path(settings.data_dir), cache_mb=settings.cache_mb, mmap_mb=settings.mmap_mb,
+                  actor_cache=settings.actor_cache, fanout=settings.compaction_fanout,
+                  body_collections=settings.body_collections)
+
+
+def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    """Import capture files and print a summary."""
+    from smalldp.ingest.importer import import_files
+    missing = [str(f) for f in args.files if not f.is_file()]
+    if missing:
+        print(f"smalldp import: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    writer = _writer(settings)
+    try:
+        summary = import_files(writer, list(args.files), batch_events=settings.batch_events,
+                               restart=args.restart)
+    finally:
+        writer.close()
+    if args.json:
+        print(json.dumps(summary.as_dict()))
+    else:
+        print(f"imported {summary.events:,} events ({summary.skipped:,} malformed skipped, "
+              f"{summary.ignored:,} ignored), {summary.links_added:,} links added, "
+              f"{summary.links_removed:,} removed, in {summary.seconds:,.1f} s "
+              f"({summary.events_per_s:,.0f} events/s)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve the API from the data directory."""
+    from smalldp.api.server import make_app, serve
+    from smalldp.store.schema import db_path
+    if not args.no_ingest:
+        print("smalldp serve: live ingest is not built yet; run with --no-ingest", file=sys.stderr)
+        return 2
+    path = db_path(settings.data_dir)
+    if not path.exists():
+        print(f"smalldp serve: no database in {settings.data_dir}: run `smalldp import` first",
+              file=sys.stderr)
+        return 2
+    host, port = settings.listen_host_port()
+    app = make_app(path, read_threads=settings.read_threads, cache_mb=settings.cache_mb,
+                   mmap_mb=settings.mmap_mb)
+    try:
+        asyncio.run(serve(app, host, port))
+    except OSError as exc:
+        print(f"smalldp serve: cannot listen on {settings.listen}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:
+    """Merge all runs into one."""
+    writer = _writer(settings)
+    try:
+        merges = writer.compact(full=True)
+    finally:
+        writer.close()
+    print(f"compacted ({merges} merge)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `smalldp` console script."""
+    args = _parser().parse_args(argv)
+    settings = _settings(args)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    commands = {"import": cmd_import, "serve": cmd_serve, "compact": cmd_compact}
+    return commands[args.command](args, settings)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

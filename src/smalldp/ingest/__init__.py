@@ -1,0 +1,1 @@
+"""Ingest: turning event streams into store batches (never imports the HTTP side)."""

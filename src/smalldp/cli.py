@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import sys
@@ -110,8 +111,17 @@ def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def tune_gc() -> None:
+    """Collect garbage less often: ingest allocates millions of short-lived dicts and tuples,
+    and the default thresholds make the cyclic collector rescan the long-lived caches
+    constantly (measured: import 23k -> 31k events/s)."""
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `smalldp` console script."""
+    tune_gc()
     args = _parser().parse_args(argv)
     settings = _settings(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+_AT_URI = re.compile(r"at://\S+\Z")
 _DID = re.compile(r"did:[a-z]+:[A-Za-z0-9._:%-]*[A-Za-z0-9._%-]\Z")
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#]+\S*\Z")
 MAX_LINK_LENGTH = 2048
@@ -19,7 +20,7 @@ MAX_DEPTH = 32
 def is_link(value: str) -> bool:
     """True when the whole string is an at-uri, a DID or an absolute URL."""
     if value.startswith("at://"):
-        return len(value) > 5 and len(value) <= MAX_LINK_LENGTH and not any(c.isspace() for c in value)
+        return len(value) <= MAX_LINK_LENGTH and _AT_URI.match(value) is not None
     if value.startswith("did:"):
         return len(value) <= MAX_LINK_LENGTH and _DID.match(value) is not None
     if "://" in value:
@@ -46,9 +47,12 @@ def _walk(value: Any, path: str, found: dict[tuple[str, str], None], depth: int)
             found[(path, value)] = None
     elif isinstance(value, dict):
         for key, child in value.items():
-            if key == "$type" or isinstance(child, (int, float, bool)) or child is None:
-                continue
-            _walk(child, f"{path}.{key}", found, depth + 1)
+            if type(child) is str:
+                # Most strings are text, dates and CIDs: reject them before building a path.
+                if key != "$type" and (child.startswith(("at://", "did:")) or "://" in child) and is_link(child):
+                    found[(f"{path}.{key}", child)] = None
+            elif isinstance(child, (dict, list)):
+                _walk(child, f"{path}.{key}", found, depth + 1)
     elif isinstance(value, list):
         for item in value:
             if isinstance(item, dict):

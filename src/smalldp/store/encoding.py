@@ -180,8 +180,13 @@ Entry = tuple[int, int]  # (sort key, actor id)
 
 def encode_block(entries: list[Entry]) -> bytes:
     """Encode entries already sorted newest first (sort key, then actor, descending)."""
-    out = bytearray()
     n = len(entries)
+    if n == 1:  # the common case in fresh runs
+        out = bytearray(b"\x01\x00\x00")
+        put_varint(out, zigzag(entries[0][0]))
+        put_varint(out, entries[0][1])
+        return bytes(out)
+    out = bytearray()
     put_varint(out, n)
     aids = [aid for _, aid in entries]
     distinct = set(aids)

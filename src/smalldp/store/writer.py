@@ -44,7 +44,8 @@ from smalldp.tid import tid_from_time, tid_to_int
 log = logging.getLogger(__name__)
 
 CHUNK_ENTRIES = 512  # entries per backlink chunk in merged runs
-PURGE_QUEUE_MAX = 64  # deleted accounts queued before their rows are removed
+PURGE_QUEUE_MAX = 64
+TARGET_CACHE_MAX = 200_000  # encoded target keys kept between batches  # deleted accounts queued before their rows are removed
 # Records of a deleted account with a rev older than the deletion's time plus this
 # margin are purged (and replays of them ignored).  PDS clocks run a little ahead
 # of Jetstream's sometimes; a deleted account makes no new commits.
@@ -152,6 +153,7 @@ class Writer:
         self.next_run = max(self.runs, default=0) + 1
         self.purge_queue: dict[int, int] = dict(conn.execute("SELECT aid, rev FROM purge"))
         self.actors: dict[str, ActorState] = {}
+        self._tkeys: dict[str, bytes] = {}  # target string -> key: hot targets recur constantly
         self.bodies = BodyCompressor(conn)
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS q(sk INTEGER, aid INTEGER, coll INTEGER)")
 
@@ -339,8 +341,12 @@ class Writer:
         if isinstance(op, PutRecord):
             new: LinkList = []
             seen: set[tuple[int, bytes]] = set()
+            tkeys = self._tkeys
             for path, target in links:
-                link = (self.source_id(coll, path), encode_target(target, self._aid, self.coll_id))
+                tkey = tkeys.get(target)
+                if tkey is None:
+                    tkey = tkeys[target] = encode_target(target, self._aid, self.coll_id)
+                link = (self.source_id(coll, path), tkey)
                 if link not in seen:
                     seen.add(link)
                     new.append(link)
@@ -514,6 +520,8 @@ class Writer:
         batch.stats.purged_actors += len(aids)
 
     def _trim_actor_cache(self) -> None:
+        if len(self._tkeys) > TARGET_CACHE_MAX:
+            self._tkeys.clear()
         excess = len(self.actors) - self.actor_cache_max
         if excess > 0:
             # Drop the oldest fifth (dicts keep insertion order): cheap and good enough,

@@ -156,6 +156,8 @@ def _universe(n_accounts: int, n_celebs: int, pop_s: float, pop_q: float) -> dic
         blob[8 + k :: 32] = raw[k::24]
     didblob = blob.decode("ascii")
     del blob, raw
+    dids = [didblob[i << 5 : (i << 5) + 32] for i in range(A)]
+    del didblob
     webflag = Random("smalldp-gen-web").randbytes(A)
     web: dict[int, str] = {}
     pos = -1
@@ -166,6 +168,8 @@ def _universe(n_accounts: int, n_celebs: int, pop_s: float, pop_q: float) -> dic
             web[pos] = f"did:web:{_name(pos)}{pos:x}.example.com"
             pos = webflag.find(marker, pos + 1)
     web = dict(sorted(web.items()))
+    for i, w in web.items():
+        dids[i] = w
     clk = Random("smalldp-gen-clock").randbytes(A).translate(bytes(b & 31 for b in range(256)))
     rkd = Random("smalldp-gen-rkey-delay").randbytes(A)
     pop = bytearray(A)  # 1 = popular author (top 1% of popularity), 2 = celebrity
@@ -175,7 +179,7 @@ def _universe(n_accounts: int, n_celebs: int, pop_s: float, pop_q: float) -> dic
     celebs = [(r * _PP + _OP) % A for r in range(n_celebs)]
     for a in celebs:
         pop[a] = 2
-    return {"didblob": didblob, "web": web, "clk": clk, "rkd": rkd, "pop": bytes(pop), "celebs": celebs}
+    return {"dids": dids, "web": web, "clk": clk, "rkd": rkd, "pop": bytes(pop), "celebs": celebs}
 
 
 _SYL = ("ka", "mi", "ra", "to", "ne", "lu", "so", "vi", "da", "el", "no", "ri", "sa", "ta", "mo", "jun",
@@ -194,7 +198,7 @@ def _n_celebs(A: int, explicit: int | None) -> int:
 def did_of(index: int, accounts: int) -> str:
     """The DID of account ``index`` in a universe of ``accounts`` accounts."""
     u = _universe(accounts, _n_celebs(accounts, None), DEFAULTS["popularity_s"], DEFAULTS["popularity_q"])
-    return u["web"].get(index) or u["didblob"][index << 5 : (index << 5) + 32]
+    return u["dids"][index]
 
 
 def celebrity_dids(accounts: int) -> list[str]:
@@ -386,15 +390,41 @@ def generate(n_events: int, seed: int = 1, **params: Any) -> Iterator[bytes]:
     return iter(EventGenerator(n_events, seed, **params))
 
 
+class _Memo(dict):
+    """A dict that computes missing entries (``d[k]`` is one C-level lookup when cached)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Any) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def __missing__(self, key: int) -> str:
+        value = self[key] = self.fn(key)
+        return value
+
+
+def _iso_second(s: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s))
+
+
+def _ref(cid: str, uri: str) -> str:
+    """A strong ref, pre-serialised: ``{"cid":...,"uri":...}`` (keys sorted, as the network has them)."""
+    return f'{{"cid":"{cid}","uri":"{uri}"}}'
+
+
+def _ref_uri(ref: str) -> str:
+    return ref[76:-2]  # '{"cid":"' + 59-char cid + '","uri":"' ... '"}'
+
+
 def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, locals on purpose
     n = gen.n_events
     cfg = gen.cfg
     A = int(cfg["accounts"])
     n_celebs = _n_celebs(A, cfg["celebrities"])
     uni = _universe(A, n_celebs, float(cfg["popularity_s"]), float(cfg["popularity_q"]))
-    DB = uni["didblob"]
+    DIDS = uni["dids"]
     WEB = uni["web"]
-    WEBGET = WEB.get
     CLK = uni["clk"]
     RKD = uni["rkd"]
     POP = uni["pop"]
@@ -411,16 +441,19 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
     NURL = len(URLS)
     TITLES = pools.titles
     dumps = orjson.dumps
+    F = orjson.Fragment
     T3 = _T3
     MS3 = _MS3
+    HI = _Memo(lambda h: _tid_slow(h << 30)[:7])  # top 7 TID chars by v >> 30 (~1 s of time)
+    ISOS = _Memo(_iso_second)
 
-    # ---- per-account state (bounded: a few bytes per account) ----
-    LREV = array("q", bytes(8 * A))
+    # ---- per-account state (a few bytes per account) ----
+    LREV = array("q", bytes(8 * A))  # last rev (TID integer) per account
     STATUS = bytearray(A)
-    FLAGS = bytearray(A)  # 1 profile exists, 2 chat declaration, 4 teal status
+    FLAGS = bytearray(A)  # 1 profile exists, 2 chat declaration exists, 4 teal status exists
     deactivated: list[int] = []
 
-    # ---- samplers ----
+    # ---- samplers: continuous Zipf-Mandelbrot, weight(rank) ~ (rank + q) ** -s ----
     def zm(s: float, q: float) -> tuple[float, float, float, float]:
         e1 = 1.0 - s
         c0 = q**e1
@@ -428,42 +461,24 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
 
     ac0, aD, ainv, aq = zm(float(cfg["activity_s"]), float(cfg["activity_q"]))
     pc0, pD, pinv, pq = zm(float(cfg["popularity_s"]), float(cfg["popularity_q"]))
-    A1 = A - 1
 
     def pick_active() -> int:
         while True:
-            r = int((ac0 + rnd() * aD) ** ainv - aq)
-            a = ((r if r < A else A1) * _PA + _OA) % A
+            a = (int((ac0 + rnd() * aD) ** ainv - aq) * _PA + _OA) % A
             if not STATUS[a]:
                 return a
 
     def pick_popular() -> int:
-        r = int((pc0 + rnd() * pD) ** pinv - pq)
-        return ((r if r < A else A1) * _PP + _OP) % A
-
-    def did(a: int) -> str:
-        return WEBGET(a) or DB[a << 5 : (a << 5) + 32]
-
-    HI: dict[int, str] = {}
+        return (int((pc0 + rnd() * pD) ** pinv - pq) * _PP + _OP) % A
 
     def tid(v: int) -> str:
-        h = v >> 30
-        hi = HI.get(h)
-        if hi is None:
-            hi = HI[h] = _tid_slow(v)[:7]
-        return hi + T3[(v >> 15) & 32767] + T3[v & 32767]
-
-    ISO: dict[int, str] = {}
+        return HI[v >> 30] + T3[(v >> 15) & 32767] + T3[v & 32767]
 
     def iso(t_us: int) -> str:
-        s = t_us // 1000000
-        p = ISO.get(s)
-        if p is None:
-            p = ISO[s] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s))
-        return p + MS3[(t_us // 1000) % 1000]
+        return ISOS[t_us // 1000000] + MS3[(t_us // 1000) % 1000]
 
     def iso_slow(t_us: int) -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t_us // 1000000)) + MS3[(t_us // 1000) % 1000]
+        return _iso_second(t_us // 1000000) + MS3[(t_us // 1000) % 1000]
 
     def cid() -> str:
         r = bits(48)
@@ -475,29 +490,36 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
 
     start = int(cfg["start_time_us"])
     lag = int(cfg["relay_lag_us"])
+    lag_lo = lag - lag // 5  # rev time = time_us - lag * (0.8 .. 1.2)
+    lagspan = max(1, 2 * (lag // 5))
     rmax = int(cfg["reorder_max_us"])
     spacing = 1e6 / float(cfg["rate"])
+    sp_lo = spacing * 0.5
     seq0 = int(cfg["seq_start"])
     DAY = 86400 * 1000000
+    RKOFF = [(3000 + 40 * k) << 10 for k in range(256)]  # rkey = rev - 3..13 ms (per account)
 
     def old_tid(max_age_us: int, min_age_us: int = DAY // 24) -> str:
         t_old = start - lag - min_age_us - int(rnd() * (max_age_us - min_age_us))
         return _tid_slow((t_old << 10) | int(rnd() * 32))
 
-    # ---- bounded memories ----
+    # ---- bounded memories (rings of the most recent records) ----
     PW = int(cfg["post_window"])
     RW = int(cfg["record_window"])
-    posts: list[Any] = [None] * PW  # entry: [acct, ref, root_ref, parent_ref, flags]
+    posts: list[Any] = [None] * PW  # entry: [acct | -1 deleted, ref, root_ref, parent_ref, flags]
     pw = 0
+    pfill = 0
     POPW = max(1000, PW // 4)
-    popposts: list[Any] = [None] * POPW
+    popposts: list[Any] = [None] * POPW  # posts by popular authors (same entries)
     ppw = 0
     hot: list[Any] = []  # viral posts, newest last
     HOTCAP = 16
-    likes: list[Any] = [None] * RW  # entry: [acct, rkey]
+    LA: list[int] = [-1] * RW  # likes: author (or -1 deleted) / rkey
+    LR: list[str] = [""] * RW
     lw = 0
     FW = max(1000, RW // 2)
-    follows: list[Any] = [None] * FW  # entry: [acct, rkey]
+    FA: list[int] = [-1] * FW  # follows
+    FR: list[str] = [""] * FW
     fw = 0
     reposts: list[Any] = [None] * FW  # entry: [acct, rkey, ref, subject_ref]
     rw = 0
@@ -507,27 +529,28 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
     BW = max(1000, RW // 10)
     bookmarks: list[Any] = [None] * BW  # same entry objects as in misc
     bw = 0
-    gates: list[Any] = [None] * BW  # threadgate entries [acct, coll, rkey, post_uri]
+    gates: list[Any] = [None] * BW  # threadgates: [acct, coll, rkey, post_uri, allow]
     gw = 0
-    lists: list[Any] = [None] * BW  # entry: [acct, coll, rkey, uri, purpose, name]
+    lists: list[Any] = [None] * BW  # [acct, coll, rkey, uri, purpose, name]
     lsw = 0
 
     # posts that existed before the stream started (popular authors, up to 90 days old)
-    OLD: list[dict[str, str]] = []
+    OLD: list[str] = []
     for _ in range(10000):
         a = pick_popular()
-        OLD.append({"cid": cid(), "uri": f"at://{did(a)}/app.bsky.feed.post/{old_tid(90 * DAY)}"})
+        OLD.append(_ref(cid(), f"at://{DIDS[a]}/app.bsky.feed.post/{old_tid(90 * DAY)}"))
     NOLD = len(OLD)
     TANGLED = []
     for _ in range(2000):
         a = pick_popular()
-        TANGLED.append(f"at://{did(a)}/sh.tangled.repo/{old_tid(365 * DAY)}")
+        TANGLED.append(f"at://{DIDS[a]}/sh.tangled.repo/{old_tid(365 * DAY)}")
 
-    old_frac = float(cfg["old_subject_frac"])
-    hot_frac = float(cfg["hot_like_frac"])
-    pop_frac = hot_frac + float(cfg["popular_like_frac"])
-    old_cut = 1.0 - old_frac
     via_frac = float(cfg["via_frac"])
+    hot_cut = via_frac + float(cfg["hot_like_frac"])
+    pop_cut = hot_cut + float(cfg["popular_like_frac"])
+    old_cut = 1.0 - float(cfg["old_subject_frac"])
+    if old_cut < pop_cut:
+        raise ValueError("via_frac + hot_like_frac + popular_like_frac + old_subject_frac must be <= 1")
     reply_frac = float(cfg["reply_frac"])
     hot_post_prob = float(cfg["hot_post_prob"])
     handle_frac = float(cfg["handle_frac"])
@@ -544,19 +567,22 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
         elif power == 4:
             u = u * u
             u = u * u
-        back = int(filled * u)
-        return ring[(written - 1 - back) % cap]
+        return ring[(written - 1 - int(filled * u)) % cap]
 
-    def pick_post_ref() -> dict[str, str]:
-        """A strong ref to a post: viral, popular author, recent, or pre-stream."""
-        u = rnd()
-        if u < hot_frac:
+    def old_ref() -> str:
+        v = rnd()
+        return OLD[int(NOLD * v * v)]
+
+    def pick_post_ref() -> str:
+        """A strong ref to a post: viral, by a popular author, recent, or pre-stream."""
+        u = via_frac + rnd() * (1.0 - via_frac)
+        if u < hot_cut:
             if hot:
                 v = rnd()
                 e = hot[-1 - int(len(hot) * v * v)]
                 if e[0] >= 0:
                     return e[1]
-        elif u < pop_frac:
+        elif u < pop_cut:
             e = ring_pick(popposts, ppw, POPW, 3)
             if e is not None and e[0] >= 0:
                 return e[1]
@@ -564,8 +590,26 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
             e = ring_pick(posts, pw, PW, 3)
             if e is not None and e[0] >= 0:
                 return e[1]
-        v = rnd()
-        return OLD[int(NOLD * v * v)]
+        return old_ref()
+
+    def pick_special(u: float) -> tuple[str, str | None]:
+        """Subject (and via) of a like/repost when u < pop_cut."""
+        if u < via_frac:
+            e = ring_pick(reposts, rw, FW, 3)
+            if e is not None and e[0] >= 0:
+                return e[3], e[2]
+            return pick_post_ref(), None
+        if u < hot_cut:
+            if hot:
+                v = rnd()
+                e = hot[-1 - int(len(hot) * v * v)]
+                if e[0] >= 0:
+                    return e[1], None
+            return old_ref(), None
+        e = ring_pick(popposts, ppw, POPW, 3)
+        if e is not None and e[0] >= 0:
+            return e[1], None
+        return old_ref(), None
 
     def pick_parent() -> Any:
         """A post entry to reply to (None -> a pre-stream post)."""
@@ -583,67 +627,65 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
         return e
 
     def handle(a: int) -> str:
-        w = WEBGET(a)
+        w = WEB.get(a)
         if w:
             return w[8:]
         return f"{_name(a)}{a:x}.bsky.social"
 
-    # ---- op table ----
+    # ---- op table: 32768 slots; like, repost, follow first so the hot loop tests k < K ----
     mix = gen.mix
-    names = list(mix)
+    order = ["like", "repost", "follow"] + [m for m in mix if m not in ("like", "repost", "follow")]
     total = sum(mix.values())
+    NOPS = 32768
     OPS: list[str] = []
-    NOPS = 20000
     acc = 0.0
-    for name in names:
+    for name in order:
         acc += mix[name] / total * NOPS
         OPS.extend([name] * (int(round(acc)) - len(OPS)))
-    OPS.extend([names[-1]] * (NOPS - len(OPS)))
+    OPS.extend([order[-1]] * (NOPS - len(OPS)))
+    K_LIKE = OPS.count("like")
+    K_REPOST = K_LIKE + OPS.count("repost")
+    K_SIMPLE = K_REPOST + OPS.count("follow")
 
     stats_ops: dict[tuple[str, str], int] = {}
     kinds = {"commit": 0, "identity": 0, "account": 0}
     account_status: dict[str, int] = {}
-    extra = {"unknown_deletes": 0, "hot_posts": 0, "replies": 0}
+    extra = {"unknown_deletes": 0, "hot_posts": 0, "replies": 0, "likes_with_via": 0}
     gen.stats = {"events": 0, "kinds": kinds, "commits": stats_ops, "account_status": account_status,
                  "notes": extra}
 
-    def count(coll: str, op: str) -> None:
-        k = (coll, op)
-        stats_ops[k] = stats_ops.get(k, 0) + 1
-
-    # ---- commit building helpers ----
+    # ---- commit building helpers (everything but like/repost/follow) ----
     cur = [0, 0]  # [rev int, rkey int] of the commit being built
 
     def head(a: int, t: int) -> str:
-        rv = ((t - lag - int(lag * 0.4 * (rnd() - 0.5))) << 10) | CLK[a]
+        rv = ((t - lag_lo - int(lagspan * rnd())) << 10) | CLK[a]
         last = LREV[a]
         if rv <= last:
             rv = last + 1024
         LREV[a] = rv
         cur[0] = rv
-        cur[1] = rv - ((3000 + 40 * RKD[a]) << 10)
+        cur[1] = rv - RKOFF[RKD[a]]
         return tid(rv)
 
-    def commit(a: int, t: int, rev: str, op: str, coll: str, rkey: str, record: Any) -> bytes:
+    def commit(a: int, t: int, rev: str, op: str, coll: str, rkey: str, record: Any, c: str | None = None) -> bytes:
         kinds["commit"] += 1
         k = (coll, op)
         stats_ops[k] = stats_ops.get(k, 0) + 1
         if record is None:
-            c = {"rev": rev, "operation": op, "collection": coll, "rkey": rkey}
+            body = {"rev": rev, "operation": op, "collection": coll, "rkey": rkey}
         else:
-            c = {"rev": rev, "operation": op, "collection": coll, "rkey": rkey, "record": record, "cid": cid()}
-        return dumps({"did": did(a), "time_us": t, "kind": "commit", "commit": c})
+            body = {"rev": rev, "operation": op, "collection": coll, "rkey": rkey, "record": record,
+                    "cid": c or cid()}
+        return dumps({"did": DIDS[a], "time_us": t, "kind": "commit", "commit": body})
 
     def image_blob(mime: str = "image/jpeg") -> dict[str, Any]:
         return {"$type": "blob", "ref": {"$link": blobcid()}, "mimeType": mime, "size": 20000 + bits(20)}
 
     def images_embed() -> dict[str, Any]:
-        k = 1 + int(rnd() ** 3 * 4)
         imgs = []
-        for _ in range(k):
-            w = 600 + int(rnd() * 3400)
+        for _ in range(1 + int(rnd() ** 3 * 4)):
             imgs.append({"alt": "" if rnd() < 0.6 else TITLES[int(rnd() * 1024)],
-                         "aspectRatio": {"height": 400 + int(rnd() * 3000), "width": w},
+                         "aspectRatio": {"height": 400 + int(rnd() * 3000), "width": 600 + int(rnd() * 3400)},
                          "image": image_blob()})
         return {"$type": "app.bsky.embed.images", "images": imgs}
 
@@ -651,31 +693,33 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
         v = rnd()
         return URLS[int(NURL * v * v * v)]
 
-    def post_record(a: int, created: str, reply: Any, force_link: bool = False) -> tuple[dict[str, Any], Any]:
-        """Build a post record.  Returns (record, quoted_ref)."""
+    def post_record(created: str, reply: Any, force_link: bool = False) -> dict[str, Any]:
         text, blen, langs = TEXTS[int(rnd() * NTEXT)]
         facets = []
-        u = rnd()
-        if u < 0.08:  # mention
+        if rnd() < 0.08:  # a mention
             m = pick_popular()
             h = "@" + handle(m)
             text = text + " " + h
-            facets.append({"features": [{"$type": "app.bsky.richtext.facet#mention", "did": did(m)}],
+            facets.append({"features": [{"$type": "app.bsky.richtext.facet#mention", "did": DIDS[m]}],
                            "index": {"byteEnd": blen + 1 + len(h), "byteStart": blen + 1}})
             blen += 1 + len(h)
         embed = None
-        quoted = None
         u = rnd()
+        if force_link:
+            u = 0.2
         if u < 0.15:
             embed = images_embed()
         elif u < 0.18:
             embed = {"$type": "app.bsky.embed.video", "aspectRatio": {"height": 1920, "width": 1080},
                      "video": image_blob("video/mp4")}
-        elif u < 0.26 or force_link:
+        elif u < 0.26:
             url = url_pick()
-            ext = {"description": TITLES[int(rnd() * 1024)], "title": TITLES[int(rnd() * 1024)], "uri": url}
+            title = TITLES[int(rnd() * 1024)]
+            desc = TITLES[int(rnd() * 1024)]
             if rnd() < 0.6:
-                ext = {"description": ext["description"], "thumb": image_blob(), "title": ext["title"], "uri": url}
+                ext = {"description": desc, "thumb": image_blob(), "title": title, "uri": url}
+            else:
+                ext = {"description": desc, "title": title, "uri": url}
             embed = {"$type": "app.bsky.embed.external", "external": ext}
             if rnd() < 0.7:  # the link is in the text too, usually shortened
                 shown = url[8:]
@@ -686,20 +730,18 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
                                "index": {"byteEnd": blen + 2 + len(shown), "byteStart": blen + 2}})
                 blen += 2 + len(shown)
         elif u < 0.31:
-            quoted = pick_post_ref()
-            embed = {"$type": "app.bsky.embed.record", "record": quoted}
+            embed = {"$type": "app.bsky.embed.record", "record": F(pick_post_ref())}
         elif u < 0.33:
-            quoted = pick_post_ref()
             embed = {"$type": "app.bsky.embed.recordWithMedia", "media": images_embed(),
-                     "record": {"$type": "app.bsky.embed.record", "record": quoted}}
-        if embed is None or embed["$type"] != "app.bsky.embed.external":
-            if rnd() < 0.06:  # a bare link facet
+                     "record": {"$type": "app.bsky.embed.record", "record": F(pick_post_ref())}}
+        if u >= 0.26 or u < 0.18:
+            if rnd() < 0.06:  # a bare link in the text
                 url = url_pick()
                 text = text + " " + url
                 facets.append({"features": [{"$type": "app.bsky.richtext.facet#link", "uri": url}],
                                "index": {"byteEnd": blen + 1 + len(url), "byteStart": blen + 1}})
                 blen += 1 + len(url)
-        if rnd() < 0.06:  # tags
+        if rnd() < 0.06:  # hashtags
             for _ in range(1 + int(rnd() * rnd() * 3)):
                 tag = _TAGS[int(len(_TAGS) * rnd() ** 2)]
                 text = text + " #" + tag
@@ -716,50 +758,12 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
         if reply is not None:
             rec["reply"] = reply
         rec["text"] = text
-        return rec, quoted
+        return rec
 
-    # ---- rare ops: each returns a line, or None to fall back to a like ----
-
-    def op_follow(t: int) -> bytes:
-        a = pick_active()
-        s = pick_popular()
-        if s == a:
-            s = pick_popular()
-        rev = head(a, t)
-        rkv = cur[1]
-        rk = tid(rkv)
-        nonlocal fw
-        follows[fw % FW] = [a, rk]
-        fw += 1
-        return commit(a, t, rev, "create", C_FOLLOW, rk,
-                      {"$type": C_FOLLOW, "createdAt": iso(rkv >> 10), "subject": did(s)})
-
-    def op_repost(t: int) -> bytes:
-        nonlocal rw
-        a = pick_active()
-        rev = head(a, t)
-        rkv = cur[1]
-        rk = tid(rkv)
-        via = None
-        subj = None
-        if rnd() < via_frac:
-            e = ring_pick(reposts, rw, FW, 3)
-            if e is not None and e[0] >= 0:
-                subj, via = e[3], e[2]
-        if subj is None:
-            subj = pick_post_ref()
-        rec = {"$type": C_REPOST, "createdAt": iso(rkv >> 10), "subject": subj}
-        if via is not None:
-            rec["via"] = via
-        line = commit(a, t, rev, "create", C_REPOST, rk, rec)
-        # the cid commit() made is the last 59 bytes before '"}}'
-        ref = {"cid": line[-62:-3].decode(), "uri": f"at://{did(a)}/{C_REPOST}/{rk}"}
-        reposts[rw % FW] = [a, rk, ref, subj]
-        rw += 1
-        return line
+    # ---- ops: each returns a line, or None when nothing suitable is remembered yet ----
 
     def op_post(t: int) -> bytes:
-        nonlocal pw, ppw
+        nonlocal pw, pfill, ppw
         a = -1
         is_hot = False
         if rnd() < hot_post_prob:
@@ -777,20 +781,20 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
         if not is_hot and rnd() < reply_frac:
             pe = pick_parent()
             if pe is None:
-                v = rnd()
-                parent_ref = root_ref = OLD[int(NOLD * v * v)]
+                parent_ref = root_ref = old_ref()
             else:
                 parent_ref = pe[1]
                 root_ref = pe[2] if pe[2] is not None else pe[1]
-            reply = {"parent": parent_ref, "root": root_ref}
+            reply = {"parent": F(parent_ref), "root": F(root_ref)}
             extra["replies"] += 1
-        created = iso(rkv >> 10)
-        rec, _ = post_record(a, created, reply)
-        line = commit(a, t, rev, "create", C_POST, rk, rec)
-        ref = {"cid": line[-62:-3].decode(), "uri": f"at://{did(a)}/{C_POST}/{rk}"}
-        e = [a, ref, root_ref, parent_ref, 4 if is_hot else 0]
+        rec = post_record(iso(rkv >> 10), reply)
+        c = cid()
+        line = commit(a, t, rev, "create", C_POST, rk, rec, c)
+        e = [a, _ref(c, f"at://{DIDS[a]}/{C_POST}/{rk}"), root_ref, parent_ref, 4 if is_hot else 0]
         posts[pw % PW] = e
         pw += 1
+        if pfill < PW:
+            pfill += 1
         if POP[a]:
             popposts[ppw % POPW] = e
             ppw += 1
@@ -814,12 +818,11 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
         rk = tid(rkv)
         add_misc([a, C_BLOCK, rk])
         return commit(a, t, rev, "create", C_BLOCK, rk,
-                      {"$type": C_BLOCK, "createdAt": iso(rkv >> 10), "subject": did(s)})
+                      {"$type": C_BLOCK, "createdAt": iso(rkv >> 10), "subject": DIDS[s]})
 
-    def op_list(t: int, a: int = -1) -> bytes:
+    def op_list(t: int) -> bytes:
         nonlocal lsw
-        if a < 0:
-            a = pick_active()
+        a = pick_active()
         rev = head(a, t)
         rkv = cur[1]
         rk = tid(rkv)
@@ -831,7 +834,7 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
             rec["description"] = TEXTS[int(rnd() * NTEXT)][0][:200]
         rec["name"] = name
         rec["purpose"] = purpose
-        e = [a, C_LIST, rk, f"at://{did(a)}/{C_LIST}/{rk}", purpose, name]
+        e = [a, C_LIST, rk, f"at://{DIDS[a]}/{C_LIST}/{rk}", purpose, name]
         lists[lsw % BW] = e
         lsw += 1
         add_misc(e)
@@ -857,7 +860,7 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
         rk = tid(rkv)
         add_misc([a, C_LISTITEM, rk])
         return commit(a, t, rev, "create", C_LISTITEM, rk,
-                      {"$type": C_LISTITEM, "createdAt": iso(rkv >> 10), "list": le[3], "subject": did(s)})
+                      {"$type": C_LISTITEM, "createdAt": iso(rkv >> 10), "list": le[3], "subject": DIDS[s]})
 
     def op_listblock(t: int) -> bytes:
         le = live_list(True)
@@ -881,20 +884,21 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
             rec["avatar"] = image_blob()
         if rnd() < 0.5:
             rec["banner"] = image_blob()
-        # profile creation time: a fixed moment before the stream for each account
-        rec["createdAt"] = iso_slow(start - lag - DAY - (a * 7919 % 700) * DAY // 2) if exists else iso(cur[1] >> 10)
+        if exists:  # the profile was made at a fixed moment before the stream
+            rec["createdAt"] = iso_slow(start - lag - DAY - (a * 7919 % 700) * (DAY // 2))
+        else:
+            rec["createdAt"] = iso(cur[1] >> 10)
         rec["description"] = TEXTS[int(rnd() * NTEXT)][0][:256]
         rec["displayName"] = _name(a).capitalize() + (" " + rng.choice(_EMOJI) if rnd() < 0.2 else "")
         if rnd() < 0.3:
-            rec["pinnedPost"] = {"cid": cid(), "uri": f"at://{did(a)}/{C_POST}/{old_tid(200 * DAY)}"}
+            rec["pinnedPost"] = F(_ref(cid(), f"at://{DIDS[a]}/{C_POST}/{old_tid(200 * DAY)}"))
         return commit(a, t, rev, "update" if exists else "create", C_PROFILE, "self", rec)
 
     def recent_post_for_gate(bit: int) -> Any:
         for _ in range(4):
-            filled = pw if pw < PW else PW
-            if not filled:
+            if not pfill:
                 return None
-            e = posts[(pw - 1 - int(min(filled, 2000) * rnd())) % PW]
+            e = posts[(pw - 1 - int(min(pfill, 2000) * rnd())) % PW]
             if e[0] >= 0 and not STATUS[e[0]] and not e[4] & bit:
                 return e
         return None
@@ -906,7 +910,7 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
             return None
         pe[4] |= 1
         a = pe[0]
-        uri = pe[1]["uri"]
+        uri = _ref_uri(pe[1])
         rk = uri[-13:]
         rev = head(a, t)
         allow: list[dict[str, Any]] = []
@@ -934,10 +938,10 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
             return None
         pe[4] |= 2
         a = pe[0]
-        uri = pe[1]["uri"]
+        uri = _ref_uri(pe[1])
         rk = uri[-13:]
         rev = head(a, t)
-        detached = [] if rnd() < 0.5 else [pick_post_ref()["uri"]]
+        detached = [] if rnd() < 0.5 else [_ref_uri(pick_post_ref())]
         rec = {"$type": C_POSTGATE, "createdAt": iso(cur[1] >> 10), "detachedEmbeddingUris": detached,
                "embeddingRules": [{"$type": "app.bsky.feed.postgate#disableRule"}], "post": uri}
         add_misc([a, C_POSTGATE, rk])
@@ -1000,14 +1004,13 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
         return commit(a, t, rev, "update" if exists else "create", C_DECL, "self", rec)
 
     def bookmark_record(created: str) -> dict[str, Any]:
-        subj = pick_post_ref()
         ann: list[dict[str, Any]] = []
         if rnd() < 0.5:
             ann.append({"$type": "com.example.bookmark#link", "uri": url_pick()})
         if rnd() < 0.3:
-            ann.append({"$type": "com.example.bookmark#mention", "did": did(pick_popular())})
+            ann.append({"$type": "com.example.bookmark#mention", "did": DIDS[pick_popular()]})
         rec: dict[str, Any] = {"$type": C_BOOKMARK, "annotations": ann, "createdAt": created,
-                               "subject": {"uri": subj["uri"]}}
+                               "subject": {"uri": _ref_uri(pick_post_ref())}}
         if rnd() < 0.5:
             rec["tags"] = [_TAGS[int(rnd() * len(_TAGS))]]
         return rec
@@ -1027,36 +1030,36 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
     def created_of(rk: str) -> str:
         return iso_slow(int(rk.translate(_FROM_SORTABLE), 32) >> 10)
 
-    def op_update_bookmark(t: int) -> bytes | None:
+    def live_entry(ring: list[Any], written: int, cap: int, power: int) -> Any:
         for _ in range(4):
-            e = ring_pick(bookmarks, bw, BW, 1)
+            e = ring_pick(ring, written, cap, power)
             if e is None:
                 return None
             if e[0] >= 0 and not STATUS[e[0]]:
-                break
-        else:
+                return e
+        return None
+
+    def op_update_bookmark(t: int) -> bytes | None:
+        e = live_entry(bookmarks, bw, BW, 1)
+        if e is None:
             return None
         a = e[0]
         rev = head(a, t)
         return commit(a, t, rev, "update", C_BOOKMARK, e[2], bookmark_record(created_of(e[2])))
 
     def op_update_post(t: int) -> bytes | None:
-        for _ in range(4):
-            e = ring_pick(posts, pw, PW, 2)
-            if e is None:
-                return None
-            if e[0] >= 0 and not STATUS[e[0]]:
-                break
-        else:
+        e = live_entry(posts, pw, PW, 2)
+        if e is None or e[4] & 4:
             return None
         a = e[0]
         rev = head(a, t)
-        rk = e[1]["uri"][-13:]
-        reply = None if e[3] is None else {"parent": e[3], "root": e[2]}
-        rec, _ = post_record(a, created_of(rk), reply, force_link=True)
-        line = commit(a, t, rev, "update", C_POST, rk, rec)
-        e[1] = {"cid": line[-62:-3].decode(), "uri": e[1]["uri"]}
-        return line
+        uri = _ref_uri(e[1])
+        rk = uri[-13:]
+        reply = None if e[3] is None else {"parent": F(e[3]), "root": F(e[2])}
+        rec = post_record(created_of(rk), reply, force_link=True)
+        c = cid()
+        e[1] = _ref(c, uri)  # later likes pin the new version
+        return commit(a, t, rev, "update", C_POST, rk, rec, c)
 
     def op_update_other(t: int) -> bytes | None:
         if rnd() < 0.5:
@@ -1068,55 +1071,54 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
             le[5] = TITLES[int(rnd() * 1024)][:40]
             rec = {"$type": C_LIST, "createdAt": created_of(le[2]), "name": le[5], "purpose": le[4]}
             return commit(a, t, rev, "update", C_LIST, le[2], rec)
-        for _ in range(4):
-            e = ring_pick(gates, gw, BW, 1)
-            if e is None:
-                return None
-            if e[0] >= 0 and not STATUS[e[0]]:
-                break
-        else:
+        e = live_entry(gates, gw, BW, 1)
+        if e is None:
             return None
         a = e[0]
         rev = head(a, t)
-        hidden = []
         pe = ring_pick(posts, pw, PW, 4)
-        if pe is not None:
-            hidden.append(pe[1]["uri"])
+        hidden = [] if pe is None else [_ref_uri(pe[1])]
         rec = {"$type": C_THREADGATE, "allow": e[4], "createdAt": created_of(e[2]), "hiddenReplies": hidden,
                "post": e[3]}
         return commit(a, t, rev, "update", C_THREADGATE, e[2], rec)
 
     def op_delete(t: int) -> bytes | None:
-        nonlocal pw
         u = rnd()
-        for attempt in range(6):
-            if u < 0.50:
-                ring, written, cap, coll = likes, lw, RW, C_LIKE
-            elif u < 0.72:
-                ring, written, cap, coll = follows, fw, FW, C_FOLLOW
-            elif u < 0.84:
+        for _ in range(6):
+            if u < 0.72:  # likes and follows: parallel arrays
+                if u < 0.50:
+                    LX, LY, written, cap, coll = LA, LR, lw, RW, C_LIKE
+                else:
+                    LX, LY, written, cap, coll = FA, FR, fw, FW, C_FOLLOW
+                filled = written if written < cap else cap
+                if filled:
+                    v = rnd()
+                    j = (written - 1 - int(filled * v * v)) % cap
+                    a = LX[j]
+                    if a >= 0 and not STATUS[a]:
+                        LX[j] = -1
+                        return commit(a, t, head(a, t), "delete", coll, LY[j], None)
+                u = rnd()
+                continue
+            if u < 0.84:
                 ring, written, cap, coll = reposts, rw, FW, C_REPOST
             elif u < 0.94:
                 ring, written, cap, coll = posts, pw, PW, C_POST
             else:
-                ring, written, cap, coll = misc, mw, MW, None
+                ring, written, cap, coll = misc, mw, MW, ""
             e = ring_pick(ring, written, cap, 2)
-            if e is None or e[0] < 0 or STATUS[e[0]]:
+            if e is None or e[0] < 0 or STATUS[e[0]] or (coll == C_POST and e[4] & 4):  # viral posts stay
                 u = rnd()
                 continue
             if coll == C_POST:
-                if e[4] & 4:  # never delete a viral post
-                    u = rnd()
-                    continue
-                rk = e[1]["uri"][-13:]
-            elif coll is None:
-                coll, rk = e[1], e[2]
-            else:
+                rk = _ref_uri(e[1])[-13:]
+            elif coll:
                 rk = e[1]
+            else:
+                coll, rk = e[1], e[2]
             a = e[0]
             e[0] = -1
-            rev = head(a, t)
-            return commit(a, t, rev, "delete", coll, rk, None)
+            return commit(a, t, head(a, t), "delete", coll, rk, None)
         return None
 
     def op_delete_unknown(t: int) -> bytes:
@@ -1129,16 +1131,16 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
 
     def op_identity(t: int, i: int, a: int) -> bytes:
         kinds["identity"] += 1
-        body: dict[str, Any] = {"did": did(a)}
+        d = DIDS[a]
         if rnd() < handle_frac:
-            body["handle"] = handle(a)
-        body["seq"] = seq0 + i
-        body["time"] = iso(t - lag)
-        return dumps({"did": body["did"], "time_us": t, "kind": "identity", "identity": body})
+            body = {"did": d, "handle": handle(a), "seq": seq0 + i, "time": iso(t - lag)}
+        else:
+            body = {"did": d, "seq": seq0 + i, "time": iso(t - lag)}
+        return dumps({"did": d, "time_us": t, "kind": "identity", "identity": body})
 
     def account_line(t: int, i: int, a: int, status: str | None) -> bytes:
         kinds["account"] += 1
-        d = did(a)
+        d = DIDS[a]
         key = status or "active"
         account_status[key] = account_status.get(key, 0) + 1
         if status is None:
@@ -1156,10 +1158,9 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
             deactivated.pop()
             STATUS[a] = _ACTIVE
             return account_line(t, i, a, None)
-        if u >= 0.95:  # an active account re-announced (migration, sync)
+        if u >= 0.95:  # an active account re-announced (migration, resync)
             return account_line(t, i, pick_active(), None)
-        # target: a uniformly random active non-celebrity account
-        for _ in range(20):
+        for _ in range(20):  # target: a uniformly random active non-celebrity account
             a = int(rnd() * A)
             if not STATUS[a] and POP[a] != 2:
                 break
@@ -1178,36 +1179,34 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
         STATUS[a] = _DELETED
         return account_line(t, i, a, "deleted")
 
-    RARE = {
-        "post": op_post, "follow": op_follow, "repost": op_repost, "block": op_block,
-        "profile": op_profile, "listitem": op_listitem, "list": op_list, "listblock": op_listblock,
-        "star": op_star, "play": op_play, "threadgate": op_threadgate, "postgate": op_postgate,
-        "declaration": op_declaration, "bookmark": op_bookmark, "tealstatus": op_tealstatus,
-        "update_bookmark": op_update_bookmark, "update_post": op_update_post,
-        "update_other": op_update_other, "delete": op_delete, "delete_unknown": op_delete_unknown,
+    OPFN = {
+        "post": op_post, "block": op_block, "profile": op_profile, "listitem": op_listitem,
+        "list": op_list, "listblock": op_listblock, "star": op_star, "play": op_play,
+        "threadgate": op_threadgate, "postgate": op_postgate, "declaration": op_declaration,
+        "bookmark": op_bookmark, "tealstatus": op_tealstatus, "update_bookmark": op_update_bookmark,
+        "update_post": op_update_post, "update_other": op_update_other, "delete": op_delete,
+        "delete_unknown": op_delete_unknown,
     }
-    OPF = [RARE.get(o) for o in OPS]
-    IS_LIKE = [o == "like" for o in OPS]
+    OPF = [OPFN.get(o) for o in OPS]
     IS_ID = [o == "identity" for o in OPS]
-    IS_ACC = [o == "account" for o in OPS]
+
+    # ---- per-event jitter tables (indexed by random bits) ----
+    STEP = [spacing * (j + 0.5) / 1024 * 2 for j in range(1024)]  # uniform 0..2x spacing, mean spacing
+    DELAY = [int(rmax * ((j + 0.5) / 1024) ** 3) for j in range(1024)]  # time_us steps back, <= rmax
+    LAGJ = [lag_lo + lagspan * j // 256 for j in range(256)]  # time_us - rev time
 
     # ---- the loop ----
     base = float(start)
-    pending = -1  # account whose active:true event follows its identity event
+    pending = -1  # account whose account(active) event follows its identity event
     i = 0
-    C_LIKE_ = C_LIKE
-    RKOFF = [(3000 + 40 * k) << 10 for k in range(256)]
-    HIget = HI.get
-    ISOget = ISO.get
-    like_key = (C_LIKE, "create")
-    stats_ops[like_key] = 0
-    n_like = 0
+    n_like = n_repost = n_follow = n_via = 0
     try:
         while i < n:
+            r = bits(43)  # op slot | arrival step | reorder delay | rev lag jitter
+            k = r & 32767
             if i:
-                base += spacing * (0.5 + rnd())
-                u = rnd()
-                t = int(base) - int(rmax * u * u * u)
+                base += STEP[(r >> 15) & 1023]
+                t = int(base) - DELAY[(r >> 25) & 1023]
                 if t < start:
                     t = start
             else:
@@ -1217,51 +1216,88 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
                 pending = -1
                 i += 1
                 continue
-            k = int(rnd() * NOPS)
-            if IS_LIKE[k]:
-                # ---- like: the hot path, inlined ----
+            if k < K_SIMPLE:
+                # ---- like / repost / follow: the hot path, inlined, JSON by f-string ----
+                # (every interpolated value is a DID, TID, timestamp, CID or a pre-serialised
+                #  ref: ASCII without quotes or backslashes, so no escaping is needed)
                 while True:
-                    r = int((ac0 + rnd() * aD) ** ainv - aq)
-                    a = ((r if r < A else A1) * _PA + _OA) % A
+                    a = (int((ac0 + rnd() * aD) ** ainv - aq) * _PA + _OA) % A
                     if not STATUS[a]:
                         break
-                rv = ((t - lag - int(lag * 0.4 * (rnd() - 0.5))) << 10) | CLK[a]
-                last = LREV[a]
-                if rv <= last:
-                    rv = last + 1024
+                rv = ((t - LAGJ[r >> 35]) << 10) | CLK[a]
+                if rv <= LREV[a]:
+                    rv = LREV[a] + 1024
                 LREV[a] = rv
-                rkv = rv - RKOFF[RKD[a]]
                 h = rv >> 30
-                hi = HIget(h)
-                if hi is None:
-                    hi = HI[h] = _tid_slow(rv)[:7]
+                hi = HI[h]
                 rev = hi + T3[(rv >> 15) & 32767] + T3[rv & 32767]
-                h = rkv >> 30
-                hi = HIget(h)
-                if hi is None:
-                    hi = HI[h] = _tid_slow(rkv)[:7]
+                rkv = rv - RKOFF[RKD[a]]
+                if rkv >> 30 != h:
+                    hi = HI[rkv >> 30]
                 rk = hi + T3[(rkv >> 15) & 32767] + T3[rkv & 32767]
                 ck = rkv >> 10
-                s = ck // 1000000
-                p = ISOget(s)
-                if p is None:
-                    p = ISO[s] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s))
-                if rnd() < via_frac and rw:
-                    e = reposts[(rw - 1 - int((rw if rw < FW else FW) * rnd() ** 3)) % FW]
-                    if e[0] >= 0:
-                        rec = {"$type": C_LIKE_, "createdAt": p + MS3[(ck // 1000) % 1000], "subject": e[3], "via": e[2]}
-                    else:
-                        rec = {"$type": C_LIKE_, "createdAt": p + MS3[(ck // 1000) % 1000], "subject": pick_post_ref()}
-                else:
-                    rec = {"$type": C_LIKE_, "createdAt": p + MS3[(ck // 1000) % 1000], "subject": pick_post_ref()}
+                ca = ISOS[ck // 1000000] + MS3[(ck // 1000) % 1000]
                 r = bits(48)
-                yield dumps({"did": WEBGET(a) or DB[a << 5 : (a << 5) + 32], "time_us": t, "kind": "commit",
-                             "commit": {"rev": rev, "operation": "create", "collection": C_LIKE_, "rkey": rk,
-                                        "record": rec,
-                                        "cid": "bafyrei" + CA[r & 0xFFFF] + CB[(r >> 16) & 0xFFFF] + CC[r >> 32]}})
-                likes[lw % RW] = [a, rk]
-                lw += 1
-                n_like += 1
+                c = CA[r & 0xFFFF] + CB[(r >> 16) & 0xFFFF] + CC[r >> 32]
+                if k < K_REPOST:
+                    u = rnd()
+                    if u < pop_cut:
+                        sj, vj = pick_special(u)
+                    elif u < old_cut:
+                        v = rnd()
+                        e = posts[(pw - 1 - int(pfill * v * v * v)) % PW]
+                        sj = e[1] if e is not None and e[0] >= 0 else old_ref()
+                        vj = None
+                    else:
+                        v = rnd()
+                        sj = OLD[int(NOLD * v * v)]
+                        vj = None
+                    if k < K_LIKE:
+                        if vj is None:
+                            yield (f'{{"did":"{DIDS[a]}","time_us":{t},"kind":"commit","commit":{{"rev":"{rev}",'
+                                   f'"operation":"create","collection":"app.bsky.feed.like","rkey":"{rk}","record":'
+                                   f'{{"$type":"app.bsky.feed.like","createdAt":"{ca}","subject":{sj}}},'
+                                   f'"cid":"bafyrei{c}"}}}}').encode()
+                        else:
+                            n_via += 1
+                            yield (f'{{"did":"{DIDS[a]}","time_us":{t},"kind":"commit","commit":{{"rev":"{rev}",'
+                                   f'"operation":"create","collection":"app.bsky.feed.like","rkey":"{rk}","record":'
+                                   f'{{"$type":"app.bsky.feed.like","createdAt":"{ca}","subject":{sj},"via":{vj}}},'
+                                   f'"cid":"bafyrei{c}"}}}}').encode()
+                        j = lw % RW
+                        LA[j] = a
+                        LR[j] = rk
+                        lw += 1
+                        n_like += 1
+                    else:
+                        d = DIDS[a]
+                        if vj is None:
+                            yield (f'{{"did":"{d}","time_us":{t},"kind":"commit","commit":{{"rev":"{rev}",'
+                                   f'"operation":"create","collection":"app.bsky.feed.repost","rkey":"{rk}","record":'
+                                   f'{{"$type":"app.bsky.feed.repost","createdAt":"{ca}","subject":{sj}}},'
+                                   f'"cid":"bafyrei{c}"}}}}').encode()
+                        else:
+                            yield (f'{{"did":"{d}","time_us":{t},"kind":"commit","commit":{{"rev":"{rev}",'
+                                   f'"operation":"create","collection":"app.bsky.feed.repost","rkey":"{rk}","record":'
+                                   f'{{"$type":"app.bsky.feed.repost","createdAt":"{ca}","subject":{sj},"via":{vj}}},'
+                                   f'"cid":"bafyrei{c}"}}}}').encode()
+                        reposts[rw % FW] = [a, rk, f'{{"cid":"bafyrei{c}","uri":"at://{d}/app.bsky.feed.repost/{rk}"}}',
+                                            sj]
+                        rw += 1
+                        n_repost += 1
+                else:
+                    s = (int((pc0 + rnd() * pD) ** pinv - pq) * _PP + _OP) % A
+                    if s == a:
+                        s = (s + 1) % A
+                    yield (f'{{"did":"{DIDS[a]}","time_us":{t},"kind":"commit","commit":{{"rev":"{rev}",'
+                           f'"operation":"create","collection":"app.bsky.graph.follow","rkey":"{rk}","record":'
+                           f'{{"$type":"app.bsky.graph.follow","createdAt":"{ca}","subject":"{DIDS[s]}"}},'
+                           f'"cid":"bafyrei{c}"}}}}').encode()
+                    j = fw % FW
+                    FA[j] = a
+                    FR[j] = rk
+                    fw += 1
+                    n_follow += 1
                 i += 1
                 continue
             f = OPF[k]
@@ -1273,17 +1309,20 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
             elif IS_ID[k]:
                 a = pick_active()
                 yield op_identity(t, i, a)
-                if rnd() < 0.3 and i + 1 < n:
+                if rnd() < 0.3 and i + 1 < n:  # a new account: identity, then account(active)
                     pending = a
-            elif IS_ACC[k]:
+            else:
                 yield op_account(t, i)
             i += 1
     finally:
-        stats_ops[like_key] += n_like
-        kinds["commit"] += n_like
+        for key, cnt in (((C_LIKE, "create"), n_like), ((C_REPOST, "create"), n_repost),
+                         ((C_FOLLOW, "create"), n_follow)):
+            stats_ops[key] = stats_ops.get(key, 0) + cnt
+        kinds["commit"] += n_like + n_repost + n_follow
+        extra["likes_with_via"] = n_via
         gen.stats["events"] = i
-    gen.stats["accounts"] = A
-    gen.stats["celebrities"] = n_celebs
+        gen.stats["accounts"] = A
+        gen.stats["celebrities"] = n_celebs
 
 
 _FROM_SORTABLE = str.maketrans(S32, "0123456789abcdefghijklmnopqrstuv")

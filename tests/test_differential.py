@@ -173,12 +173,13 @@ def compare(model: Model, reader: Reader, page_size: int) -> None:
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(history=histories(), page_size=st.integers(1, 3), fanout=st.integers(2, 3))
-def test_store_equals_model(tmp_path_factory, history, page_size: int, fanout: int) -> None:
+@given(history=histories(), page_size=st.integers(1, 3), fanout=st.integers(2, 3), chunk=st.integers(1, 3))
+def test_store_equals_model(tmp_path_factory, history, page_size: int, fanout: int, chunk: int) -> None:
     stream, cuts = history
     path = Path(tmp_path_factory.mktemp("diff")) / "db.sqlite"
     model = Model()
-    writer = Writer(path, fanout=fanout, body_collections=sorted(model.body_collections))
+    # Tiny chunks and fanouts, so splitting and merging happen in small examples too.
+    writer = Writer(path, fanout=fanout, chunk_entries=chunk, body_collections=sorted(model.body_collections))
     reader = Reader(path)
     ops = [decode_event(json.dumps(e)) for e in stream]
     bounds = [0, *cuts, len(ops)]
@@ -193,4 +194,57 @@ def test_store_equals_model(tmp_path_factory, history, page_size: int, fanout: i
     writer.compact(full=True)
     compare(model, reader, page_size)
     reader.close()
+    writer.close()
+
+
+def test_many_links_in_small_chunks(tmp_path: Path) -> None:
+    """A denser workload than the hypothesis one: hundreds of distinct rkeys on a few
+    targets, tiny chunks, deletes and updates spread over batches and merges."""
+    import random
+    rng = random.Random(5)
+    rkeys = [int_to_tid(tid_from_time(BASE_US + i * 7919, i % 1024)) for i in range(60)]
+    revs_by_did = {did: 0 for did in DIDS}
+    created: list[tuple[str, str]] = []
+    stream = []
+    for i in range(900):
+        did = rng.choice(DIDS)
+        revs_by_did[did] += 1
+        rev = int_to_tid(tid_from_time(BASE_US + revs_by_did[did] * 100, 0))
+        if created and rng.random() < 0.2:
+            d, rkey = rng.choice(created)
+            revs_by_did[d] += 1
+            rev = int_to_tid(tid_from_time(BASE_US + revs_by_did[d] * 100, 0))
+            stream.append({"did": d, "time_us": BASE_US + i, "kind": "commit", "commit": {
+                "rev": rev, "operation": "delete", "collection": "app.bsky.feed.like", "rkey": rkey}})
+            continue
+        rkey = rng.choice(rkeys)
+        created.append((did, rkey))
+        stream.append({"did": did, "time_us": BASE_US + i, "kind": "commit", "commit": {
+            "rev": rev, "operation": rng.choice(["create", "update"]), "collection": "app.bsky.feed.like",
+            "rkey": rkey, "record": {"subject": {"uri": rng.choice(POSTS[:2])}}}})
+    ops = [decode_event(json.dumps(e)) for e in stream]
+    model = Model()
+    writer = Writer(tmp_path / "db.sqlite", fanout=2, chunk_entries=3)
+    reader = Reader(tmp_path / "db.sqlite")
+    for start in range(0, len(ops), 150):
+        for op in ops[start:start + 150]:
+            model.apply(op)
+        writer.apply(ops[start:start + 150])
+        for page_size in (1, 7):
+            for target in POSTS[:2]:
+                want = model.linking(target, "app.bsky.feed.like", ".subject.uri")
+                assert len(want) > 10
+                for reverse in (False, True):
+                    got, cursor = [], None
+                    while True:
+                        page = reader.backlinks(target, "app.bsky.feed.like", ".subject.uri",
+                                                limit=page_size, cursor=cursor, reverse=reverse)
+                        got += [(tid_to_int(r.rkey), r.did, r.rkey) for r in page.items]
+                        cursor = page.cursor
+                        if cursor is None:
+                            break
+                    keys = [g[0] for g in got]
+                    assert keys == sorted(keys, reverse=not reverse)
+                    assert sorted(got) == sorted(want)
+                assert reader.count(target, "app.bsky.feed.like", ".subject.uri") == len(want)
     writer.close()

@@ -7,6 +7,7 @@ on an SD card.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Callable, Iterator
 
@@ -176,6 +177,11 @@ def decode_links(data: bytes) -> list[tuple[int, bytes]]:
 # and, for big blocks, a serialized roaring bitmap of actors.
 
 Entry = tuple[int, int]  # (sort key, actor id)
+
+
+def chunk_floor(lo: int) -> int | float:
+    """The lowest sort key a chunk keyed ``lo`` may hold: 0 marks a run's oldest chunk."""
+    return -math.inf if lo == 0 else lo
 
 
 def encode_block(entries: list[Entry]) -> bytes:

@@ -23,6 +23,7 @@ from smalldp.store.bodies import BodyDecompressor
 from smalldp.store.encoding import (
     BlockHeader,
     Entry,
+    chunk_floor,
     decode_links,
     decode_target,
     encode_target_lookup,
@@ -74,10 +75,11 @@ class Page:
 
 
 class _Chunk:
-    __slots__ = ("run", "hi", "data", "_header")
+    __slots__ = ("run", "floor", "data", "_header")
 
-    def __init__(self, run: int, hi: int, data: bytes) -> None:
-        self.run, self.hi, self.data = run, hi, data
+    def __init__(self, run: int, lo: int, data: bytes) -> None:
+        self.run, self.data = run, data
+        self.floor = chunk_floor(lo)  # every entry's sort key is >= this
         self._header: BlockHeader | None = None
 
     @property
@@ -192,8 +194,8 @@ class Reader:
         return encode_target_lookup(target, self._aid, self._coll_id)
 
     def _chunks(self, tkey: bytes, sid: int) -> list[_Chunk]:
-        return [_Chunk(run, hi, data) for run, hi, data in self.conn.execute(
-            f"SELECT run, hi, data FROM bl WHERE run IN ({self._runs}) AND tkey=? AND sid=?", (tkey, sid))]
+        return [_Chunk(run, lo, data) for run, lo, data in self.conn.execute(
+            f"SELECT run, lo, data FROM bl WHERE run IN ({self._runs}) AND tkey=? AND sid=?", (tkey, sid))]
 
     def _locate(self, target: str, collection: str, path: str) -> list[_Chunk]:
         sid = self._source_id(collection, path)
@@ -289,24 +291,24 @@ class Reader:
         by_run: dict[int, list[_Chunk]] = {}
         for chunk in chunks:
             by_run.setdefault(chunk.run, []).append(chunk)
-        streams = [self._run_stream(sorted(c, key=lambda ch: ch.hi, reverse=True), after, reverse)
+        streams = [self._run_stream(sorted(c, key=lambda ch: ch.floor, reverse=True), after, reverse)
                    for c in by_run.values()]
         return heapq.merge(*streams, reverse=not reverse)
 
     @staticmethod
     def _run_stream(chunks: list[_Chunk], after: Entry | None, reverse: bool) -> Iterator[Entry]:
-        # chunks newest first; chunk i holds sort keys in (hi of chunk i+1, hi of chunk i]
+        # chunks newest first; chunk i holds sort keys in [floor of i, floor of i-1)
         if reverse:
-            for chunk in reversed(chunks):
-                if after is not None and chunk.hi < after[0]:
-                    continue
-                for entry in reversed(chunk.entries()):
+            for i in range(len(chunks) - 1, -1, -1):
+                if after is not None and i > 0 and chunks[i - 1].floor <= after[0]:
+                    continue  # everything here is older than the cursor
+                for entry in reversed(chunks[i].entries()):
                     if after is None or entry > after:
                         yield entry
         else:
-            for i, chunk in enumerate(chunks):
-                if after is not None and i + 1 < len(chunks) and chunks[i + 1].hi > after[0]:
-                    continue
+            for chunk in chunks:
+                if after is not None and chunk.floor > after[0]:
+                    continue  # everything here is newer than the cursor
                 for entry in chunk.entries():
                     if after is None or entry < after:
                         yield entry
@@ -342,9 +344,9 @@ class Reader:
         if tkey is None:
             return {}
         by_sid: dict[int, list[_Chunk]] = {}
-        for sid, run, hi, data in self.conn.execute(
-                f"SELECT sid, run, hi, data FROM bl WHERE run IN ({self._runs}) AND tkey=?", (tkey,)):
-            by_sid.setdefault(sid, []).append(_Chunk(run, hi, data))
+        for sid, run, lo, data in self.conn.execute(
+                f"SELECT sid, run, lo, data FROM bl WHERE run IN ({self._runs}) AND tkey=?", (tkey,)):
+            by_sid.setdefault(sid, []).append(_Chunk(run, lo, data))
         out: dict[str, dict[str, tuple[int, int]]] = {}
         for sid in sorted(by_sid):
             total, actors = self._count_chunks(by_sid[sid])

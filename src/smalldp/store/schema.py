@@ -6,12 +6,14 @@ Tables (all integers are SQLite varints on disk):
   coll(cid, nsid)            collection NSIDs as small integers
   source(sid, coll, path)    (collection, path) pairs as small integers
   alias(aid, coll, rkey, sk) sort keys of records whose rkey is not a TID
-  fwd(sk, aid, coll, rev, links)   forward index: what each record links to;
+  fwd(sk, aid, coll, rev, links)   forward index: what each record links to (rev is
+                             stored as rev - sk, a few bytes);
                              links NULL is a tombstone that keeps the delete's rev
   body(sk, aid, coll, ...)   zstd-compressed record JSON for the body collections
   run(run, level, blocks)    the sorted runs of the backlink index (an LSM of tables)
-  bl(run, tkey, sid, hi, data)  backlink chunks: per run and (target, source), entries
-                             newest first, split into chunks keyed by their newest sort key
+  bl(run, tkey, sid, lo, data)  backlink chunks: per run and (target, source), entries
+                             newest first, split into chunks keyed by their lowest sort key
+                             (0 for a run's oldest chunk, which is most keys' only one)
   purge(aid, rev)            deleted accounts whose rows are still to be removed
 
 A record is keyed (sk, aid, coll): sk is its rkey's TID value, so records created
@@ -49,8 +51,8 @@ CREATE TABLE IF NOT EXISTS body(
   PRIMARY KEY(sk, aid, coll)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS run(run INTEGER PRIMARY KEY, level INTEGER NOT NULL, blocks INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS bl(
-  run INTEGER, tkey BLOB, sid INTEGER, hi INTEGER, data BLOB NOT NULL,
-  PRIMARY KEY(run, tkey, sid, hi)) WITHOUT ROWID;
+  run INTEGER, tkey BLOB, sid INTEGER, lo INTEGER, data BLOB NOT NULL,
+  PRIMARY KEY(run, tkey, sid, lo)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS purge(aid INTEGER PRIMARY KEY, rev INTEGER NOT NULL);
 """
 

@@ -31,6 +31,7 @@ from smalldp.links import extract_links
 from smalldp.store.bodies import BodyCompressor
 from smalldp.store.encoding import (
     Entry,
+    chunk_floor,
     decode_block,
     decode_links,
     encode_block,
@@ -125,12 +126,13 @@ class Writer:
     """Owns the only read-write connection; everything that changes the file goes here."""
 
     def __init__(self, path: Path, *, cache_mb: int = 64, mmap_mb: int = 0,
-                 actor_cache: int = 500_000, fanout: int = 8,
+                 actor_cache: int = 500_000, fanout: int = 8, chunk_entries: int = CHUNK_ENTRIES,
                  body_collections: Sequence[str] = DEFAULT_BODY_COLLECTIONS) -> None:
         self.path = path
         self.conn = open_writer(path, cache_mb, mmap_mb)
         self.actor_cache_max = actor_cache
         self.fanout = fanout
+        self.chunk_entries = chunk_entries
         self._body_exact = {c for c in body_collections if not c.endswith(".*")}
         self._body_prefixes = tuple(c[:-1] for c in body_collections if c.endswith(".*"))
         self._keeps_body: dict[int, bool] = {}
@@ -324,7 +326,7 @@ class Writer:
         for sk, aid, coll, rev, links in conn.execute(
                 "SELECT f.sk, f.aid, f.coll, f.rev, f.links FROM q "
                 "JOIN fwd f ON f.sk = q.sk AND f.aid = q.aid AND f.coll = q.coll"):
-            batch.records[(sk, aid, coll)] = (rev, None if links is None else decode_links(links))
+            batch.records[(sk, aid, coll)] = (rev + sk, None if links is None else decode_links(links))
 
     def _apply_record(self, op: PutRecord | DeleteRecord, links: list[tuple[str, str]],
                       key: RecordKey, batch: _Batch) -> None:
@@ -420,7 +422,8 @@ class Writer:
         rows = []
         for key in sorted(batch.dirty_records):
             rev, links = batch.records[key]
-            rows.append((*key, rev, None if links is None else encode_links(links)))
+            # rev is stored relative to the sort key: both are TIDs of about the same moment
+            rows.append((*key, rev - key[0], None if links is None else encode_links(links)))
         conn.executemany("INSERT OR REPLACE INTO fwd VALUES(?, ?, ?, ?, ?)", rows)
         puts, deletes = [], []
         for key in sorted(batch.bodies):
@@ -444,8 +447,8 @@ class Writer:
             rows = []
             for sid, tkey in sorted(adds, key=lambda k: (k[1], k[0])):  # key order: appends
                 entries = sorted(adds[(sid, tkey)], reverse=True)
-                for chunk in _chunks(entries):
-                    rows.append((run, tkey, sid, chunk[0][0], encode_block(chunk)))
+                for lo, chunk in _chunks(entries, self.chunk_entries):
+                    rows.append((run, tkey, sid, lo, encode_block(chunk)))
             self.conn.executemany("INSERT INTO bl VALUES(?, ?, ?, ?, ?)", rows)
             self.conn.execute("INSERT INTO run VALUES(?, 0, ?)", (run, len(rows)))
             self.runs[run] = 0
@@ -461,31 +464,33 @@ class Writer:
                 continue
             gone = set(gone)
             # Chunk keys of this (target, source) in every run; an entry lives in the
-            # chunk of its run with the smallest hi >= its sort key.
+            # chunk of its run with the largest lo <= its sort key (lo 0: the oldest chunk).
             by_run: dict[int, list[int]] = {}
-            for run, hi in conn.execute(
-                    f"SELECT run, hi FROM bl WHERE run IN ({run_list}) AND tkey=? AND sid=?", (tkey, sid)):
-                by_run.setdefault(run, []).append(hi)
+            for run, lo in conn.execute(
+                    f"SELECT run, lo FROM bl WHERE run IN ({run_list}) AND tkey=? AND sid=?", (tkey, sid)):
+                by_run.setdefault(run, []).append(lo)
             wanted: set[tuple[int, int]] = set()
             for sk, _ in gone:
-                for run, his in by_run.items():
-                    candidates = [hi for hi in his if hi >= sk]
+                for run, los in by_run.items():
+                    candidates = [lo for lo in los if chunk_floor(lo) <= sk]
                     if candidates:
-                        wanted.add((run, min(candidates)))
-            for run, hi in sorted(wanted):
+                        wanted.add((run, max(candidates, key=chunk_floor)))
+            for run, lo in sorted(wanted):
                 if not gone:
                     break
-                data = conn.execute("SELECT data FROM bl WHERE run=? AND tkey=? AND sid=? AND hi=?",
-                                    (run, tkey, sid, hi)).fetchone()[0]
+                data = conn.execute("SELECT data FROM bl WHERE run=? AND tkey=? AND sid=? AND lo=?",
+                                    (run, tkey, sid, lo)).fetchone()[0]
                 entries = decode_block(data)
                 kept = [e for e in entries if e not in gone]
                 if len(kept) == len(entries):
                     continue
                 gone.difference_update(entries)
-                conn.execute("DELETE FROM bl WHERE run=? AND tkey=? AND sid=? AND hi=?", (run, tkey, sid, hi))
+                conn.execute("DELETE FROM bl WHERE run=? AND tkey=? AND sid=? AND lo=?", (run, tkey, sid, lo))
                 if kept:
+                    # Entries only leave, so the chunk's lo can only rise: still unique in its run.
+                    new_lo = 0 if lo == 0 else kept[-1][0]
                     conn.execute("INSERT INTO bl VALUES(?, ?, ?, ?, ?)",
-                                 (run, tkey, sid, kept[0][0], encode_block(kept)))
+                                 (run, tkey, sid, new_lo, encode_block(kept)))
             if gone:
                 raise RuntimeError(f"backlink entries missing from the index: {sorted(gone)[:5]}")
 
@@ -506,7 +511,7 @@ class Writer:
         doomed = []
         for sk, aid, coll, rev, links in conn.execute(
                 f"SELECT sk, aid, coll, rev, links FROM fwd WHERE aid IN ({marks})").fetchall():
-            if rev > revs[aid]:
+            if rev + sk > revs[aid]:
                 continue
             if links is not None:
                 for link in decode_links(links):
@@ -559,7 +564,7 @@ class Writer:
         self.next_run += 1
         conn.execute("BEGIN IMMEDIATE")
         try:
-            cursors = [conn.execute("SELECT tkey, sid, hi, data FROM bl WHERE run=? ORDER BY tkey, sid, hi DESC",
+            cursors = [conn.execute("SELECT tkey, sid, lo, data FROM bl WHERE run=? ORDER BY tkey, sid",
                                     (run,)) for run in runs]
             count = 0
 
@@ -574,9 +579,9 @@ class Writer:
                         continue
                     entries = sorted(itertools.chain.from_iterable(decode_block(c[3]) for c in chunks),
                                      reverse=True)
-                    for chunk in _chunks(entries):
+                    for lo, chunk in _chunks(entries, self.chunk_entries):
                         count += 1
-                        yield new, tkey, sid, chunk[0][0], encode_block(chunk)
+                        yield new, tkey, sid, lo, encode_block(chunk)
 
             conn.executemany("INSERT INTO bl VALUES(?, ?, ?, ?, ?)", rows())
             marks = ",".join(str(r) for r in runs)
@@ -593,14 +598,18 @@ class Writer:
         self.runs[new] = level
 
 
-def _chunks(entries: list[Entry]) -> Iterator[list[Entry]]:
-    """Split sorted entries into chunks of about CHUNK_ENTRIES, never between equal sort keys
-    (a chunk is keyed by its first sort key, which must be unique in its run)."""
+def _chunks(entries: list[Entry], size: int) -> Iterator[tuple[int, list[Entry]]]:
+    """Split entries sorted newest first into (lo, chunk) of about CHUNK_ENTRIES each.
+
+    A chunk is keyed by its lowest sort key, except the oldest, keyed 0: most keys have
+    one chunk, and SQLite stores the integer 0 in no bytes.  Chunks never split equal
+    sort keys, so keys stay unique within a run.
+    """
     start = 0
     n = len(entries)
     while start < n:
-        end = min(start + CHUNK_ENTRIES, n)
+        end = min(start + size, n)
         while end < n and entries[end][0] == entries[end - 1][0]:
             end += 1
-        yield entries[start:end]
+        yield (0 if end == n else entries[end - 1][0]), entries[start:end]
         start = end

@@ -154,22 +154,19 @@ def _universe(n_accounts: int, n_celebs: int, pop_s: float, pop_q: float) -> dic
         blob[k::32] = bytes((ch,)) * A
     for k in range(24):
         blob[8 + k :: 32] = raw[k::24]
-    didblob = blob.decode("ascii")
-    del blob, raw
-    dids = [didblob[i << 5 : (i << 5) + 32] for i in range(A)]
-    del didblob
     webflag = Random("smalldp-gen-web").randbytes(A)
     web: dict[int, str] = {}
-    pos = -1
-    # ~2% (5/256) of accounts are did:web
+    # ~2% (5/256) of accounts are did:web, with a 24-char host so every DID is 32 chars
     for marker in (b"\x00", b"\x01", b"\x02", b"\x03", b"\x04"):
         pos = webflag.find(marker)
         while pos >= 0:
-            web[pos] = f"did:web:{_name(pos)}{pos:x}.example.com"
+            web[pos] = f"did:web:{_name(pos)[:4]}{pos:08x}.example.com"
             pos = webflag.find(marker, pos + 1)
     web = dict(sorted(web.items()))
     for i, w in web.items():
-        dids[i] = w
+        blob[i << 5 : (i << 5) + 32] = w.encode()
+    didblob = blob.decode("ascii")  # account i's DID is didblob[32 i : 32 i + 32]
+    del blob, raw
     clk = Random("smalldp-gen-clock").randbytes(A).translate(bytes(b & 31 for b in range(256)))
     rkd = Random("smalldp-gen-rkey-delay").randbytes(A)
     pop = bytearray(A)  # 1 = popular author (top 1% of popularity), 2 = celebrity
@@ -179,7 +176,7 @@ def _universe(n_accounts: int, n_celebs: int, pop_s: float, pop_q: float) -> dic
     celebs = [(r * _PP + _OP) % A for r in range(n_celebs)]
     for a in celebs:
         pop[a] = 2
-    return {"dids": dids, "web": web, "clk": clk, "rkd": rkd, "pop": bytes(pop), "celebs": celebs}
+    return {"didblob": didblob, "web": web, "clk": clk, "rkd": rkd, "pop": bytes(pop), "celebs": celebs}
 
 
 _SYL = ("ka", "mi", "ra", "to", "ne", "lu", "so", "vi", "da", "el", "no", "ri", "sa", "ta", "mo", "jun",
@@ -198,7 +195,7 @@ def _n_celebs(A: int, explicit: int | None) -> int:
 def did_of(index: int, accounts: int) -> str:
     """The DID of account ``index`` in a universe of ``accounts`` accounts."""
     u = _universe(accounts, _n_celebs(accounts, None), DEFAULTS["popularity_s"], DEFAULTS["popularity_q"])
-    return u["dids"][index]
+    return u["didblob"][index << 5 : (index << 5) + 32]
 
 
 def celebrity_dids(accounts: int) -> list[str]:
@@ -423,7 +420,7 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
     A = int(cfg["accounts"])
     n_celebs = _n_celebs(A, cfg["celebrities"])
     uni = _universe(A, n_celebs, float(cfg["popularity_s"]), float(cfg["popularity_q"]))
-    DIDS = uni["dids"]
+    DB = uni["didblob"]
     WEB = uni["web"]
     CLK = uni["clk"]
     RKD = uni["rkd"]
@@ -462,6 +459,9 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
     ac0, aD, ainv, aq = zm(float(cfg["activity_s"]), float(cfg["activity_q"]))
     pc0, pD, pinv, pq = zm(float(cfg["popularity_s"]), float(cfg["popularity_q"]))
 
+    def did(a: int) -> str:
+        return DB[a << 5 : (a << 5) + 32]
+
     def pick_active() -> int:
         while True:
             a = (int((ac0 + rnd() * aD) ** ainv - aq) * _PA + _OA) % A
@@ -475,7 +475,8 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
         return HI[v >> 30] + T3[(v >> 15) & 32767] + T3[v & 32767]
 
     def iso(t_us: int) -> str:
-        return ISOS[t_us // 1000000] + MS3[(t_us // 1000) % 1000]
+        ms = t_us // 1000
+        return ISOS[ms // 1000] + MS3[ms % 1000]
 
     def iso_slow(t_us: int) -> str:
         return _iso_second(t_us // 1000000) + MS3[(t_us // 1000) % 1000]
@@ -512,6 +513,7 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
     POPW = max(1000, PW // 4)
     popposts: list[Any] = [None] * POPW  # posts by popular authors (same entries)
     ppw = 0
+    deleted_posts: set[str] = set()  # uris of deleted posts (~0.3% of events; only checked for `via`)
     hot: list[Any] = []  # viral posts, newest last
     HOTCAP = 16
     LA: list[int] = [-1] * RW  # likes: author (or -1 deleted) / rkey
@@ -538,12 +540,12 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
     OLD: list[str] = []
     for _ in range(10000):
         a = pick_popular()
-        OLD.append(_ref(cid(), f"at://{DIDS[a]}/app.bsky.feed.post/{old_tid(90 * DAY)}"))
+        OLD.append(_ref(cid(), f"at://{did(a)}/app.bsky.feed.post/{old_tid(90 * DAY)}"))
     NOLD = len(OLD)
     TANGLED = []
     for _ in range(2000):
         a = pick_popular()
-        TANGLED.append(f"at://{DIDS[a]}/sh.tangled.repo/{old_tid(365 * DAY)}")
+        TANGLED.append(f"at://{did(a)}/sh.tangled.repo/{old_tid(365 * DAY)}")
 
     via_frac = float(cfg["via_frac"])
     hot_cut = via_frac + float(cfg["hot_like_frac"])
@@ -596,7 +598,7 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
         """Subject (and via) of a like/repost when u < pop_cut."""
         if u < via_frac:
             e = ring_pick(reposts, rw, FW, 3)
-            if e is not None and e[0] >= 0:
+            if e is not None and e[0] >= 0 and e[3][76:-2] not in deleted_posts:
                 return e[3], e[2]
             return pick_post_ref(), None
         if u < hot_cut:
@@ -650,7 +652,7 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
     stats_ops: dict[tuple[str, str], int] = {}
     kinds = {"commit": 0, "identity": 0, "account": 0}
     account_status: dict[str, int] = {}
-    extra = {"unknown_deletes": 0, "hot_posts": 0, "replies": 0, "likes_with_via": 0}
+    extra = {"unknown_deletes": 0, "hot_posts": 0, "replies": 0, "likes_with_via": 0, "posts": 0}
     gen.stats = {"events": 0, "kinds": kinds, "commits": stats_ops, "account_status": account_status,
                  "notes": extra}
 
@@ -676,7 +678,7 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
         else:
             body = {"rev": rev, "operation": op, "collection": coll, "rkey": rkey, "record": record,
                     "cid": c or cid()}
-        return dumps({"did": DIDS[a], "time_us": t, "kind": "commit", "commit": body})
+        return dumps({"did": did(a), "time_us": t, "kind": "commit", "commit": body})
 
     def image_blob(mime: str = "image/jpeg") -> dict[str, Any]:
         return {"$type": "blob", "ref": {"$link": blobcid()}, "mimeType": mime, "size": 20000 + bits(20)}
@@ -700,7 +702,7 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
             m = pick_popular()
             h = "@" + handle(m)
             text = text + " " + h
-            facets.append({"features": [{"$type": "app.bsky.richtext.facet#mention", "did": DIDS[m]}],
+            facets.append({"features": [{"$type": "app.bsky.richtext.facet#mention", "did": did(m)}],
                            "index": {"byteEnd": blen + 1 + len(h), "byteStart": blen + 1}})
             blen += 1 + len(h)
         embed = None
@@ -764,33 +766,45 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
 
     def op_post(t: int) -> bytes:
         nonlocal pw, pfill, ppw
-        a = -1
         is_hot = False
         if rnd() < hot_post_prob:
-            c = CELEBS[int(len(CELEBS) * rnd() ** 2)]
-            if not STATUS[c]:
-                a = c
+            a = CELEBS[int(len(CELEBS) * rnd() ** 2)]
+            if not STATUS[a]:
                 is_hot = True
-        if a < 0:
-            a = pick_active()
-        rev = head(a, t)
-        rkv = cur[1]
-        rk = tid(rkv)
-        reply = None
-        root_ref = parent_ref = None
+        if not is_hot:
+            while True:
+                a = (int((ac0 + rnd() * aD) ** ainv - aq) * _PA + _OA) % A
+                if not STATUS[a]:
+                    break
+        rv = ((t - lag_lo - int(lagspan * rnd())) << 10) | CLK[a]
+        if rv <= LREV[a]:
+            rv = LREV[a] + 1024
+        LREV[a] = rv
+        rkv = rv - RKOFF[RKD[a]]
+        rk = HI[rkv >> 30] + T3[(rkv >> 15) & 32767] + T3[rkv & 32767]
+        ms = (rkv >> 10) // 1000
         if not is_hot and rnd() < reply_frac:
             pe = pick_parent()
             if pe is None:
                 parent_ref = root_ref = old_ref()
             else:
                 parent_ref = pe[1]
-                root_ref = pe[2] if pe[2] is not None else pe[1]
-            reply = {"parent": F(parent_ref), "root": F(root_ref)}
+                root_ref = pe[2] or parent_ref
+            rec = post_record(ISOS[ms // 1000] + MS3[ms % 1000], {"parent": F(parent_ref), "root": F(root_ref)})
             extra["replies"] += 1
-        rec = post_record(iso(rkv >> 10), reply)
-        c = cid()
-        line = commit(a, t, rev, "create", C_POST, rk, rec, c)
-        e = [a, _ref(c, f"at://{DIDS[a]}/{C_POST}/{rk}"), root_ref, parent_ref, 4 if is_hot else 0]
+        else:
+            root_ref = parent_ref = None
+            rec = post_record(ISOS[ms // 1000] + MS3[ms % 1000], None)
+        r = bits(48)
+        c = "bafyrei" + CA[r & 0xFFFF] + CB[(r >> 16) & 0xFFFF] + CC[r >> 32]
+        d = DB[a << 5 : (a << 5) + 32]
+        kinds["commit"] += 1
+        extra["posts"] += 1
+        line = dumps({"did": d, "time_us": t, "kind": "commit",
+                      "commit": {"rev": HI[rv >> 30] + T3[(rv >> 15) & 32767] + T3[rv & 32767],
+                                 "operation": "create", "collection": C_POST, "rkey": rk, "record": rec, "cid": c}})
+        e = [a, f'{{"cid":"{c}","uri":"at://{d}/app.bsky.feed.post/{rk}"}}', root_ref, parent_ref,
+             4 if is_hot else 0]
         posts[pw % PW] = e
         pw += 1
         if pfill < PW:
@@ -818,7 +832,7 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
         rk = tid(rkv)
         add_misc([a, C_BLOCK, rk])
         return commit(a, t, rev, "create", C_BLOCK, rk,
-                      {"$type": C_BLOCK, "createdAt": iso(rkv >> 10), "subject": DIDS[s]})
+                      {"$type": C_BLOCK, "createdAt": iso(rkv >> 10), "subject": did(s)})
 
     def op_list(t: int) -> bytes:
         nonlocal lsw
@@ -834,7 +848,7 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
             rec["description"] = TEXTS[int(rnd() * NTEXT)][0][:200]
         rec["name"] = name
         rec["purpose"] = purpose
-        e = [a, C_LIST, rk, f"at://{DIDS[a]}/{C_LIST}/{rk}", purpose, name]
+        e = [a, C_LIST, rk, f"at://{did(a)}/{C_LIST}/{rk}", purpose, name]
         lists[lsw % BW] = e
         lsw += 1
         add_misc(e)
@@ -860,7 +874,7 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
         rk = tid(rkv)
         add_misc([a, C_LISTITEM, rk])
         return commit(a, t, rev, "create", C_LISTITEM, rk,
-                      {"$type": C_LISTITEM, "createdAt": iso(rkv >> 10), "list": le[3], "subject": DIDS[s]})
+                      {"$type": C_LISTITEM, "createdAt": iso(rkv >> 10), "list": le[3], "subject": did(s)})
 
     def op_listblock(t: int) -> bytes:
         le = live_list(True)
@@ -891,7 +905,7 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
         rec["description"] = TEXTS[int(rnd() * NTEXT)][0][:256]
         rec["displayName"] = _name(a).capitalize() + (" " + rng.choice(_EMOJI) if rnd() < 0.2 else "")
         if rnd() < 0.3:
-            rec["pinnedPost"] = F(_ref(cid(), f"at://{DIDS[a]}/{C_POST}/{old_tid(200 * DAY)}"))
+            rec["pinnedPost"] = F(_ref(cid(), f"at://{did(a)}/{C_POST}/{old_tid(200 * DAY)}"))
         return commit(a, t, rev, "update" if exists else "create", C_PROFILE, "self", rec)
 
     def recent_post_for_gate(bit: int) -> Any:
@@ -1008,7 +1022,7 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
         if rnd() < 0.5:
             ann.append({"$type": "com.example.bookmark#link", "uri": url_pick()})
         if rnd() < 0.3:
-            ann.append({"$type": "com.example.bookmark#mention", "did": DIDS[pick_popular()]})
+            ann.append({"$type": "com.example.bookmark#mention", "did": did(pick_popular())})
         rec: dict[str, Any] = {"$type": C_BOOKMARK, "annotations": ann, "createdAt": created,
                                "subject": {"uri": _ref_uri(pick_post_ref())}}
         if rnd() < 0.5:
@@ -1111,7 +1125,9 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
                 u = rnd()
                 continue
             if coll == C_POST:
-                rk = _ref_uri(e[1])[-13:]
+                uri = _ref_uri(e[1])
+                deleted_posts.add(uri)
+                rk = uri[-13:]
             elif coll:
                 rk = e[1]
             else:
@@ -1131,7 +1147,7 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
 
     def op_identity(t: int, i: int, a: int) -> bytes:
         kinds["identity"] += 1
-        d = DIDS[a]
+        d = did(a)
         if rnd() < handle_frac:
             body = {"did": d, "handle": handle(a), "seq": seq0 + i, "time": iso(t - lag)}
         else:
@@ -1140,7 +1156,7 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
 
     def account_line(t: int, i: int, a: int, status: str | None) -> bytes:
         kinds["account"] += 1
-        d = DIDS[a]
+        d = did(a)
         key = status or "active"
         account_status[key] = account_status.get(key, 0) + 1
         if status is None:
@@ -1191,7 +1207,7 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
     IS_ID = [o == "identity" for o in OPS]
 
     # ---- per-event jitter tables (indexed by random bits) ----
-    STEP = [spacing * (j + 0.5) / 1024 * 2 for j in range(1024)]  # uniform 0..2x spacing, mean spacing
+    STEP = [spacing * (0.5 + (j + 0.5) / 1024) for j in range(1024)]  # uniform 0.5..1.5 x spacing
     DELAY = [int(rmax * ((j + 0.5) / 1024) ** 3) for j in range(1024)]  # time_us steps back, <= rmax
     LAGJ = [lag_lo + lagspan * j // 256 for j in range(256)]  # time_us - rev time
 
@@ -1235,14 +1251,19 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
                 if rkv >> 30 != h:
                     hi = HI[rkv >> 30]
                 rk = hi + T3[(rkv >> 15) & 32767] + T3[rkv & 32767]
-                ck = rkv >> 10
-                ca = ISOS[ck // 1000000] + MS3[(ck // 1000) % 1000]
+                ck = (rkv >> 10) // 1000
+                ca = ISOS[ck // 1000] + MS3[ck % 1000]
                 r = bits(48)
                 c = CA[r & 0xFFFF] + CB[(r >> 16) & 0xFFFF] + CC[r >> 32]
                 if k < K_REPOST:
                     u = rnd()
-                    if u < pop_cut:
+                    if u < hot_cut:
                         sj, vj = pick_special(u)
+                    elif u < pop_cut:  # a recent post by a popular author
+                        v = rnd()
+                        e = popposts[(ppw - 1 - int((ppw if ppw < POPW else POPW) * v * v * v)) % POPW]
+                        sj = e[1] if e is not None and e[0] >= 0 else old_ref()
+                        vj = None
                     elif u < old_cut:
                         v = rnd()
                         e = posts[(pw - 1 - int(pfill * v * v * v)) % PW]
@@ -1254,13 +1275,13 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
                         vj = None
                     if k < K_LIKE:
                         if vj is None:
-                            yield (f'{{"did":"{DIDS[a]}","time_us":{t},"kind":"commit","commit":{{"rev":"{rev}",'
+                            yield (f'{{"did":"{DB[a << 5 : (a << 5) + 32]}","time_us":{t},"kind":"commit","commit":{{"rev":"{rev}",'
                                    f'"operation":"create","collection":"app.bsky.feed.like","rkey":"{rk}","record":'
                                    f'{{"$type":"app.bsky.feed.like","createdAt":"{ca}","subject":{sj}}},'
                                    f'"cid":"bafyrei{c}"}}}}').encode()
                         else:
                             n_via += 1
-                            yield (f'{{"did":"{DIDS[a]}","time_us":{t},"kind":"commit","commit":{{"rev":"{rev}",'
+                            yield (f'{{"did":"{DB[a << 5 : (a << 5) + 32]}","time_us":{t},"kind":"commit","commit":{{"rev":"{rev}",'
                                    f'"operation":"create","collection":"app.bsky.feed.like","rkey":"{rk}","record":'
                                    f'{{"$type":"app.bsky.feed.like","createdAt":"{ca}","subject":{sj},"via":{vj}}},'
                                    f'"cid":"bafyrei{c}"}}}}').encode()
@@ -1270,7 +1291,7 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
                         lw += 1
                         n_like += 1
                     else:
-                        d = DIDS[a]
+                        d = DB[a << 5 : (a << 5) + 32]
                         if vj is None:
                             yield (f'{{"did":"{d}","time_us":{t},"kind":"commit","commit":{{"rev":"{rev}",'
                                    f'"operation":"create","collection":"app.bsky.feed.repost","rkey":"{rk}","record":'
@@ -1289,9 +1310,9 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
                     s = (int((pc0 + rnd() * pD) ** pinv - pq) * _PP + _OP) % A
                     if s == a:
                         s = (s + 1) % A
-                    yield (f'{{"did":"{DIDS[a]}","time_us":{t},"kind":"commit","commit":{{"rev":"{rev}",'
+                    yield (f'{{"did":"{DB[a << 5 : (a << 5) + 32]}","time_us":{t},"kind":"commit","commit":{{"rev":"{rev}",'
                            f'"operation":"create","collection":"app.bsky.graph.follow","rkey":"{rk}","record":'
-                           f'{{"$type":"app.bsky.graph.follow","createdAt":"{ca}","subject":"{DIDS[s]}"}},'
+                           f'{{"$type":"app.bsky.graph.follow","createdAt":"{ca}","subject":"{DB[s << 5 : (s << 5) + 32]}"}},'
                            f'"cid":"bafyrei{c}"}}}}').encode()
                     j = fw % FW
                     FA[j] = a
@@ -1315,8 +1336,9 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
                 yield op_account(t, i)
             i += 1
     finally:
+        n_post = extra.pop("posts")
         for key, cnt in (((C_LIKE, "create"), n_like), ((C_REPOST, "create"), n_repost),
-                         ((C_FOLLOW, "create"), n_follow)):
+                         ((C_FOLLOW, "create"), n_follow), ((C_POST, "create"), n_post)):
             stats_ops[key] = stats_ops.get(key, 0) + cnt
         kinds["commit"] += n_like + n_repost + n_follow
         extra["likes_with_via"] = n_via

@@ -46,9 +46,12 @@ LISTITEM = "app.bsky.graph.listitem"
 
 
 def did(name: str) -> str:
-    """A syntactically valid did:plc with a readable name in it (24 chars after 'did:plc:')."""
-    assert len(name) <= 24 and name.isalnum() and name.islower()
-    return "did:plc:" + name + "2" * (24 - len(name))
+    """A syntactically valid did:plc with a readable name in it (24 chars after 'did:plc:').
+
+    The name's length is spelled out at the end, so distinct names never give one DID
+    (plain padding would make 'fan1' and 'fan12' collide)."""
+    assert 1 <= len(name) <= 22 and name.isalnum() and name.islower()
+    return "did:plc:" + name.ljust(22, "x") + f"{len(name):02d}"
 
 
 def tid(offset_us: int, clock: int = 0) -> str:

@@ -436,3 +436,41 @@ def test_extract_links_property(record: dict):
             return {s for v in value for s in reachable(v)}
         return set()
     assert {t for _, t in links} == {s for s in reachable(record) if is_link(s)}
+
+
+# ---------------------------------------------------------------- known bugs
+
+@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError,
+                   reason="BUG events.py:151 and :201 catch only msgspec.DecodeError/ValidationError; "
+                          "msgspec raises UnicodeDecodeError for invalid UTF-8 inside a string")
+@pytest.mark.parametrize("line", [
+    # in the envelope (the did)
+    b'{"did":"did:plc:aaaa\xff","time_us":1,"kind":"identity","identity":{}}',
+    # inside the record (decoded separately from the raw record bytes)
+    b'{"did":"did:plc:aaaa","time_us":1,"kind":"commit","commit":{"rev":"3lbcdefghij22",'
+    b'"operation":"create","collection":"a.b.c","rkey":"x","record":{"t":"\xff"}}}',
+], ids=["envelope", "record"])
+def test_invalid_utf8_is_malformed(line: bytes):
+    with pytest.raises(MalformedEvent):
+        decode_event(line)
+
+
+@pytest.mark.xfail(strict=True,
+                   reason="BUG events.py decode_event: integers that don't fit SQLite's signed 64 bits "
+                          "(time_us >= 2**63, seq >= 2**63) are accepted; Writer.apply then raises "
+                          "OverflowError and the import aborts")
+@pytest.mark.parametrize("event", [
+    {"did": DID_A, "time_us": 2**63, "kind": "identity", "identity": {}},
+    {"did": DID_A, "time_us": 10**30, "kind": "identity", "identity": {}},
+    {"did": DID_A, "time_us": 1, "kind": "account", "account": {"active": True, "seq": 2**63}},
+    {"did": DID_A, "time_us": 1, "kind": "identity", "identity": {"seq": 2**64 - 1}},
+], ids=["time_us-2^63", "time_us-1e30", "account-seq", "identity-seq"])
+def test_integers_beyond_64_bits_are_malformed(event: dict):
+    with pytest.raises(MalformedEvent):
+        decode_event(json.dumps(event))
+
+
+def test_largest_64_bit_time_us_decodes():
+    # the boundary of the bug above: 2**63 - 1 is a valid SQLite integer and is accepted
+    op = decode_event(json.dumps({"did": DID_A, "time_us": 2**63 - 1, "kind": "identity", "identity": {}}))
+    assert op == Identity(DID_A, 2**63 - 1, None, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Awaitable, Callable
 
 import orjson
@@ -13,6 +14,7 @@ from smalldp.links import is_link
 from smalldp.store.reader import BadCursor
 
 log = logging.getLogger(__name__)
+_INTEGER = re.compile(r"-?[0-9]{1,18}\Z")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -135,10 +137,9 @@ class Params:
         raw = self.string(name, required=False, max_length=20)
         if raw is None:
             return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise XrpcError(f"parameter {name!r} must be an integer") from None
+        if not _INTEGER.match(raw):
+            raise XrpcError(f"parameter {name!r} must be an integer")
+        value = int(raw)
         if not minimum <= value <= maximum:
             raise XrpcError(f"parameter {name!r} must be between {minimum} and {maximum}")
         return value

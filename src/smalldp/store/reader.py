@@ -326,7 +326,10 @@ class Reader:
     def _distinct_dids(self, target: str, collection: str, path: str, limit: int,
                        before: int | None) -> Page:
         _, actors = self._count(target, collection, path, ())
-        end = actors.rank(before - 1) if before is not None else len(actors)
+        if before is None:
+            end = len(actors)
+        else:
+            end = actors.rank(before - 1) if before > 0 else 0
         start = max(0, end - limit)
         picked = [actors[i] for i in range(end - 1, start - 1, -1)]
         self._load_dids(picked)
@@ -363,7 +366,7 @@ class Reader:
         Returns [(other subject, records, distinct accounts)] ordered by other subject,
         and the cursor of the next page (the last subject, opaque).
         """
-        after = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode() if cursor else None
+        after = _decode_text_cursor(cursor) if cursor else None
         return self._read(lambda: self._many_to_many(subject, collection, path, path_to_other,
                                                       list(dids), list(other_subjects), limit, after))
 
@@ -456,6 +459,19 @@ class Reader:
                 "inactive_accounts": len(self.hidden),
             }
         return self._read(read)
+
+
+def _decode_text_cursor(cursor: str) -> str:
+    """Inverse of the many-to-many cursor (the last subject, base64url); raises BadCursor."""
+    from smalldp.links import is_link
+    try:
+        subject = base64.b64decode(cursor.encode("ascii") + b"=" * (-len(cursor) % 4),
+                                   altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeError):
+        raise BadCursor("invalid cursor") from None
+    if not is_link(subject):
+        raise BadCursor("invalid cursor")
+    return subject
 
 
 def _iso(time_us: int) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from smalldp.api.readers import ReaderPool
+from smalldp.api.readers import READERS, ReaderPool
 from smalldp.api.xrpc import Params, json_response
 
 MAX_LIMIT = 1000
@@ -18,7 +18,7 @@ routes = web.RouteTableDef()
 
 
 def _pool(request: web.Request) -> ReaderPool:
-    return request.app["readers"]
+    return request.app[READERS]
 
 
 def _records(items: list) -> list[dict[str, str]]:

@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from aiohttp import web
+
 from smalldp.store.reader import Reader
 
 T = TypeVar("T")
@@ -46,3 +48,6 @@ class ReaderPool:
             for reader in self._all:
                 reader.close()
             self._all.clear()
+
+
+READERS = web.AppKey("readers", ReaderPool)  # where the application keeps its pool

@@ -12,12 +12,13 @@ from aiohttp import web
 
 from smalldp import __version__
 from smalldp.api import NAMESPACE, constellation
-from smalldp.api.readers import ReaderPool
+from smalldp.api.readers import READERS, ReaderPool
 from smalldp.api.xrpc import Params, XrpcError, json_response, xrpc_errors
 from smalldp.links import is_link
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
+INGEST_STATE = web.AppKey("ingest_state", str)
 
 
 @routes.get(f"/xrpc/{NAMESPACE}.getRecord")
@@ -25,7 +26,7 @@ async def get_record(request: web.Request) -> web.Response:
     uri = Params(request).required("uri", 2048)
     if not uri.startswith("at://") or not is_link(uri):
         raise XrpcError("parameter 'uri' must be an at-uri")
-    record = await request.app["readers"].run(lambda r: r.record(uri))
+    record = await request.app[READERS].run(lambda r: r.record(uri))
     if record is None:
         raise XrpcError(f"no stored record at {uri[:300]}", error="RecordNotFound")
     return json_response(record)
@@ -33,11 +34,11 @@ async def get_record(request: web.Request) -> web.Response:
 
 @routes.get("/xrpc/_health")
 async def health(request: web.Request) -> web.Response:
-    stats = await request.app["readers"].run(lambda r: r.stats())
+    stats = await request.app[READERS].run(lambda r: r.stats())
     cursor = stats["cursor"]
     lag = None if cursor is None else round(time.time() - int(cursor) / 1e6, 3)
     return json_response({
-        "status": "ok", "version": __version__, "ingest": request.app["ingest_state"],
+        "status": "ok", "version": __version__, "ingest": request.app[INGEST_STATE],
         "cursor": cursor, "lag_s": lag, "links": stats["links"], "runs": stats["runs"],
         "inactive_accounts": stats["inactive_accounts"]})
 
@@ -46,13 +47,13 @@ def make_app(db_path: Path, *, read_threads: int = 4, cache_mb: int = 64, mmap_m
              ingest_state: str = "disabled") -> web.Application:
     """Build the application answering from read-only connections to ``db_path``."""
     app = web.Application(middlewares=[xrpc_errors])
-    app["readers"] = ReaderPool(db_path, threads=read_threads, cache_mb=cache_mb, mmap_mb=mmap_mb)
-    app["ingest_state"] = ingest_state
+    app[READERS] = ReaderPool(db_path, threads=read_threads, cache_mb=cache_mb, mmap_mb=mmap_mb)
+    app[INGEST_STATE] = ingest_state
     app.add_routes(constellation.routes)
     app.add_routes(routes)
 
     async def close_readers(app: web.Application) -> None:
-        app["readers"].close()
+        app[READERS].close()
 
     app.on_cleanup.append(close_readers)
     return app

@@ -973,7 +973,7 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
 
     def play_item(played: str) -> dict[str, Any]:
         v = rnd()
-        artist = _ARTISTS[int(len(_ARTISTS) * v * v)]
+        artist = _ARTISTS[int(len(_ARTISTS) * v)]
         track = TITLES[int(rnd() * 1024)][:48]
         item: dict[str, Any] = {"artists": [{"artistName": artist}], "duration": 120 + int(rnd() * 300)}
         if rnd() < 0.4:
@@ -1257,7 +1257,16 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
                 c = CA[r & 0xFFFF] + CB[(r >> 16) & 0xFFFF] + CC[r >> 32]
                 if k < K_REPOST:
                     u = rnd()
-                    if u < hot_cut:
+                    if u < via_frac:  # liked/reposted via someone's repost: same subject
+                        v = rnd()
+                        e = reposts[(rw - 1 - int((rw if rw < FW else FW) * v * v * v)) % FW]
+                        if e is not None and e[0] >= 0 and e[3][76:-2] not in deleted_posts:
+                            sj = e[3]
+                            vj = e[2]
+                        else:
+                            sj = pick_post_ref()
+                            vj = None
+                    elif u < hot_cut:
                         sj, vj = pick_special(u)
                     elif u < pop_cut:  # a recent post by a popular author
                         v = rnd()

@@ -438,11 +438,8 @@ def test_extract_links_property(record: dict):
     assert {t for _, t in links} == {s for s in reachable(record) if is_link(s)}
 
 
-# ---------------------------------------------------------------- known bugs
+# ---------------------------------------------------------------- inputs that once crashed the import
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError,
-                   reason="BUG events.py:151 and :201 catch only msgspec.DecodeError/ValidationError; "
-                          "msgspec raises UnicodeDecodeError for invalid UTF-8 inside a string")
 @pytest.mark.parametrize("line", [
     # in the envelope (the did)
     b'{"did":"did:plc:aaaa\xff","time_us":1,"kind":"identity","identity":{}}',
@@ -455,10 +452,6 @@ def test_invalid_utf8_is_malformed(line: bytes):
         decode_event(line)
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="BUG events.py decode_event: integers that don't fit SQLite's signed 64 bits "
-                          "(time_us >= 2**63, seq >= 2**63) are accepted; Writer.apply then raises "
-                          "OverflowError and the import aborts")
 @pytest.mark.parametrize("event", [
     {"did": DID_A, "time_us": 2**63, "kind": "identity", "identity": {}},
     {"did": DID_A, "time_us": 10**30, "kind": "identity", "identity": {}},

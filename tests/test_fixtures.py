@@ -146,10 +146,6 @@ def test_cursor_is_the_newest_event_in_file_order(tmp_path, smalldp_import):
         reader.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG ingest/importer.py:129: the cursor restarts at None for each file (and each import run), "
-    "so importing an older capture after a newer one moves the stored cursor backwards; "
-    "Writer.cursor is documented as 'time_us of the newest event committed'"))
 def test_cursor_never_moves_backwards(tmp_path, smalldp_import):
     data = tmp_path / "store"
     smalldp_import(data, [CORPUS, GOLDEN])

@@ -376,17 +376,10 @@ def test_malformed_lines_are_skipped_and_counted(tmp_path, smalldp_import):
             reader.close()
 
 
-_UTF8_BUG = ("BUG events.py:151/201: invalid UTF-8 in a JSON string raises UnicodeDecodeError, not "
-             "MalformedEvent, so `smalldp import` aborts (rc 1) and stops at that line on every re-run")
-_INT_BUG = ("BUG events.py decode_event accepts integers beyond 64 bits (msgspec decodes any size); "
-            "Writer.apply then raises OverflowError (writer.py _write_meta / actor UPDATE) and the "
-            "import aborts at that line on every re-run")
 
 
 @pytest.mark.parametrize("kind", [
-    pytest.param("utf8", marks=pytest.mark.xfail(strict=True, raises=UnicodeDecodeError, reason=_UTF8_BUG)),
-    pytest.param("time_us", marks=pytest.mark.xfail(strict=True, raises=OverflowError, reason=_INT_BUG)),
-    pytest.param("seq", marks=pytest.mark.xfail(strict=True, raises=OverflowError, reason=_INT_BUG)),
+    "utf8", "time_us", "seq",
 ])
 def test_lines_that_break_the_writer_are_skipped_not_fatal(tmp_path, smalldp_import, kind):
     a, b = did_of(1), did_of(2)
@@ -436,10 +429,6 @@ def test_distinct_dids_newest_seen_first_in_single_event_batches(tmp_path, small
         reader.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG store/writer.py _resolve_actors: new DIDs of one batch get actor IDs in set-iteration "
-    "order (str hashes, PYTHONHASHSEED), so distinct_dids is not 'newest-seen account first' "
-    "(reader.py distinct_dids docstring) and its order differs between two imports of one file"))
 def test_distinct_dids_newest_seen_first_in_one_batch(tmp_path, smalldp_import):
     cap, post, likers = _likers_capture(50)
     path = write_lines(tmp_path / "likes.jsonl", cap.lines)

@@ -8,7 +8,7 @@ json.loads).  ``decode_event`` turns one JSON document into one operation or rai
 from __future__ import annotations
 
 import re
-from typing import Any, Union
+from typing import Annotated, Any, Union
 
 import msgspec
 
@@ -24,20 +24,24 @@ class _Commit(msgspec.Struct):
     cid: str | None = None
 
 
+# SQLite integers are signed 64-bit: anything outside is malformed, not a crash later.
+Int64 = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+
+
 class _Identity(msgspec.Struct):
     handle: str | None = None
-    seq: int | None = None
+    seq: Int64 | None = None
 
 
 class _Account(msgspec.Struct):
     active: bool
     status: str | None = None
-    seq: int | None = None
+    seq: Int64 | None = None
 
 
 class _Event(msgspec.Struct):
     did: str
-    time_us: int
+    time_us: Int64
     kind: str
     commit: _Commit | None = None
     identity: _Identity | None = None
@@ -149,13 +153,11 @@ def decode_event(line: bytes | str) -> Operation | None:
     """
     try:
         event = _decoder.decode(line)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise MalformedEvent(str(exc)) from None
     did = event.did
     if not valid_did(did):
         raise MalformedEvent(f"invalid did {did[:80]!r}")
-    if event.time_us < 0:
-        raise MalformedEvent("negative time_us")
     kind = event.kind
     if kind == "commit":
         return _commit(event)
@@ -199,7 +201,7 @@ def _commit(event: _Event) -> Operation:
     body = bytes(commit.record)
     try:
         record = _record_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         raise MalformedEvent("record is not a JSON object") from None
     return PutRecord(
         event.did, event.time_us, rev, commit.collection, commit.rkey, commit.cid, body, record,

@@ -93,15 +93,16 @@ def import_files(writer: Writer, paths: list[Path], *, batch_events: int = 20_00
     summary = ImportSummary()
     started = time.monotonic()
     progress = progress or Progress()
+    cursor = [0]  # newest time_us of this run, across files, so the cursor never steps back
     for path in paths:
-        _import_file(writer, path, batch_events, restart, progress, summary, started, on_batch)
+        _import_file(writer, path, batch_events, restart, progress, summary, started, on_batch, cursor)
     summary.seconds = time.monotonic() - started
     return summary
 
 
 def _import_file(writer: Writer, path: Path, batch_events: int, restart: bool, progress: Progress,
                  summary: ImportSummary, started: float,
-                 on_batch: Callable[[ImportSummary], None] | None) -> None:
+                 on_batch: Callable[[ImportSummary], None] | None, newest: list[int]) -> None:
     stat = path.stat()
     key = _position_key(path)
     resume = 0
@@ -126,7 +127,6 @@ def _import_file(writer: Writer, path: Path, batch_events: int, restart: bool, p
                 offset += len(line)
                 line_no += 1
         ops: list[Operation] = []
-        cursor = None
         pending = 0  # lines read since the last commit
         for line in stream:
             offset += len(line)
@@ -146,16 +146,16 @@ def _import_file(writer: Writer, path: Path, batch_events: int, restart: bool, p
                         summary.ignored += 1
                 if op is not None:
                     ops.append(op)
-                    if cursor is None or op.time_us > cursor:
-                        cursor = op.time_us
+                    if op.time_us > newest[0]:
+                        newest[0] = op.time_us
             if pending >= batch_events:
-                _commit(writer, ops, cursor, key, stat, offset, line_no, summary)
+                _commit(writer, ops, newest[0] or None, key, stat, offset, line_no, summary)
                 ops, pending = [], 0
                 if on_batch is not None:
                     on_batch(summary)
                 progress.update(path.name, offset, 0 if path.suffix == ".zst" else stat.st_size,
                                 summary.events, started)
-        _commit(writer, ops, cursor, key, stat, offset, line_no, summary)
+        _commit(writer, ops, newest[0] or None, key, stat, offset, line_no, summary)
         if on_batch is not None:
             on_batch(summary)
     progress.update(path.name, stat.st_size, stat.st_size, summary.events, started, force=True)

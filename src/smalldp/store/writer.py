@@ -210,7 +210,7 @@ class Writer:
             self.sources[(coll, path)] = sid
         return sid
 
-    def _resolve_actors(self, dids: set[str], batch: _Batch) -> None:
+    def _resolve_actors(self, dids: Iterable[str], batch: _Batch) -> None:
         missing = [did for did in dids if did not in self.actors]
         for start in range(0, len(missing), 500):
             chunk = missing[start:start + 500]
@@ -284,18 +284,19 @@ class Writer:
         return [aid for aid in self.purge_queue if aid not in self.hidden]
 
     def _apply(self, ops: list[Operation], batch: _Batch) -> None:
-        # Pass 1: links, DIDs, collections.
-        dids: set[str] = set()
+        # Pass 1: links, DIDs, collections.  DIDs in first-seen order: new accounts get
+        # their IDs in that order, which distinct-DID lists follow.
+        dids: dict[str, None] = {}
         prepared: list[tuple[Operation, list[tuple[str, str]]]] = []
         for op in ops:
-            dids.add(op.did)
+            dids[op.did] = None
             links: list[tuple[str, str]] = []
             if isinstance(op, PutRecord):
                 links = extract_links(op.record)
                 for _, target in links:
                     did = target_dids(target)
                     if did is not None:
-                        dids.add(did)
+                        dids[did] = None
             prepared.append((op, links))
         self._resolve_actors(dids, batch)
 

@@ -9,6 +9,7 @@ deactivating an account hides its links without rewriting them.
 from __future__ import annotations
 
 import base64
+import datetime
 import heapq
 import struct
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 import orjson
 from pyroaring import BitMap
 
-from smalldp.events import valid_did, valid_nsid, valid_rkey
+from smalldp.links import is_link
 from smalldp.store.bodies import BodyDecompressor
 from smalldp.store.encoding import (
     BlockHeader,
@@ -309,7 +310,9 @@ class Reader:
             for chunk in chunks:
                 if after is not None and chunk.floor > after[0]:
                     continue  # everything here is newer than the cursor
-                for entry in chunk.entries():
+                header = chunk.header
+                # Lazily: a first page needs only the first entries of each run's chunk.
+                for entry in iter_entries(chunk.data, header.body, header.count):
                     if after is None or entry < after:
                         yield entry
 
@@ -463,7 +466,6 @@ class Reader:
 
 def _decode_text_cursor(cursor: str) -> str:
     """Inverse of the many-to-many cursor (the last subject, base64url); raises BadCursor."""
-    from smalldp.links import is_link
     try:
         subject = base64.b64decode(cursor.encode("ascii") + b"=" * (-len(cursor) % 4),
                                    altchars=b"-_", validate=True).decode()
@@ -475,16 +477,6 @@ def _decode_text_cursor(cursor: str) -> str:
 
 
 def _iso(time_us: int) -> str:
-    import datetime as _dt
-    moment = _dt.datetime.fromtimestamp(time_us / 1e6, tz=_dt.timezone.utc)
+    moment = datetime.datetime.fromtimestamp(time_us / 1e6, tz=datetime.timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{time_us % 1_000_000 // 1000:03d}Z"
 
-
-def valid_target(target: str) -> bool:
-    """Whether a query subject could be a link target at all."""
-    from smalldp.links import is_link
-    return is_link(target)
-
-
-__all__ = ["Reader", "Page", "LinkRecord", "BadCursor", "encode_cursor", "decode_cursor",
-           "valid_target", "valid_did", "valid_nsid", "valid_rkey"]

@@ -73,7 +73,8 @@ def open_writer(path: Path, cache_mb: int, mmap_mb: int) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute(f"PRAGMA cache_size={-cache_mb * 1024}")
     conn.execute(f"PRAGMA mmap_size={mmap_mb * 1024 * 1024}")
-    conn.execute("PRAGMA temp_store=MEMORY")
+    # Temp tables and sorts (compaction) may spill to files: memory stays bounded.
+    conn.execute("PRAGMA temp_store=FILE")
     # Checkpoint less often than the 1000-page default: big batches would otherwise
     # checkpoint on every commit.
     conn.execute("PRAGMA wal_autocheckpoint=8192")

@@ -16,10 +16,8 @@ key order.  Only deletes and updates read and rewrite existing chunks.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -104,14 +102,22 @@ class _Batch:
     removes: dict[tuple[int, bytes], set[Entry]] = field(default_factory=dict)
     new_actors: list[tuple[int, str]] = field(default_factory=list)
     stats: BatchStats = field(default_factory=BatchStats)
+    links_added: int = 0  # counted here, not in stats, to keep add_link cheap
+    links_removed: int = 0
 
     def add_link(self, key: tuple[int, bytes], entry: Entry) -> None:
-        gone = self.removes.get(key)
-        if gone is not None and entry in gone:
-            gone.discard(entry)  # removed and re-added in one batch: it never left
+        if self.removes:
+            gone = self.removes.get(key)
+            if gone is not None and entry in gone:
+                gone.discard(entry)  # removed and re-added in one batch: it never left
+                self.links_added += 1
+                return
+        added = self.adds.get(key)
+        if added is None:
+            self.adds[key] = {entry}
         else:
-            self.adds.setdefault(key, set()).add(entry)
-        self.stats.links_added += 1
+            added.add(entry)
+        self.links_added += 1
 
     def remove_link(self, key: tuple[int, bytes], entry: Entry) -> None:
         added = self.adds.get(key)
@@ -119,7 +125,7 @@ class _Batch:
             added.discard(entry)  # added earlier in this batch: just forget it
         else:
             self.removes.setdefault(key, set()).add(entry)
-        self.stats.links_removed += 1
+        self.links_removed += 1
 
 
 class Writer:
@@ -158,6 +164,9 @@ class Writer:
         self._tkeys: dict[str, bytes] = {}  # target string -> key: hot targets recur constantly
         self.bodies = BodyCompressor(conn)
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS q(sk INTEGER, aid INTEGER, coll INTEGER)")
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS mdup(tkey BLOB, sid INTEGER, PRIMARY KEY(tkey, sid)) "
+                     "WITHOUT ROWID")
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS mrow(tkey BLOB, sid INTEGER, lo INTEGER, data BLOB)")
 
     def _meta(self, key: str, default: object) -> object:
         row = self.conn.execute("SELECT v FROM meta WHERE k=?", (key,)).fetchone()
@@ -265,6 +274,7 @@ class Writer:
                 self._purge(list(self.purge_queue) if len(self.purge_queue) >= PURGE_QUEUE_MAX
                             else self._purge_now(), batch)
             self._write_backlinks(batch)
+            batch.stats.links_added, batch.stats.links_removed = batch.links_added, batch.links_removed
             values = dict(meta or {})
             if cursor is not None:
                 values["cursor"] = cursor
@@ -287,26 +297,29 @@ class Writer:
         # Pass 1: links, DIDs, collections.  DIDs in first-seen order: new accounts get
         # their IDs in that order, which distinct-DID lists follow.
         dids: dict[str, None] = {}
+        tkeys = self._tkeys
         prepared: list[tuple[Operation, list[tuple[str, str]]]] = []
         for op in ops:
             dids[op.did] = None
             links: list[tuple[str, str]] = []
-            if isinstance(op, PutRecord):
+            if type(op) is PutRecord:
                 links = extract_links(op.record)
                 for _, target in links:
-                    did = target_dids(target)
-                    if did is not None:
-                        dids[did] = None
+                    if target not in tkeys:  # a cached key already holds its IDs
+                        did = target_dids(target)
+                        if did is not None:
+                            dids[did] = None
             prepared.append((op, links))
         self._resolve_actors(dids, batch)
 
         # Pass 2: record keys, and the stored state of every record touched.
         keys: list[RecordKey | None] = []
+        actors = self.actors
         for op, _ in prepared:
-            if isinstance(op, (PutRecord, DeleteRecord)):
-                aid = self.actors[op.did].aid
-                coll = self.coll_id(op.collection)
-                keys.append((self._sort_key(aid, coll, op.rkey), aid, coll))
+            if type(op) is PutRecord or type(op) is DeleteRecord:
+                aid = actors[op.did].aid
+                coll = self.coll_id(op.collection)  # type: ignore[union-attr]
+                keys.append((self._sort_key(aid, coll, op.rkey), aid, coll))  # type: ignore[union-attr]
             else:
                 keys.append(None)
         self._fetch_records({k for k in keys if k is not None}, batch)
@@ -315,9 +328,9 @@ class Writer:
         for (op, links), key in zip(prepared, keys):
             if key is not None:
                 self._apply_record(op, links, key, batch)  # type: ignore[arg-type]
-            elif isinstance(op, AccountStatus):
+            elif type(op) is AccountStatus:
                 self._apply_account(op, batch)
-            elif isinstance(op, Identity):
+            elif type(op) is Identity:
                 self._apply_identity(op, batch)
 
     def _fetch_records(self, keys: set[RecordKey], batch: _Batch) -> None:
@@ -331,8 +344,8 @@ class Writer:
 
     def _apply_record(self, op: PutRecord | DeleteRecord, links: list[tuple[str, str]],
                       key: RecordKey, batch: _Batch) -> None:
-        actor = self.actors[op.did]
-        if actor.purged_rev is not None and op.rev <= actor.purged_rev:
+        purged_rev = self.actors[op.did].purged_rev
+        if purged_rev is not None and op.rev <= purged_rev:
             batch.stats.replays += 1
             return
         current = batch.records.get(key)
@@ -340,32 +353,36 @@ class Writer:
             batch.stats.replays += 1  # this record already reflects a newer or equal commit
             return
         sk, aid, coll = key
-        old: LinkList = current[1] or [] if current is not None else []
-        if isinstance(op, PutRecord):
+        entry = (sk, aid)
+        old: LinkList = (current[1] or []) if current is not None else []
+        if type(op) is PutRecord:
             new: LinkList = []
-            seen: set[tuple[int, bytes]] = set()
             tkeys = self._tkeys
+            sources = self.sources
             for path, target in links:
                 tkey = tkeys.get(target)
                 if tkey is None:
                     tkey = tkeys[target] = encode_target(target, self._aid, self.coll_id)
-                link = (self.source_id(coll, path), tkey)
-                if link not in seen:
-                    seen.add(link)
-                    new.append(link)
-            entry = (sk, aid)
-            for link in old:
-                if link not in seen:
-                    batch.remove_link(link, entry)
-            old_set = set(old)
-            for link in new:
-                if link not in old_set:
+                sid = sources.get((coll, path)) or self.source_id(coll, path)
+                new.append((sid, tkey))
+            if len(new) > 1:
+                new = list(dict.fromkeys(new))  # two paths may name one target: still one link each
+            if old:
+                kept = set(new)
+                for link in old:
+                    if link not in kept:
+                        batch.remove_link(link, entry)
+                previous = set(old)
+                for link in new:
+                    if link not in previous:
+                        batch.add_link(link, entry)
+            else:
+                for link in new:
                     batch.add_link(link, entry)
             batch.records[key] = (op.rev, new)
             if self._keeps_body_of(coll):
-                batch.bodies[key] = (op.cid, op.time_us, op.body)
+                batch.bodies[key] = (op.cid, op.time_us, op.body)  # type: ignore[union-attr]
         else:
-            entry = (sk, aid)
             for link in old:
                 batch.remove_link(link, entry)
             batch.records[key] = (op.rev, None)
@@ -560,35 +577,39 @@ class Writer:
                 return merges
 
     def _merge(self, runs: list[int], level: int) -> None:
+        """Merge runs into one new run.  Keys found in one run only (most of them) are
+        copied by SQLite itself; Python merges the chunks of keys found in several."""
         conn = self.conn
         new = self.next_run
         self.next_run += 1
+        marks = ",".join(str(r) for r in runs)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            cursors = [conn.execute("SELECT tkey, sid, lo, data FROM bl WHERE run=? ORDER BY tkey, sid",
-                                    (run,)) for run in runs]
-            count = 0
-
-            def rows() -> Iterator[tuple[int, bytes, int, int, bytes]]:
-                nonlocal count
-                merged = heapq.merge(*cursors, key=lambda row: (row[0], row[1]))
-                for (tkey, sid), group in itertools.groupby(merged, key=lambda row: (row[0], row[1])):
-                    chunks = list(group)
-                    if len(chunks) == 1:
-                        count += 1
-                        yield new, tkey, sid, chunks[0][2], chunks[0][3]
-                        continue
-                    entries = sorted(itertools.chain.from_iterable(decode_block(c[3]) for c in chunks),
-                                     reverse=True)
-                    for lo, chunk in _chunks(entries, self.chunk_entries):
-                        count += 1
-                        yield new, tkey, sid, lo, encode_block(chunk)
-
-            conn.executemany("INSERT INTO bl VALUES(?, ?, ?, ?, ?)", rows())
-            marks = ",".join(str(r) for r in runs)
+            conn.execute("DELETE FROM mdup")
+            conn.execute("DELETE FROM mrow")
+            conn.execute(f"INSERT INTO mdup SELECT tkey, sid FROM bl WHERE run IN ({marks}) "
+                         "GROUP BY tkey, sid HAVING count(DISTINCT run) > 1")
+            rows = conn.execute(
+                f"SELECT b.tkey, b.sid, b.data FROM mdup JOIN bl b ON b.run IN ({marks}) "
+                "AND b.tkey = mdup.tkey AND b.sid = mdup.sid ORDER BY b.tkey, b.sid")
+            merged = []
+            for (tkey, sid), group in itertools.groupby(rows, key=lambda row: (row[0], row[1])):
+                entries = sorted(itertools.chain.from_iterable(decode_block(row[2]) for row in group),
+                                 reverse=True)
+                for lo, chunk in _chunks(entries, self.chunk_entries):
+                    merged.append((tkey, sid, lo, encode_block(chunk)))
+            conn.executemany("INSERT INTO mrow VALUES(?, ?, ?, ?)", merged)
+            # One insert in key order, so the new run is appended, not scattered.
+            conn.execute(
+                f"INSERT INTO bl SELECT {new}, tkey, sid, lo, data FROM ("
+                f"SELECT tkey, sid, lo, data FROM bl WHERE run IN ({marks}) AND NOT EXISTS "
+                "(SELECT 1 FROM mdup WHERE mdup.tkey = bl.tkey AND mdup.sid = bl.sid) "
+                "UNION ALL SELECT tkey, sid, lo, data FROM mrow) ORDER BY tkey, sid, lo")
+            count = conn.execute(f"SELECT count(*) FROM bl WHERE run={new}").fetchone()[0]
             conn.execute(f"DELETE FROM bl WHERE run IN ({marks})")
             conn.execute(f"DELETE FROM run WHERE run IN ({marks})")
             conn.execute("INSERT INTO run VALUES(?, ?, ?)", (new, level, count))
+            conn.execute("DELETE FROM mrow")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

@@ -116,21 +116,19 @@ class Params:
         return collection, "." + path
 
     def dids(self, name: str, max_items: int = 100) -> list[str]:
-        values = self.query.getall(name, [])
-        if len(values) > max_items:
-            raise XrpcError(f"parameter {name!r} accepts at most {max_items} values")
-        for value in values:
-            if not valid_did(value):
-                raise XrpcError(f"parameter {name!r} must be DIDs, got {value[:80]!r}")
-        return list(values)
+        return self._many(name, max_items, valid_did, "DIDs")
 
     def subjects(self, name: str, max_items: int = 100) -> list[str]:
+        return self._many(name, max_items, is_link, "at-uris, DIDs or URLs")
+
+    def _many(self, name: str, max_items: int, valid: Callable[[str], bool], what: str) -> list[str]:
+        """A repeatable parameter; every value must pass ``valid``."""
         values = self.query.getall(name, [])
         if len(values) > max_items:
             raise XrpcError(f"parameter {name!r} accepts at most {max_items} values")
         for value in values:
-            if not is_link(value):
-                raise XrpcError(f"parameter {name!r} must be at-uris, DIDs or URLs")
+            if not valid(value):
+                raise XrpcError(f"parameter {name!r} must be {what}, got {value[:80]!r}")
         return list(values)
 
     def integer(self, name: str, default: int, minimum: int, maximum: int) -> int:

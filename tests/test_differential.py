@@ -8,12 +8,14 @@ identity events.  Every query answer must be equal.
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smalldp.events import decode_event
+from smalldp.store.encoding import decode_block, decode_links
 from smalldp.store.reader import Reader
 from smalldp.store.writer import Writer
 from smalldp.tid import int_to_tid, tid_from_time, tid_to_int
@@ -193,8 +195,33 @@ def test_store_equals_model(tmp_path_factory, history, page_size: int, fanout: i
     compare(model, reader, page_size)
     writer.compact(full=True)
     compare(model, reader, page_size)
+    writer.close()  # runs the purges still queued: the data of deleted accounts goes
+    compare(model, reader, page_size)
     reader.close()
-    writer.close()
+    conn = sqlite3.connect(path)
+    purged = [aid for (aid,) in conn.execute("SELECT aid FROM actor WHERE status = 'deleted' AND purged_rev IS NOT NULL")]
+    for aid in purged:
+        rows = conn.execute("SELECT rev + sk FROM fwd WHERE aid = ?", (aid,)).fetchall()
+        limit = conn.execute("SELECT purged_rev FROM actor WHERE aid = ?", (aid,)).fetchone()[0]
+        assert all(rev > limit for (rev,) in rows)  # only commits newer than the deletion remain
+    assert conn.execute("SELECT count(*) FROM purge").fetchone()[0] == 0
+    conn.close()
+    assert_indexes_agree(path)
+
+
+def assert_indexes_agree(path: Path) -> None:
+    """Every backlink entry is a link of a live forward row and vice versa, and the
+    stored link count is their number."""
+    conn = sqlite3.connect(path)
+    backward = []
+    for tkey, sid, data in conn.execute("SELECT tkey, sid, data FROM bl"):
+        backward += [(sid, tkey, sk, aid) for sk, aid in decode_block(data)]
+    forward = [(sid, tkey, sk, aid) for sk, aid, links in conn.execute(
+        "SELECT sk, aid, links FROM fwd WHERE links IS NOT NULL") for sid, tkey in decode_links(links)]
+    assert len(backward) == len(set(backward))
+    assert sorted(backward) == sorted(forward)
+    assert conn.execute("SELECT v FROM meta WHERE k = 'links'").fetchone()[0] == len(forward)
+    conn.close()
 
 
 def test_many_links_in_small_chunks(tmp_path: Path) -> None:
@@ -247,4 +274,5 @@ def test_many_links_in_small_chunks(tmp_path: Path) -> None:
                     assert keys == sorted(keys, reverse=not reverse)
                     assert sorted(got) == sorted(want)
                 assert reader.count(target, "app.bsky.feed.like", ".subject.uri") == len(want)
+        assert_indexes_agree(tmp_path / "db.sqlite")
     writer.close()

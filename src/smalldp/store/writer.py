@@ -270,9 +270,11 @@ class Writer:
             batch = _Batch()
             self._apply(ops, batch)
             self._write(batch)
-            if self.purge_queue and (len(self.purge_queue) >= PURGE_QUEUE_MAX or self._purge_now()):
-                self._purge(list(self.purge_queue) if len(self.purge_queue) >= PURGE_QUEUE_MAX
-                            else self._purge_now(), batch)
+            # Purging scans the forward index, so deleted accounts wait (hidden) in a queue;
+            # one that is active again is purged before it can show.
+            due = list(self.purge_queue) if len(self.purge_queue) >= PURGE_QUEUE_MAX else self._purge_now()
+            if due:
+                self._purge(due, batch)
             self._write_backlinks(batch)
             batch.stats.links_added, batch.stats.links_removed = batch.links_added, batch.links_removed
             values = dict(meta or {})

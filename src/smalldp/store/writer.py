@@ -42,7 +42,7 @@ from smalldp.tid import tid_from_time, tid_to_int
 
 log = logging.getLogger(__name__)
 
-CHUNK_ENTRIES = 512  # entries per backlink chunk in merged runs
+CHUNK_ENTRIES = 128  # entries per backlink chunk: a delete rewrites one chunk
 PURGE_QUEUE_MAX = 64
 TARGET_CACHE_MAX = 200_000  # encoded target keys kept between batches  # deleted accounts queued before their rows are removed
 # Records of a deleted account with a rev older than the deletion's time plus this

@@ -102,6 +102,7 @@ class Reader:
         self._bodies = BodyDecompressor(self.conn)
         self._version = -1
         self._runs = "NULL"
+        self._run_count = 0
         self.hidden = BitMap()
         self._sources: dict[tuple[str, str], int] = {}
         self._source_names: dict[int, tuple[str, str]] = {}
@@ -128,7 +129,9 @@ class Reader:
         if version == self._version:
             return
         self._version = version
-        self._runs = ",".join(str(r) for (r,) in self.conn.execute("SELECT run FROM run")) or "NULL"
+        runs = [str(r) for (r,) in self.conn.execute("SELECT run FROM run")]
+        self._run_count = len(runs)
+        self._runs = ",".join(runs) or "NULL"  # inlined into queries: integers only
         row = self.conn.execute("SELECT v FROM meta WHERE k='hidden'").fetchone()
         self.hidden = BitMap.deserialize(row[0]) if row and row[0] else BitMap()
         if len(self._dids) > 200_000:
@@ -458,7 +461,7 @@ class Reader:
             return {
                 "cursor": meta.get("cursor"),
                 "links": meta.get("links", 0),
-                "runs": self._runs.count(",") + 1 if self._runs != "NULL" else 0,
+                "runs": self._run_count,
                 "inactive_accounts": len(self.hidden),
             }
         return self._read(read)

@@ -42,7 +42,9 @@ from smalldp.tid import tid_from_time, tid_to_int
 
 log = logging.getLogger(__name__)
 
-CHUNK_ENTRIES = 128  # entries per backlink chunk: a delete rewrites one chunk
+# Entries per backlink chunk.  Measured at 10M events: 128 made deletes cheaper (ingest
+# +4%) but popular counts and first pages slower (p99 3.1 -> 5.2 ms, 4.3 -> 6.7 ms).
+CHUNK_ENTRIES = 512
 PURGE_QUEUE_MAX = 64
 TARGET_CACHE_MAX = 200_000  # encoded target keys kept between batches  # deleted accounts queued before their rows are removed
 # Records of a deleted account with a rev older than the deletion's time plus this

@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterator, TextIO
 
 import orjson
 import zstandard
@@ -63,7 +63,7 @@ def _position_key(path: Path) -> str:
 class Progress:
     """A one-line progress display on a terminal; silent otherwise."""
 
-    def __init__(self, stream=sys.stderr, interval: float = 0.5) -> None:
+    def __init__(self, stream: TextIO = sys.stderr, interval: float = 0.5) -> None:
         self.stream = stream
         self.enabled = stream.isatty()
         self.interval = interval
@@ -71,6 +71,7 @@ class Progress:
 
     def update(self, name: str, done_bytes: int, total_bytes: int, events: int, started: float,
                force: bool = False) -> None:
+        """Redraw the line (at most every ``interval`` seconds unless ``force``)."""
         now = time.monotonic()
         if not self.enabled or (not force and now - self._last < self.interval):
             return
@@ -81,6 +82,7 @@ class Progress:
         self.stream.flush()
 
     def done(self) -> None:
+        """End the progress line."""
         if self.enabled:
             self.stream.write("\n")
             self.stream.flush()

@@ -29,7 +29,7 @@ class BodyCompressor:
         if self._dict_id:
             data = conn.execute("SELECT v FROM meta WHERE k=?", (f"zdict:{self._dict_id}",)).fetchone()[0]
             self._with_dict = zstandard.ZstdCompressor(level=LEVEL, dict_data=zstandard.ZstdCompressionDict(data))
-        self._samples: list[bytes] = []
+        self._samples: list[bytes | bytearray | memoryview] = []
 
     def compress(self, body: bytes) -> bytes:
         """Compress one record body (call inside the writer's transaction)."""

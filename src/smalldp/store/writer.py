@@ -20,7 +20,7 @@ import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from pyroaring import BitMap
 
@@ -170,11 +170,11 @@ class Writer:
                      "WITHOUT ROWID")
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS mrow(tkey BLOB, sid INTEGER, lo INTEGER, data BLOB)")
 
-    def _meta(self, key: str, default: object) -> object:
+    def _meta(self, key: str, default: Any) -> Any:
         row = self.conn.execute("SELECT v FROM meta WHERE k=?", (key,)).fetchone()
         return default if row is None else row[0]
 
-    def meta(self, key: str) -> object:
+    def meta(self, key: str) -> Any:
         """A value from the meta table (None when absent)."""
         return self._meta(key, None)
 
@@ -182,7 +182,7 @@ class Writer:
     def cursor(self) -> int | None:
         """time_us of the newest event committed."""
         value = self._meta("cursor", None)
-        return None if value is None else int(value)  # type: ignore[arg-type]
+        return None if value is None else int(value)
 
     def close(self) -> None:
         """Finish pending purges, checkpoint and close the connection."""

@@ -19,6 +19,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ENV_PREFIX = "SMALLDP_"
 _TYPES = ("path", "str", "int", "bool", "list", "listen", "choice")
@@ -26,7 +27,14 @@ _TRUE = ("true", "1", "yes")
 _FALSE = ("false", "0", "no")
 # An NSID (at least three dot-separated segments) or a prefix wildcard `a.b.*`.
 _NSID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*(\.[A-Za-z0-9][A-Za-z0-9-]*){2,}$")
+_DID_RE = re.compile(r"^did:[a-z]+:[A-Za-z0-9._:%-]{1,2040}$")
 _NSID_PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*(\.[A-Za-z0-9][A-Za-z0-9-]*)*\.\*$")
+
+
+PUBLIC_JETSTREAMS = tuple(f"wss://jetstream{n}.{region}.bsky.network/subscribe"
+                          for region in ("us-east", "us-west") for n in (1, 2))
+LEGACY_DICTIONARY_URL = ("https://raw.githubusercontent.com/bluesky-social/jetstream/main/"
+                         "pkg/models/zstd_dictionary")
 
 
 class ConfigError(ValueError):
@@ -79,7 +87,36 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_level", "choice", "info", "Log verbosity.",
             choices=("debug", "info", "warning", "error")),
     Setting("read_threads", "int", 4, "Threads answering queries.", 1, 64),
-)
+    Setting("jetstream", "list", PUBLIC_JETSTREAMS,
+            "Jetstream endpoints (ws:// or wss:// URLs), tried in order, failing over to the next; "
+            "a URL without a path gets the wire's path. Repeat the flag or comma-separate."),
+    Setting("jetstream_wire", "choice", "v1",
+            "Jetstream protocol: v1 (/subscribe, cursor = time_us) or v2 "
+            "(/xrpc/network.bsky.jetstream.subscribeEvents, resumed by time).",
+            choices=("v1", "v2")),
+    Setting("wanted_collections", "list", (),
+            "Collections to follow (NSIDs, `prefix.*` allowed); empty means all."),
+    Setting("wanted_dids", "list", (),
+            "Accounts to follow (at most 10,000 DIDs); empty means all."),
+    Setting("compress", "bool", True,
+            "Ask Jetstream for zstd-compressed messages (about a third of the bandwidth)."),
+    Setting("zstd_dictionary", "str", "",
+            "Path of the v1 zstd dictionary; empty: fetch it once (sha256-checked) and cache it in data_dir."),
+    Setting("zstd_dictionary_url", "str", LEGACY_DICTIONARY_URL,
+            "Where the v1 dictionary is fetched from when it is not cached."),
+    Setting("rewind_s", "int", 5,
+            "Seconds before the committed cursor to resume from (replays are harmless).", 0, 86_400),
+    Setting("liveness_s", "int", 30,
+            "Reconnect when nothing arrives for this many seconds (0: off; pings still detect dead sockets).",
+            0, 86_400),
+    Setting("backoff_max_s", "int", 60, "Longest wait between reconnection attempts.", 1, 3600),
+    Setting("queue_events", "int", 20_000,
+            "Decoded events buffered between the websocket and the writer; when full, reading pauses.",
+            100, 1_000_000),
+    Setting("max_message_bytes", "int", 4 << 20,
+            "Largest (decompressed) message accepted; bigger ones are counted and skipped.",
+            4096, 1 << 30),
+MAX_WANTED_DIDS = 10_000
 _BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 assert all(s.type in _TYPES for s in SETTINGS)
 
@@ -99,6 +136,18 @@ class Settings:
     body_collections: tuple[str, ...]
     log_level: str
     read_threads: int
+    jetstream: tuple[str, ...]
+    jetstream_wire: str
+    wanted_collections: tuple[str, ...]
+    wanted_dids: tuple[str, ...]
+    compress: bool
+    zstd_dictionary: str
+    zstd_dictionary_url: str
+    rewind_s: int
+    liveness_s: int
+    backoff_max_s: int
+    queue_events: int
+    max_message_bytes: int
 
     def listen_host_port(self) -> tuple[str, int]:
         """Return ``listen`` split into (host, port); IPv6 hosts come back without brackets."""
@@ -145,16 +194,13 @@ def _convert(setting: Setting, raw: object) -> object:
         raise ValueError(f"expected true/false/1/0/yes/no, got {raw!r}")
     if kind == "list":
         if isinstance(raw, str):
-            items = [part.strip() for part in raw.split(",")]
-        elif isinstance(raw, (list, tuple)) and all(isinstance(x, str) for x in raw):
-            items = [x.strip() for x in raw]
-        else:
+            raw = [raw]
+        if not (isinstance(raw, (list, tuple)) and all(isinstance(x, str) for x in raw)):
             raise ValueError(f"expected a list of strings, got {raw!r}")
+        # A repeated flag gives a list; each item may itself be comma-separated.
+        items = [part.strip() for x in raw for part in x.split(",")]
         items = [x for x in items if x]
-        if setting.name == "body_collections":
-            for item in items:
-                if not (_NSID_RE.match(item) or _NSID_PREFIX_RE.match(item)):
-                    raise ValueError(f"expected NSIDs (optionally ending in .*), got {item!r}")
+        _check_list(setting.name, items)
         return tuple(items)
     if not isinstance(raw, str):
         raise ValueError(f"expected a string, got {raw!r}")
@@ -171,6 +217,27 @@ def _convert(setting: Setting, raw: object) -> object:
             raise ValueError(f"expected one of {', '.join(setting.choices)}, got {raw!r}")
         return text
     return raw
+
+
+def _check_list(name: str, items: list[str]) -> None:
+    """Item syntax of the list settings that have one."""
+    if name in ("body_collections", "wanted_collections"):
+        for item in items:
+            if not (_NSID_RE.match(item) or _NSID_PREFIX_RE.match(item)):
+                raise ValueError(f"expected NSIDs (optionally ending in .*), got {item!r}")
+    elif name == "wanted_dids":
+        if len(items) > MAX_WANTED_DIDS:
+            raise ValueError(f"at most {MAX_WANTED_DIDS:,} DIDs, got {len(items):,}")
+        for item in items:
+            if not _DID_RE.match(item):
+                raise ValueError(f"expected DIDs, got {item[:80]!r}")
+    elif name == "jetstream":
+        if not items:
+            raise ValueError("expected at least one ws:// or wss:// URL")
+        for item in items:
+            parts = urlsplit(item)
+            if parts.scheme not in ("ws", "wss") or not parts.hostname:
+                raise ValueError(f"expected ws:// or wss:// URLs, got {item!r}")
 
 
 def _read_toml(path: Path) -> dict[str, object]:
@@ -215,6 +282,7 @@ def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str]) -> None
         metavar = {"int": "N", "path": "PATH", "listen": "HOST:PORT", "list": "A,B,..."}.get(
             s.type, "{" + ",".join(s.choices) + "}" if s.type == "choice" else "VALUE")
         parser.add_argument(s.flag, dest=s.name, default=None, metavar=metavar,
+                            action="append" if s.type == "list" else "store",
                             help=help_text.replace("%", "%%"))
 
 
@@ -260,7 +328,7 @@ def load_settings(cli: Mapping[str, object] | argparse.Namespace | None = None,
 
 def _format_default(s: Setting) -> str:
     if s.type == "list":
-        return ",".join(s.default)  # type: ignore[arg-type]
+        return ",".join(s.default) or "(empty)"  # type: ignore[arg-type]
     if s.name == "data_dir":
         return f"{s.default} (or $STATE_DIRECTORY)"
     return str(s.default)
@@ -279,7 +347,7 @@ def settings_table_markdown() -> str:
         elif s.type == "choice":
             kind = "one of " + ", ".join(s.choices)
         if s.type == "list":
-            default = "<br>".join(f"`{x}`" for x in s.default)  # type: ignore[attr-defined]
+            default = "<br>".join(f"`{x}`" for x in s.default) or "(empty)"  # type: ignore[attr-defined]
         elif s.name == "data_dir":
             default = f"`{s.default}` or `$STATE_DIRECTORY`"
         else:

@@ -116,6 +116,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_message_bytes", "int", 4 << 20,
             "Largest (decompressed) message accepted; bigger ones are counted and skipped.",
             4096, 1 << 30),
+)
 MAX_WANTED_DIDS = 10_000
 _BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 assert all(s.type in _TYPES for s in SETTINGS)

@@ -7,18 +7,24 @@ import logging
 import signal
 import time
 from pathlib import Path
+from typing import Callable
 
 from aiohttp import web
 
 from smalldp import __version__
-from smalldp.api import NAMESPACE, constellation
+from smalldp.api import NAMESPACE, constellation, metrics
 from smalldp.api.readers import READERS, ReaderPool
 from smalldp.api.xrpc import Params, XrpcError, json_response, xrpc_errors
 from smalldp.links import is_link
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
-INGEST_STATE = web.AppKey("ingest_state", str)
+IngestStatus = Callable[[], dict[str, object]]
+INGEST_STATUS = web.AppKey("ingest_status", IngestStatus)
+
+
+def _ingest_disabled() -> dict[str, object]:
+    return {"state": "disabled"}
 
 
 @routes.get(f"/xrpc/{NAMESPACE}.getRecord")
@@ -36,20 +42,31 @@ async def get_record(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     stats = await request.app[READERS].run(lambda r: r.stats())
     cursor = stats["cursor"]
-    lag = None if cursor is None else round(time.time() - int(cursor) / 1e6, 3)
-    return json_response({
-        "status": "ok", "version": __version__, "ingest": request.app[INGEST_STATE],
-        "cursor": cursor, "lag_s": lag, "links": stats["links"], "runs": stats["runs"],
-        "inactive_accounts": stats["inactive_accounts"]})
+    lag = None if cursor is None else round(max(0.0, time.time() - int(cursor) / 1e6), 3)
+    ingest = request.app[INGEST_STATUS]()
+    body: dict[str, object] = {
+        "status": "ok", "version": __version__, "ingest": ingest["state"],
+        "cursor": None if cursor is None else int(cursor), "lag_s": lag, "links": stats["links"],
+        "runs": stats["runs"], "inactive_accounts": stats["inactive_accounts"]}
+    if len(ingest) > 1:
+        body["jetstream"] = {k: v for k, v in ingest.items() if k != "state"}
+    return json_response(body)
 
 
 def make_app(db_path: Path, *, read_threads: int = 4, cache_mb: int = 64, mmap_mb: int = 0,
-             ingest_state: str = "disabled") -> web.Application:
-    """Build the application answering from read-only connections to ``db_path``."""
+             ingest_status: IngestStatus = _ingest_disabled,
+             sample_sources: list[metrics.SampleSource] | None = None) -> web.Application:
+    """Build the application answering from read-only connections to ``db_path``.
+
+    ``ingest_status`` says what live ingest is doing (a dict with at least "state");
+    ``sample_sources`` add Prometheus samples to /metrics.
+    """
     app = web.Application(middlewares=[xrpc_errors])
     app[READERS] = ReaderPool(db_path, threads=read_threads, cache_mb=cache_mb, mmap_mb=mmap_mb)
-    app[INGEST_STATE] = ingest_state
+    app[INGEST_STATUS] = ingest_status
+    app[metrics.SAMPLE_SOURCES] = list(sample_sources or [])
     app.add_routes(constellation.routes)
+    app.add_routes(metrics.routes)
     app.add_routes(routes)
 
     async def close_readers(app: web.Application) -> None:

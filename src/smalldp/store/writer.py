@@ -17,6 +17,8 @@ key order.  Only deletes and updates read and rewrite existing chunks.
 from __future__ import annotations
 
 import itertools
+import sqlite3
+import time
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +146,9 @@ class Writer:
         self._body_exact = {c for c in body_collections if not c.endswith(".*")}
         self._body_prefixes = tuple(c[:-1] for c in body_collections if c.endswith(".*"))
         self._keeps_body: dict[int, bool] = {}
+        self._merges_stopped = False
+        self._in_merge = False
+        self.merging_since: float | None = None  # time.monotonic() when the running merge began
         self._load()
 
     # ------------------------------------------------------------ state
@@ -559,10 +564,17 @@ class Writer:
 
     # ------------------------------------------------------------ compaction
 
+    def stop_merging(self) -> None:
+        """At shutdown, from any thread: start no merge, and abort a running one (its own
+        transaction rolls back; nothing committed is lost, the runs merge next time)."""
+        self._merges_stopped = True
+        if self._in_merge:
+            self.conn.interrupt()
+
     def compact(self, full: bool = False) -> int:
         """Merge full levels of runs (or, with ``full``, every run into one); returns merges done."""
         merges = 0
-        while True:
+        while not self._merges_stopped:
             levels: dict[int, list[int]] = {}
             for run, level in sorted(self.runs.items()):
                 levels.setdefault(level, []).append(run)
@@ -575,10 +587,16 @@ class Writer:
                 level = min(full_levels) + 1 if full_levels else 0
             if not target:
                 return merges
-            self._merge(target, level)
+            try:
+                self._merge(target, level)
+            except sqlite3.OperationalError:
+                if self._merges_stopped:
+                    return merges  # interrupted by stop_merging
+                raise
             merges += 1
             if full:
                 return merges
+        return merges
 
     def _merge(self, runs: list[int], level: int) -> None:
         """Merge runs into one new run.  Keys found in one run only (most of them) are
@@ -588,6 +606,8 @@ class Writer:
         self.next_run += 1
         marks = ",".join(str(r) for r in runs)
         conn.execute("BEGIN IMMEDIATE")
+        self._in_merge = True
+        self.merging_since = time.monotonic()
         try:
             conn.execute("DELETE FROM mdup")
             conn.execute("DELETE FROM mrow")
@@ -616,9 +636,13 @@ class Writer:
             conn.execute("DELETE FROM mrow")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # an interrupt may have rolled it back already
+                conn.execute("ROLLBACK")
             self._load()
             raise
+        finally:
+            self._in_merge = False
+            self.merging_since = None
         for run in runs:
             del self.runs[run]
         self.runs[new] = level

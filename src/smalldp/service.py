@@ -1,0 +1,209 @@
+"""`smalldp serve`: the HTTP API and live ingest in one asyncio process, under systemd.
+
+This is the composition root: the only module that knows both the ingest side and the
+HTTP side. Lifecycle (aiosmtpd-style, kept apart from protocol and policy):
+
+  open the store (writer thread) -> bind HTTP -> READY=1 -> follow Jetstream
+  SIGHUP: re-read the config, send the new filters
+  SIGTERM/SIGINT: STOPPING=1 -> stop reading -> commit what is queued -> close the
+  store -> close HTTP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Callable
+
+from aiohttp import web
+
+from smalldp.api.server import make_app
+from smalldp.config import ConfigError, Settings
+from smalldp.events import Operation
+from smalldp.ingest import zdict
+from smalldp.ingest.jetstream import ClientOptions, Filters, JetstreamClient
+from smalldp.ingest.live import LiveWriter
+from smalldp.ingest.metrics import IngestMetrics
+from smalldp.ingest.queue import EventQueue
+from smalldp.store.schema import db_path
+from smalldp.store.writer import Writer
+from smalldp.systemd import Notifier
+
+log = logging.getLogger(__name__)
+STATUS_EVERY_S = 5.0
+HTTP_SHUTDOWN_S = 2.0
+
+
+class ServiceError(RuntimeError):
+    """The service cannot start; the message says why (printed, exit status 2)."""
+
+
+def open_writer(settings: Settings) -> Writer:
+    """The store's writer with the settings' tuning."""
+    return Writer(db_path(settings.data_dir), cache_mb=settings.cache_mb, mmap_mb=settings.mmap_mb,
+                  actor_cache=settings.actor_cache, fanout=settings.compaction_fanout,
+                  body_collections=settings.body_collections)
+
+
+def client_options(settings: Settings) -> ClientOptions:
+    """What the Jetstream client needs from the settings."""
+    return ClientOptions(
+        endpoints=settings.jetstream, wire=settings.jetstream_wire,
+        filters=Filters(settings.wanted_collections, settings.wanted_dids),
+        compress=settings.compress, rewind_s=settings.rewind_s, liveness_s=settings.liveness_s,
+        backoff_max_s=settings.backoff_max_s, max_message_bytes=settings.max_message_bytes)
+
+
+def load_v1_dictionary(settings: Settings) -> bytes | None:
+    """The v1 dictionary, or None (with the reason logged) to run uncompressed."""
+    if not settings.compress or settings.jetstream_wire != "v1":
+        return None
+    try:
+        return zdict.legacy_dictionary(Path(settings.data_dir), settings.zstd_dictionary,
+                                       settings.zstd_dictionary_url)
+    except zdict.DictionaryError as exc:
+        log.warning("no zstd dictionary (%s): running uncompressed", exc)
+        return None
+
+
+class Service:
+    """One `smalldp serve` run."""
+
+    def __init__(self, settings: Settings, *, ingest: bool,
+                 reload_settings: Callable[[], Settings] | None = None,
+                 notifier: Notifier | None = None) -> None:
+        self.settings = settings
+        self.ingest = ingest
+        self.reload_settings = reload_settings
+        self.notifier = notifier or Notifier()
+        self.metrics = IngestMetrics(state="starting" if ingest else "disabled")
+        self.stop = asyncio.Event()
+        self.port: int | None = None  # the bound port (useful with port 0)
+        self.ready = asyncio.Event()
+        self._client: JetstreamClient | None = None
+        self._live: LiveWriter | None = None
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT (or ``stop``); returns the exit status."""
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        path = db_path(settings.data_dir)
+        if self.ingest:
+            queue: EventQueue[Operation] = EventQueue(settings.queue_events)
+            self._live = LiveWriter(lambda: open_writer(settings), queue, self.metrics,
+                                    batch_events=settings.batch_events, batch_ms=settings.batch_ms)
+            writer = await self._live.open()
+            self._client = JetstreamClient(
+                client_options(settings), queue, self.metrics, committed_cursor=writer.cursor,
+                v1_dictionary=None, data_dir=str(settings.data_dir))
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload()))
+        elif not path.exists():
+            raise ServiceError(f"no database in {settings.data_dir}: run `smalldp import` first, "
+                               "or serve without --no-ingest")
+        app = make_app(path, read_threads=settings.read_threads, cache_mb=settings.cache_mb,
+                       mmap_mb=settings.mmap_mb,
+                       **({"ingest_status": self.metrics.health,
+                           "sample_sources": [self.metrics.samples]} if self.ingest else {}))
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_S)
+        await runner.setup()
+        host, port = settings.listen_host_port()
+        try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            if self._live is not None:
+                await self._live.close()
+            raise ServiceError(f"cannot listen on {settings.listen}: {exc.strerror or exc}") from None
+        self.port = runner.addresses[0][1] if runner.addresses else port
+        log.info("serving on http://%s:%d (%s)", host, self.port,
+                 "following Jetstream" if self.ingest else "no ingest")
+        self.notifier.ready(self.metrics.status_line() if self.ingest else "serving, no ingest")
+        self.ready.set()
+        try:
+            return await self._until_stopped()
+        finally:
+            self.notifier.stopping()
+            await runner.cleanup()
+            self.notifier.close()
+            log.info("stopped")
+
+    async def _until_stopped(self) -> int:
+        heartbeat = asyncio.create_task(self._heartbeat())
+        if self._client is None or self._live is None:
+            await self.stop.wait()
+            heartbeat.cancel()
+            return 0
+        client, live = self._client, self._live
+        reading_done = asyncio.Event()
+
+        async def follow() -> None:
+            loop = asyncio.get_running_loop()
+            client.v1_dictionary = await loop.run_in_executor(None, load_v1_dictionary, self.settings)
+            try:
+                await client.run(self.stop)
+            finally:
+                reading_done.set()
+
+        reader = asyncio.create_task(follow())
+        writer = asyncio.create_task(live.run(reading_done))
+        stopper = asyncio.create_task(self.stop.wait())
+        await asyncio.wait([writer, stopper], return_when=asyncio.FIRST_COMPLETED)
+        # Shutdown: stop reading, commit what is queued, close the store.
+        log.info("stopping: committing %d queued events", len(live.queue))
+        self.metrics.state = "stopping"
+        self.notifier.stopping()
+        live.stop_merging()
+        self.stop.set()
+        status = 0
+        await reader
+        try:
+            await writer
+        except Exception:
+            status = 1  # logged by LiveWriter; systemd restarts the service
+        stopper.cancel()
+        heartbeat.cancel()
+        await live.close()
+        if status == 0:
+            self.metrics.state = "stopped"
+        log.info("cursor %s committed", self.metrics.cursor)
+        return status
+
+    async def _heartbeat(self) -> None:
+        """STATUS= every few seconds; WATCHDOG=1 only while ingest is healthy."""
+        notifier, metrics = self.notifier, self.metrics
+        window = notifier.watchdog_s or 60.0
+        every = min(STATUS_EVERY_S, window / 3)
+        while True:
+            live = self._live
+            writer = live.writer if live is not None else None
+            merging = writer.merging_since if writer is not None else None
+            if not self.ingest:
+                notifier.watchdog()
+            else:
+                metrics.queue_depth = len(live.queue) if live is not None else 0
+                notifier.status(metrics.status_line())
+                if metrics.progressing(window, merging):
+                    notifier.watchdog()
+            await asyncio.sleep(every)
+
+    async def _reload(self) -> None:
+        """SIGHUP: re-read the configuration and follow its filters."""
+        if self.reload_settings is None or self._client is None:
+            return
+        try:
+            new = self.reload_settings()
+        except ConfigError as exc:
+            log.error("SIGHUP: configuration not reloaded: %s", exc)
+            return
+        filters = Filters(new.wanted_collections, new.wanted_dids)
+        log.info("SIGHUP: %d collections, %d DIDs wanted (other settings apply at restart)",
+                 len(filters.collections), len(filters.dids))
+        try:
+            await self._client.update_filters(filters)
+        except (ConnectionError, RuntimeError) as exc:
+            log.warning("SIGHUP: filters not sent (%s); the next connection uses them", exc)

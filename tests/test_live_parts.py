@@ -1,0 +1,322 @@
+"""The parts of live ingest on their own: queue, URLs, dictionaries, systemd, /metrics text.
+
+Real sockets throughout: a unix datagram socket plays systemd, a local aiohttp server on
+127.0.0.1 plays the dictionary's upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+from collections import deque
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import zstandard
+from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from smalldp.api.metrics import exposition
+from smalldp.ingest import zdict
+from smalldp.ingest.jetstream import ClientOptions, Filters, options_update, subscribe_url
+from smalldp.ingest.metrics import IngestMetrics
+from smalldp.ingest.queue import EventQueue
+from smalldp.systemd import Notifier
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "jetstream"
+LEGACY = SHARED / "zstd_dictionary_legacy_subscribe.zdict"
+
+
+def legacy_bytes() -> bytes:
+    if not LEGACY.is_file():
+        pytest.skip("../shared fixtures absent")
+    return LEGACY.read_bytes()
+
+
+# ---------------------------------------------------------------- the queue
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["put", "take"]), st.integers(1, 7)), max_size=40),
+       st.integers(1, 6))
+def test_queue_is_a_bounded_fifo(script: list[tuple[str, int]], capacity: int) -> None:
+    """Against a deque: takes return the oldest items; a put into a full queue waits
+    until a take makes room, and nothing is lost or reordered."""
+    async def main() -> None:
+        queue: EventQueue[int] = EventQueue(capacity)
+        model: deque[int] = deque()
+        blocked: list[asyncio.Task[None]] = []
+        counter = 0
+        async def settle() -> None:
+            for _ in range(6):  # woken puts need a few loop turns to run
+                await asyncio.sleep(0)
+
+        for action, n in script:
+            if action == "put":
+                for _ in range(n):
+                    blocked.append(asyncio.create_task(queue.put(counter)))
+                    model.append(counter)
+                    counter += 1
+                await settle()
+            else:
+                got = await queue.take(n, 0.0)
+                # Items beyond capacity are puts still waiting: they can't be taken yet.
+                expected = [model.popleft() for _ in range(min(n, capacity, len(model)))]
+                assert got == expected
+                await settle()
+            assert len(queue) == min(capacity, len(model))
+            pending = sum(1 for t in blocked if not t.done())
+            assert len(queue) + pending == len(model)
+        for task in blocked:
+            task.cancel()
+    asyncio.run(main())
+
+
+def test_queue_take_waits_for_n_or_the_deadline() -> None:
+    async def main() -> None:
+        queue: EventQueue[int] = EventQueue(100)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert await queue.take(5, 0.2) == []
+        assert loop.time() - t0 >= 0.19
+        taker = asyncio.create_task(queue.take(3, 30))
+        for i in range(2):
+            await queue.put(i)
+        await asyncio.sleep(0.05)
+        assert not taker.done()  # two of three: still waiting
+        await queue.put(2)
+        assert await asyncio.wait_for(taker, 5) == [0, 1, 2]
+        # A full queue wakes the taker even below n.
+        small: EventQueue[int] = EventQueue(2)
+        taker = asyncio.create_task(small.take(10, 30))
+        await small.put(7)
+        await small.put(8)
+        assert await asyncio.wait_for(taker, 5) == [7, 8]
+    asyncio.run(main())
+
+
+# ---------------------------------------------------------------- URLs
+
+def test_v1_url_filters_cursor_compression() -> None:
+    opts = ClientOptions(endpoints=("wss://js.example",), filters=Filters(
+        ("app.bsky.feed.like", "app.bsky.graph.*"), ("did:plc:aaaa", "did:web:b.example")))
+    url, hello = subscribe_url("wss://js.example", opts, 1_700_000_000_000_000, 42)
+    parts = urlsplit(url)
+    assert (parts.scheme, parts.netloc, parts.path) == ("wss", "js.example", "/subscribe")
+    query = parse_qs(parts.query)
+    assert query["wantedCollections"] == ["app.bsky.feed.like", "app.bsky.graph.*"]
+    assert query["wantedDids"] == ["did:plc:aaaa", "did:web:b.example"]
+    assert query["cursor"] == ["1700000000000000"] and query["compress"] == ["true"]
+    assert not hello
+    url, _ = subscribe_url("ws://h:1/custom/path?x=1", ClientOptions(endpoints=("x",)), None, None)
+    parts = urlsplit(url)
+    assert parts.path == "/custom/path" and parse_qs(parts.query) == {"x": ["1"]}
+
+
+def test_v1_many_dids_go_in_a_hello_message() -> None:
+    dids = tuple(f"did:plc:{i:024d}" for i in range(101))
+    opts = ClientOptions(endpoints=("ws://h",), filters=Filters((), dids))
+    url, hello = subscribe_url("ws://h", opts, None, None)
+    query = parse_qs(urlsplit(url).query)
+    assert hello and query["requireHello"] == ["true"] and "wantedDids" not in query
+    import json
+    message = json.loads(options_update(opts.filters))
+    assert message["type"] == "options_update"
+    assert message["payload"]["wantedDids"] == list(dids)
+    assert message["payload"]["wantedCollections"] == []
+
+
+def test_v2_url() -> None:
+    opts = ClientOptions(endpoints=("wss://v2.example",), wire="v2",
+                         filters=Filters(("app.bsky.feed.post",), ("did:plc:aaaa",)))
+    url, hello = subscribe_url("wss://v2.example", opts, 1_783_000_000_000_000, 20260811)
+    parts = urlsplit(url)
+    assert parts.path == "/xrpc/network.bsky.jetstream.subscribeEvents" and not hello
+    query = parse_qs(parts.query)
+    assert query == {"collections": ["app.bsky.feed.post"], "dids": ["did:plc:aaaa"],
+                     "zstdDictionary": ["20260811"], "cursor": ["1783000000000000"]}
+
+
+# ---------------------------------------------------------------- dictionaries
+
+class DictServer:
+    """A real HTTP server on 127.0.0.1 serving one body at every path."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.hits = 0
+
+    async def __aenter__(self) -> str:
+        async def handler(request: web.Request) -> web.Response:
+            self.hits += 1
+            return web.Response(body=self.body)
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", handler)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = self.runner.addresses[0][1]
+        return f"http://127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runner.cleanup()
+
+
+def test_legacy_dictionary_fetch_check_and_cache(tmp_path: Path) -> None:
+    good = legacy_bytes()
+    assert hashlib.sha256(good).hexdigest() == zdict.LEGACY_SHA256
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = DictServer(b"\x37\xa4\x30\xec" + os.urandom(1000))  # right magic, wrong bytes
+        async with server as base:
+            with pytest.raises(zdict.DictionaryError, match="sha256"):
+                await loop.run_in_executor(None, zdict.legacy_dictionary, tmp_path, "", base + "/d")
+        assert not (tmp_path / zdict.LEGACY_CACHE_NAME).exists()  # a bad download is not cached
+        server = DictServer(good)
+        async with server as base:
+            got = await loop.run_in_executor(None, zdict.legacy_dictionary, tmp_path, "", base + "/d")
+        assert got == good and server.hits == 1
+        assert (tmp_path / zdict.LEGACY_CACHE_NAME).read_bytes() == good
+        # Cached: no server needed any more.
+        got = await loop.run_in_executor(None, zdict.legacy_dictionary, tmp_path, "",
+                                         "http://127.0.0.1:9/unreachable")
+        assert got == good
+    asyncio.run(main())
+
+
+def test_legacy_dictionary_errors_name_the_cause(tmp_path: Path) -> None:
+    with pytest.raises(zdict.DictionaryError, match="cannot fetch"):
+        zdict.legacy_dictionary(tmp_path, "", "http://127.0.0.1:9/nothing-listens-here")
+    with pytest.raises(zdict.DictionaryError, match="cannot read"):
+        zdict.legacy_dictionary(tmp_path, str(tmp_path / "missing.zdict"))
+    other = tmp_path / "other.zdict"
+    other.write_bytes(zstandard.train_dictionary(4096, [os.urandom(64) + b"abc" * 50 for _ in range(200)]).as_bytes())
+    with pytest.raises(zdict.DictionaryError, match="pinned"):
+        zdict.legacy_dictionary(tmp_path, str(other))
+
+
+def test_v2_dictionary_id_from_its_header(tmp_path: Path) -> None:
+    trained = zstandard.train_dictionary(4096, [b'{"did":"did:plc:%d","x":%d}' % (i, i * 7) for i in range(500)])
+    data = trained.as_bytes()
+    expected_id = int.from_bytes(data[4:8], "little")
+    assert expected_id == trained.dict_id()
+
+    async def main() -> None:
+        server = DictServer(data)
+        async with server as base:
+            endpoint = base.replace("http://", "ws://") + "/xrpc/network.bsky.jetstream.subscribeEvents"
+            assert zdict.v2_dictionary_url(endpoint) == base + "/xrpc/network.bsky.jetstream.getZstdDictionary"
+            dict_id, got = await asyncio.get_running_loop().run_in_executor(
+                None, zdict.v2_dictionary, tmp_path, endpoint)
+        assert (dict_id, got) == (expected_id, data)
+        assert (tmp_path / f"jetstream-v2-{expected_id}.zdict").read_bytes() == data
+    asyncio.run(main())
+    with pytest.raises(zdict.DictionaryError, match="magic"):
+        zdict.dictionary_id(b"not a dictionary")
+
+
+def test_decompressor_bounds_output() -> None:
+    samples = [b'{"kind":"commit","n":%d,"text":"%s"}' % (i, b"ab" * (i % 50)) for i in range(1000)]
+    trained = zstandard.train_dictionary(4096, samples)
+    cctx = zstandard.ZstdCompressor(dict_data=trained)
+    unsized = zstandard.ZstdCompressor(dict_data=trained, write_content_size=False)
+    dec = zdict.Decompressor(trained.as_bytes(), max_output=1000)
+    small = b'{"kind":"commit","n":1}'
+    assert dec.decompress(cctx.compress(small)) == small
+    assert dec.decompress(unsized.compress(small)) == small
+    big = b"x" * 5000
+    with pytest.raises(ValueError, match="more than 1000"):
+        dec.decompress(cctx.compress(big))
+    with pytest.raises(ValueError):
+        dec.decompress(unsized.compress(big))
+    with pytest.raises(ValueError):
+        dec.decompress(b"\x00garbage frame")
+
+
+# ---------------------------------------------------------------- systemd
+
+def _datagram_socket(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(2)
+    return sock
+
+
+def test_notifier_sends_datagrams(tmp_path: Path) -> None:
+    path = str(tmp_path / "notify.sock")
+    sock = _datagram_socket(path)
+    notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "4000000",
+                         "WATCHDOG_PID": str(os.getpid())})
+    assert notifier.enabled and notifier.watchdog_s == 4.0
+    assert notifier.ready("lag 1.0 s")
+    assert sock.recv(4096) == b"READY=1\nSTATUS=lag 1.0 s"
+    notifier.watchdog()
+    assert sock.recv(4096) == b"WATCHDOG=1"
+    notifier.status("two\nlines")
+    assert sock.recv(4096) == b"STATUS=two lines"
+    notifier.stopping()
+    assert sock.recv(4096) == b"STOPPING=1"
+    notifier.close()
+    sock.close()
+
+
+def test_notifier_abstract_socket_and_absence() -> None:
+    name = f"smalldp-test-{os.getpid()}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("\0" + name)
+    sock.settimeout(2)
+    notifier = Notifier({"NOTIFY_SOCKET": "@" + name})
+    assert notifier.watchdog_s is None
+    notifier.ready()
+    assert sock.recv(100) == b"READY=1"
+    sock.close()
+    quiet = Notifier({})
+    assert not quiet.enabled and not quiet.ready() and not quiet.watchdog()
+    # A watchdog meant for another process is not ours.
+    assert Notifier({"WATCHDOG_USEC": "1000", "WATCHDOG_PID": str(os.getpid() + 1)}).watchdog_s is None
+
+
+# ---------------------------------------------------------------- metrics
+
+def test_metrics_exposition_parses_as_prometheus_text() -> None:
+    metrics = IngestMetrics(state="streaming", connected=True)
+    metrics.reconnects = 3
+    metrics.bytes_received = 123_456
+    metrics.decode_errors = 2
+    metrics.committed(500, 1_783_000_000_000_000, 40, 1)
+    text = exposition(metrics.samples() + [("x_weird", "gauge", "back\\slash\nnewline", 0.25)])
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    # prometheus_client strips _total from counter family names.
+    assert families["smalldp_ingest_reconnects"].type == "counter"
+    assert families["smalldp_ingest_reconnects"].samples[0].value == 3
+    assert families["smalldp_ingest_bytes_received"].samples[0].value == 123_456
+    assert families["smalldp_ingest_events"].samples[0].value == 500
+    assert families["smalldp_ingest_decode_errors"].samples[0].value == 2
+    assert families["smalldp_ingest_connected"].samples[0].value == 1
+    assert families["smalldp_ingest_cursor_microseconds"].samples[0].value == 1_783_000_000_000_000
+    assert families["x_weird"].documentation == "back\\slash\nnewline"
+    lag = families["smalldp_ingest_lag_seconds"].samples[0].value
+    assert lag > 0  # 2026-07 is in the past
+    before = IngestMetrics()
+    nan = {f.name: f for f in text_string_to_metric_families(exposition(before.samples()))}
+    assert nan["smalldp_ingest_lag_seconds"].samples[0].value != nan["smalldp_ingest_lag_seconds"].samples[0].value
+
+
+def test_progress_rules_for_the_watchdog() -> None:
+    import time
+    metrics = IngestMetrics(state="streaming")
+    assert metrics.progressing(10)  # nothing to do is fine
+    metrics.queue_depth = 100
+    metrics.last_commit_monotonic = time.monotonic() - 60
+    assert not metrics.progressing(10)  # work waits and nothing committed for a minute
+    assert metrics.progressing(10, merging_since=time.monotonic() - 30)  # a merge holds the writer
+    metrics.committed(100, None, 0, 0)
+    assert metrics.progressing(10)
+    metrics.state = "failed"
+    assert not metrics.progressing(10)

@@ -42,17 +42,23 @@ def load_generator():  # type: ignore[no-untyped-def]
     return module
 
 
-def ensure_events(out_dir: Path, events: int, seed: int) -> Path:
-    """Generate the event file once per (events, seed); later runs reuse it."""
-    path = out_dir / f"events-{events}-{seed}.jsonl.zst"
+def ensure_events(out_dir: Path, events: int, seed: int, rate: float | None = None) -> Path:
+    """Generate the event file once per (events, seed, rate); later runs reuse it.
+
+    ``rate`` (events/s of the time_us clock) defaults to the generator's own (500/s);
+    other rates get their own file name.
+    """
+    suffix = "" if rate is None else f"-r{rate:g}"
+    path = out_dir / f"events-{events}-{seed}{suffix}.jsonl.zst"
     if path.exists():
         return path
     gen = load_generator()
     tmp = path.with_suffix(".tmp")
     started = time.monotonic()
+    params = {} if rate is None else {"rate": float(rate)}
     with open(tmp, "wb") as raw:
         with zstandard.ZstdCompressor(level=3).stream_writer(raw) as out:
-            for line in gen.generate(events, seed=seed):
+            for line in gen.generate(events, seed=seed, **params):
                 out.write(line)
                 out.write(b"\n")
     tmp.rename(path)
@@ -154,6 +160,54 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Wait until something accepts connections on 127.0.0.1:``port``; raise if ``process``
+    exits first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("server did not start")
+            time.sleep(0.1)
+
+
+def source_param(collection: str, path: str) -> str:
+    """Constellation's ``source`` parameter for a (collection, path) pair: `coll:subject.uri`."""
+    return f"{collection}:{path[1:]}"
+
+
+def query_request(kind: str, triple: tuple[str, str, str],
+                  cursor: str | None = None) -> tuple[str, dict[str, str]]:
+    """(route, params) of one query of ``kind`` on a (target, collection, path) triple.
+
+    Kinds: getBacklinksCount, getBacklinks_first_page, getBacklinks_deep_page (needs the
+    ``cursor`` of a deep page), getBacklinkDids, links_all.
+    """
+    target, collection, path = triple
+    source = source_param(collection, path)
+    if kind == "getBacklinksCount":
+        return "/xrpc/blue.microcosm.links.getBacklinksCount", {"subject": target, "source": source}
+    if kind == "getBacklinks_first_page":
+        return "/xrpc/blue.microcosm.links.getBacklinks", {"subject": target, "source": source, "limit": "100"}
+    if kind == "getBacklinks_deep_page":
+        params = {"subject": target, "source": source, "limit": "100"}
+        if cursor:
+            params["cursor"] = cursor
+        return "/xrpc/blue.microcosm.links.getBacklinks", params
+    if kind == "getBacklinkDids":
+        return "/xrpc/blue.microcosm.links.getBacklinkDids", {"subject": target, "source": source, "limit": "100"}
+    if kind == "links_all":
+        return "/links/all", {"target": target}
+    raise ValueError(f"unknown query kind {kind!r}")
+
+
+QUERY_KINDS = ("getBacklinksCount", "getBacklinks_first_page", "getBacklinks_deep_page",
+               "getBacklinkDids", "links_all")
+
+
 async def measure_queries(base: str, targets: dict[str, list[tuple[str, str, str]]],
                           rounds: int) -> dict[str, dict[str, float]]:
     """Sequential requests over one keep-alive connection: latency percentiles per query kind."""
@@ -167,7 +221,7 @@ async def measure_queries(base: str, targets: dict[str, list[tuple[str, str, str
                 target, collection, path = triple
                 cursor = None
                 for _ in range(10):
-                    params = {"subject": target, "source": f"{collection}:{path[1:]}", "limit": "100"}
+                    params = {"subject": target, "source": source_param(collection, path), "limit": "100"}
                     if cursor:
                         params["cursor"] = cursor
                     async with session.get(f"{base}/xrpc/blue.microcosm.links.getBacklinks", params=params) as r:
@@ -176,22 +230,11 @@ async def measure_queries(base: str, targets: dict[str, list[tuple[str, str, str
                         break
                     cursor = body["cursor"]
                 deep_cursors[triple] = cursor
-            kinds = {
-                "getBacklinksCount": lambda t: ("/xrpc/blue.microcosm.links.getBacklinksCount",
-                                                {"subject": t[0], "source": f"{t[1]}:{t[2][1:]}"}),
-                "getBacklinks_first_page": lambda t: ("/xrpc/blue.microcosm.links.getBacklinks",
-                                                      {"subject": t[0], "source": f"{t[1]}:{t[2][1:]}", "limit": "100"}),
-                "getBacklinks_deep_page": lambda t: ("/xrpc/blue.microcosm.links.getBacklinks", dict(
-                    {"subject": t[0], "source": f"{t[1]}:{t[2][1:]}", "limit": "100"},
-                    **({"cursor": deep_cursors[t]} if deep_cursors.get(t) else {}))),
-                "getBacklinkDids": lambda t: ("/xrpc/blue.microcosm.links.getBacklinkDids",
-                                              {"subject": t[0], "source": f"{t[1]}:{t[2][1:]}", "limit": "100"}),
-                "links_all": lambda t: ("/links/all", {"target": t[0]}),
-            }
-            for kind, build in kinds.items():
+            for kind in QUERY_KINDS:
                 latencies = []
                 for i in range(rounds):
-                    route, params = build(triples[i % len(triples)])
+                    triple = triples[i % len(triples)]
+                    route, params = query_request(kind, triple, deep_cursors.get(triple))
                     t0 = time.perf_counter()
                     async with session.get(base + route, params=params) as r:
                         await r.read()
@@ -213,15 +256,7 @@ def serve_and_measure(data_dir: Path, rounds: int) -> dict[str, object]:
                                str(data_dir), "--listen", f"127.0.0.1:{port}", "--log-level", "warning"])
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("server did not start")
-                time.sleep(0.1)
+        wait_for_port(port, server)
         queries = asyncio.run(measure_queries(base, targets, rounds))
         server_rss = psutil.Process(server.pid).memory_info().rss
     finally:

@@ -35,6 +35,17 @@ def _parser() -> argparse.ArgumentParser:
 
     cmp_ = sub.add_parser("compact", help="merge every run of the backlink index into one")
     add_arguments(cmp_, STORE_SETTINGS)
+
+    rpl = sub.add_parser("replay", help="serve JSONL captures as a Jetstream v1 websocket (for tests and benchmarks)")
+    add_arguments(rpl, ["zstd_dictionary", "log_level"])
+    rpl.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                     help="Jetstream v1 JSONL captures (plain or .zst), played in order as one stream")
+    # Not the `listen` setting: a replay server runs next to `smalldp serve`, on its own port.
+    rpl.add_argument("--listen", dest="replay_listen", default="127.0.0.1:6008", metavar="HOST:PORT",
+                     help="where to serve ws://HOST:PORT/subscribe; IPv6 as [::1]:6008. Default: 127.0.0.1:6008.")
+    rpl.add_argument("--speed", default="max", metavar="X",
+                     help="'max' (default): as fast as each client reads; a number: X times real time, "
+                          "paced by the events' time_us")
     return parser
 
 
@@ -111,6 +122,51 @@ def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve capture files as a Jetstream v1 websocket until SIGTERM or SIGINT."""
+    from smalldp.config import parse_listen
+    from smalldp.replay import make_replay_app, parse_speed, serve_replay
+    try:
+        host, port = parse_listen(args.replay_listen)
+    except ValueError as exc:
+        print(f"smalldp replay: invalid --listen: {exc}", file=sys.stderr)
+        return 2
+    try:
+        speed = parse_speed(args.speed)
+    except ValueError as exc:
+        print(f"smalldp replay: invalid --speed: {exc}", file=sys.stderr)
+        return 2
+    missing = [str(f) for f in args.files if not f.is_file()]
+    if missing:
+        print(f"smalldp replay: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    dictionary = None
+    if settings.zstd_dictionary:  # empty: no dictionary, compress=true requests are refused
+        dict_path = Path(settings.zstd_dictionary).expanduser()
+        try:
+            dictionary = dict_path.read_bytes()
+        except OSError as exc:
+            print(f"smalldp replay: cannot read zstd dictionary {dict_path}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 2
+    try:
+        app = make_replay_app(list(args.files), dictionary=dictionary, speed=speed)
+    except ValueError as exc:
+        print(f"smalldp replay: {exc}", file=sys.stderr)
+        return 2
+
+    def ready(bound_host: str, bound_port: int) -> None:
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        print(f"replaying {len(args.files)} file(s) on ws://{shown}:{bound_port}/subscribe", flush=True)
+
+    try:
+        asyncio.run(serve_replay(app, host, port, ready=ready))
+    except OSError as exc:
+        print(f"smalldp replay: cannot listen on {args.replay_listen}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def tune_gc() -> None:
     """Collect garbage less often: ingest allocates millions of short-lived dicts and tuples,
     and the default thresholds make the cyclic collector rescan the long-lived caches
@@ -125,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = _settings(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    commands = {"import": cmd_import, "serve": cmd_serve, "compact": cmd_compact}
+    commands = {"import": cmd_import, "serve": cmd_serve, "compact": cmd_compact,
+                "replay": cmd_replay}
     return commands[args.command](args, settings)
 
 

@@ -41,6 +41,9 @@ YIELD_EVERY = 256  # lines between explicit yields to the event loop (see _strea
 MAX_SLEEP_S = 1.0  # pacing sleeps in slices so that shutdown never waits long
 IDLE_PING_S = 30.0  # Jetstream pings every 30 s; pongs are not required
 CLOSE_TIMEOUT_S = 2.0  # how long a close waits for the client's reply
+# Request line limit: 10,000 wantedDids in the query string take about 450 KB, which Jetstream
+# (Go, 1 MB of headers) accepts and aiohttp (8 KB by default) would refuse.
+MAX_REQUEST_LINE = 1 << 20
 # `prefix.*`: NSID-like segments, then `.*` (Jetstream matches the prefix up to the dot).
 _PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*(\.[A-Za-z0-9][A-Za-z0-9-]*)*\.\*\Z")
 _INT_RE = re.compile(r"[+-]?[0-9]{1,19}\Z")
@@ -388,8 +391,8 @@ class _Replay:
                     await asyncio.sleep(0)
                 if cursor is not None and head.time_us < cursor:
                     continue
-                if not conn.event_filter.matches(head, len(raw)):
-                    continue
+                # Pace before filtering: as on a live Jetstream, the filter in force when an
+                # event's time comes decides, so an options_update applies from then on.
                 if speed is not None:
                     if start is None:
                         start = (loop.time(), head.time_us)
@@ -397,6 +400,8 @@ class _Replay:
                         due = start[0] + (head.time_us - start[1]) / (speed * 1_000_000)
                         while (ahead := due - loop.time()) > 0:
                             await asyncio.sleep(min(ahead, MAX_SLEEP_S))
+                if not conn.event_filter.matches(head, len(raw)):
+                    continue
                 await send_event(ws, raw, compressor)
                 conn.sent += 1
             log.info("%s: end of capture after %d events; idling as a live tail", conn.peer, conn.sent)
@@ -439,7 +444,7 @@ def make_replay_app(files: list[Path], *, dictionary: bytes | None = None,
 async def serve_replay(app: web.Application, host: str, port: int,
                        ready: Callable[[str, int], None] | None = None) -> None:
     """Serve ``app`` until SIGTERM or SIGINT; ``ready(host, bound_port)`` is called once listening."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0, max_line_size=MAX_REQUEST_LINE)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

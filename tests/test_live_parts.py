@@ -196,9 +196,14 @@ def test_legacy_dictionary_errors_name_the_cause(tmp_path: Path) -> None:
     with pytest.raises(zdict.DictionaryError, match="cannot read"):
         zdict.legacy_dictionary(tmp_path, str(tmp_path / "missing.zdict"))
     other = tmp_path / "other.zdict"
-    other.write_bytes(zstandard.train_dictionary(4096, [os.urandom(64) + b"abc" * 50 for _ in range(200)]).as_bytes())
-    with pytest.raises(zdict.DictionaryError, match="pinned"):
-        zdict.legacy_dictionary(tmp_path, str(other))
+    trained = zstandard.train_dictionary(4096, [b'{"n":%d,"t":"%s"}' % (i, b"ab" * (i % 40)) for i in range(500)])
+    other.write_bytes(trained.as_bytes())
+    # A local dictionary of the user's choice is used as given (with a warning)...
+    assert zdict.legacy_dictionary(tmp_path, str(other)) == trained.as_bytes()
+    # ...but a file that is no dictionary at all is refused.
+    (tmp_path / "junk").write_bytes(b"junk" * 10)
+    with pytest.raises(zdict.DictionaryError, match="magic"):
+        zdict.legacy_dictionary(tmp_path, str(tmp_path / "junk"))
 
 
 def test_v2_dictionary_id_from_its_header(tmp_path: Path) -> None:

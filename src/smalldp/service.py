@@ -85,6 +85,11 @@ class Service:
         self._client: JetstreamClient | None = None
         self._live: LiveWriter | None = None
 
+    def pending_events(self) -> int:
+        """Events received and not yet committed (queued or in the writer's hands)."""
+        queued = len(self._live.queue) if self._live is not None else 0
+        return queued + self.metrics.in_flight
+
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT (or ``stop``); returns the exit status."""
         settings = self.settings

@@ -26,6 +26,7 @@ import aiohttp
 import orjson
 
 from smalldp.events import MalformedEvent, Operation, decode_event
+from smalldp.events_v2 import ErrorFrame, InfoFrame, OpFrame, decode_frame_v2
 from smalldp.ingest import zdict
 from smalldp.ingest.metrics import IngestMetrics
 from smalldp.ingest.queue import EventQueue
@@ -130,7 +131,6 @@ class JetstreamClient:
         self._reader: asyncio.Task[None] | None = None
         self._last_rx = 0.0
         self._abandon_reason = ""
-        self._decode_v2 = None
 
     # ------------------------------------------------------------ control
 
@@ -285,7 +285,6 @@ class JetstreamClient:
         queue = self.queue
         limit = self.options.max_message_bytes
         v2 = self.options.wire == "v2"
-        decode_v2 = _v2_decoder() if v2 else None
         text, binary = aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY
         async for msg in ws:
             self._last_rx = time.monotonic()
@@ -314,7 +313,7 @@ class JetstreamClient:
                           oversized=True)
                 continue
             try:
-                op = decode_event(data) if decode_v2 is None else decode_v2(data)
+                op = self._decode_v2(data) if v2 else decode_event(data)
             except MalformedEvent as exc:
                 self._bad(str(exc))
                 continue
@@ -324,6 +323,16 @@ class JetstreamClient:
             self.last_time_us = op.time_us  # after put: a cancelled put was not delivered
             metrics.queue_depth = len(queue)
 
+    def _decode_v2(self, data: bytes | str) -> Operation | None:
+        frame = decode_frame_v2(data)
+        if isinstance(frame, OpFrame):
+            return frame.op
+        if isinstance(frame, ErrorFrame):
+            raise _Reconnect(f"server error {frame.error}: {frame.message or ''}")
+        if isinstance(frame, InfoFrame):
+            log.info("jetstream says %s: %s", frame.name, frame.message or "")
+        return None
+
     def _bad(self, why: str, oversized: bool = False) -> None:
         metrics = self.metrics
         metrics.decode_errors += 1
@@ -332,10 +341,6 @@ class JetstreamClient:
         n = metrics.decode_errors
         if n <= LOGGED_ERRORS or n % 1000 == 0:
             log.warning("skipped message %d (decode error %d): %s", metrics.messages_received, n, why[:300])
-
-
-def _v2_decoder():  # type: ignore[no-untyped-def]
-    raise NotImplementedError
 
 
 def _describe(exc: BaseException) -> str:

@@ -62,14 +62,21 @@ def _write_cache(path: Path, data: bytes) -> None:
 def legacy_dictionary(data_dir: Path, local_path: str = "", url: str = "") -> bytes:
     """The v1 dictionary: from ``local_path`` if given, else the cache, else fetched from ``url``.
 
-    Raises DictionaryError when it can't be had or its sha256 is not the pinned one.
+    A fetched or cached dictionary must have the pinned sha256. A local one chosen by the
+    user may differ (a Jetstream-compatible server of their own, e.g. `smalldp replay`);
+    that is logged. A frame made with another dictionary fails to decompress (zstd checks
+    the dictionary id), so a wrong choice shows as decode errors, not as wrong data.
+    Raises DictionaryError when it can't be had.
     """
     if local_path:
         try:
             data = Path(local_path).expanduser().read_bytes()
         except OSError as exc:
             raise DictionaryError(f"cannot read zstd dictionary {local_path}: {exc.strerror}") from None
-        _check_legacy(data, local_path)
+        dictionary_id(data)
+        if hashlib.sha256(data).hexdigest() != LEGACY_SHA256:
+            log.warning("%s is not Jetstream's v1 dictionary (sha256 differs): fine for a server "
+                        "of your own that uses it, not for the public Jetstream", local_path)
         return data
     cached = Path(data_dir) / LEGACY_CACHE_NAME
     if cached.is_file():

@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -457,3 +458,65 @@ def test_systemd_ready_status_watchdog_stopping(tmp_path: Path, ref: Reference) 
     assert any(m.startswith(b"STATUS=") and b"events/s" in m for m in messages)
     assert b"STOPPING=1" in messages
     assert messages.index(b"STOPPING=1") > messages.index(b"WATCHDOG=1")
+
+
+def _keys_of(lines: list[bytes], limit: int = 3000) -> tuple[set[tuple[str, str, str]], set[str], list[str]]:
+    """Query keys for a generated capture: every (target, collection, path) some record linked
+    (capped), their targets, and some record URIs."""
+    from test_import import _walk_links
+    keys: set[tuple[str, str, str]] = set()
+    uris: list[str] = []
+    for line in lines:
+        event = json.loads(line)
+        commit = event.get("commit") or {}
+        record = commit.get("record")
+        if not isinstance(record, dict):
+            continue
+        if len(uris) < 200 and commit["collection"] == "app.bsky.feed.post":
+            uris.append(f"at://{event['did']}/{commit['collection']}/{commit['rkey']}")
+        for path, target in _walk_links(record):
+            if len(keys) < limit:
+                keys.add((target, commit["collection"], path))
+    return keys, {k[0] for k in keys}, uris
+
+
+def test_smalldp_replay_to_smalldp_serve_equals_import(tmp_path: Path) -> None:
+    """The real commands end to end: `smalldp replay` a generated capture (zstd with the real
+    dictionary when the fixtures are there), `smalldp serve` follows it."""
+    capture = tmp_path / "capture.jsonl"
+    gen = Path(__file__).resolve().parents[1] / "scripts" / "gen_events.py"
+    subprocess_env = _env()
+    subprocess.run([sys.executable, str(gen), "--events", "30000", "--seed", "5", "--out", str(capture)],
+                   check=True, env=subprocess_env, timeout=120)
+    lines = capture.read_bytes().splitlines()
+    import_json(tmp_path / "clean", [capture])
+    last = _committed_cursor(tmp_path / "clean")
+    assert last is not None
+    dictionary = JETSTREAM / "zstd_dictionary_legacy_subscribe.zdict"
+    compress = ["--zstd-dictionary", str(dictionary)] if dictionary.is_file() else []
+
+    async def main() -> None:
+        rport, port = free_port(), free_port()
+        replay = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "smalldp.cli", "replay", str(capture), "--listen", f"127.0.0.1:{rport}",
+            *compress, env=subprocess_env, stdout=asyncio.subprocess.DEVNULL)
+        try:
+            cmd = _serve_cmd(tmp_path / "live", port, f"ws://127.0.0.1:{rport}/subscribe")
+            if compress:
+                cmd = [c for c in cmd if c != "--no-compress"] + compress
+            # If replay is not listening yet, serve's reconnection loop covers it.
+            serve = await asyncio.create_subprocess_exec(*cmd, env=subprocess_env)
+            await _until_caught_up(port, last, serve, timeout=120)
+            health = await _health(port)
+            await _terminate(serve)
+            assert serve.returncode == 0
+        finally:
+            replay.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(replay.wait(), 10)
+        assert health is not None and health["jetstream"]["decode_errors"] == 0
+        if compress:
+            assert health["jetstream"]["connected"]
+    asyncio.run(main())
+    keys, targets, uris = _keys_of(lines)
+    assert len(keys) > 1000
+    assert answers(tmp_path / "live", keys, targets, uris) == answers(tmp_path / "clean", keys, targets, uris)

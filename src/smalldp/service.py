@@ -19,7 +19,8 @@ from typing import Callable
 
 from aiohttp import web
 
-from smalldp.api.server import make_app
+from smalldp.api.metrics import SAMPLE_SOURCES
+from smalldp.api.server import INGEST_STATUS, make_app
 from smalldp.config import ConfigError, Settings
 from smalldp.events import Operation
 from smalldp.ingest import zdict
@@ -104,15 +105,16 @@ class Service:
             writer = await self._live.open()
             self._client = JetstreamClient(
                 client_options(settings), queue, self.metrics, committed_cursor=writer.cursor,
-                v1_dictionary=None, data_dir=str(settings.data_dir))
+                v1_dictionary=None, data_dir=Path(settings.data_dir))
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload()))
         elif not path.exists():
             raise ServiceError(f"no database in {settings.data_dir}: run `smalldp import` first, "
                                "or serve without --no-ingest")
         app = make_app(path, read_threads=settings.read_threads, cache_mb=settings.cache_mb,
-                       mmap_mb=settings.mmap_mb,
-                       **({"ingest_status": self.metrics.health,
-                           "sample_sources": [self.metrics.samples]} if self.ingest else {}))
+                       mmap_mb=settings.mmap_mb)
+        if self.ingest:
+            app[INGEST_STATUS] = self.metrics.health
+            app[SAMPLE_SOURCES].append(self.metrics.samples)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_S)
         await runner.setup()
         host, port = settings.listen_host_port()

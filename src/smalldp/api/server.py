@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 import time
 from pathlib import Path
 from typing import Callable
@@ -20,7 +18,7 @@ from smalldp.links import is_link
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 IngestStatus = Callable[[], dict[str, object]]
-INGEST_STATUS = web.AppKey("ingest_status", IngestStatus)
+INGEST_STATUS: web.AppKey[IngestStatus] = web.AppKey("ingest_status")
 
 
 def _ingest_disabled() -> dict[str, object]:
@@ -74,23 +72,3 @@ def make_app(db_path: Path, *, read_threads: int = 4, cache_mb: int = 64, mmap_m
 
     app.on_cleanup.append(close_readers)
     return app
-
-
-async def serve(app: web.Application, host: str, port: int, ready: asyncio.Event | None = None) -> None:
-    """Serve until SIGTERM or SIGINT."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    log.info("serving on http://%s:%d", host, port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if ready is not None:
-        ready.set()
-    try:
-        await stop.wait()
-    finally:
-        log.info("shutting down")
-        await runner.cleanup()

@@ -20,6 +20,8 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
@@ -118,7 +120,7 @@ class JetstreamClient:
 
     def __init__(self, options: ClientOptions, queue: EventQueue[Operation], metrics: IngestMetrics,
                  *, committed_cursor: int | None, v1_dictionary: bytes | None,
-                 data_dir: str = ".") -> None:
+                 data_dir: Path = Path(".")) -> None:
         self.options = options
         self.queue = queue
         self.metrics = metrics
@@ -228,7 +230,7 @@ class JetstreamClient:
             self._last_rx = time.monotonic()
             self._abandon_reason = ""
             self._reader = asyncio.create_task(self._read(ws, decompressor))
-            watchers = [asyncio.create_task(stop.wait())]
+            watchers: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
             if opts.liveness_s > 0:
                 watchers.append(asyncio.create_task(self._watch_liveness()))
             try:

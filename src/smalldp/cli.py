@@ -1,4 +1,4 @@
-"""The `smalldp` command: import, serve, compact."""
+"""The `smalldp` command: import, serve, compact, replay."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ from pathlib import Path
 from smalldp import __version__
 from smalldp.config import ConfigError, Settings, add_arguments, load_settings
 
+INGEST_SETTINGS = ["batch_events", "batch_ms", "jetstream", "jetstream_wire", "wanted_collections",
+                   "wanted_dids", "compress", "zstd_dictionary", "zstd_dictionary_url", "rewind_s",
+                   "liveness_s", "backoff_max_s", "queue_events", "max_message_bytes"]
 STORE_SETTINGS = ["data_dir", "cache_mb", "mmap_mb", "compaction_fanout", "actor_cache",
                   "body_collections", "log_level"]
 
@@ -29,8 +32,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="read files from the start even if an earlier import of them got further")
     imp.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    srv = sub.add_parser("serve", help="serve the HTTP API")
-    add_arguments(srv, [*STORE_SETTINGS, "listen", "read_threads"])
+    srv = sub.add_parser("serve", help="follow Jetstream and serve the HTTP API")
+    add_arguments(srv, [*STORE_SETTINGS, "listen", "read_threads", *INGEST_SETTINGS])
     srv.add_argument("--no-ingest", action="store_true", help="answer queries only; do not follow Jetstream")
 
     cmp_ = sub.add_parser("compact", help="merge every run of the backlink index into one")
@@ -89,26 +92,19 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    """Serve the API from the data directory."""
-    from smalldp.api.server import make_app, serve
-    from smalldp.store.schema import db_path
-    if not args.no_ingest:
-        print("smalldp serve: live ingest is not built yet; run with --no-ingest", file=sys.stderr)
-        return 2
-    path = db_path(settings.data_dir)
-    if not path.exists():
-        print(f"smalldp serve: no database in {settings.data_dir}: run `smalldp import` first",
-              file=sys.stderr)
-        return 2
-    host, port = settings.listen_host_port()
-    app = make_app(path, read_threads=settings.read_threads, cache_mb=settings.cache_mb,
-                   mmap_mb=settings.mmap_mb)
+    """Follow Jetstream (unless --no-ingest) and serve the API until SIGTERM/SIGINT."""
+    from smalldp.service import Service, ServiceError
+
+    async def main() -> int:
+        service = Service(settings, ingest=not args.no_ingest,
+                          reload_settings=lambda: load_settings(args))
+        return await service.run()
+
     try:
-        asyncio.run(serve(app, host, port))
-    except OSError as exc:
-        print(f"smalldp serve: cannot listen on {settings.listen}: {exc.strerror}", file=sys.stderr)
-        return 1
-    return 0
+        return asyncio.run(main())
+    except ServiceError as exc:
+        print(f"smalldp serve: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:

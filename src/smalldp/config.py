@@ -101,7 +101,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("compress", "bool", True,
             "Ask Jetstream for zstd-compressed messages (about a third of the bandwidth)."),
     Setting("zstd_dictionary", "str", "",
-            "Path of the v1 zstd dictionary; empty: fetch it once (sha256-checked) and cache it in data_dir."),
+            "Path of the Jetstream v1 zstd dictionary. serve: empty fetches it once (sha256-checked) into data_dir; replay: empty serves uncompressed only."),
     Setting("zstd_dictionary_url", "str", LEGACY_DICTIONARY_URL,
             "Where the v1 dictionary is fetched from when it is not cached."),
     Setting("rewind_s", "int", 5,

@@ -7,14 +7,13 @@ event of the capture files, in file order, as one websocket message holding the 
 bytes unchanged (or one zstd frame of them, compressed with the v1 dictionary). After the
 last event the connection stays open and idle, as a live tail would.
 
-This is a wire-format tool: it imports only ``events`` and ``config``, never the store, the
+This is a wire-format tool: it imports only ``captures``, ``events`` and ``config``, never the store, the
 importer (which pulls in the store) or the HTTP API.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import re
 import signal
@@ -22,12 +21,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import msgspec
 import zstandard
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from smalldp.captures import open_capture
 from smalldp.config import MAX_WANTED_DIDS
 from smalldp.events import valid_did, valid_nsid
 
@@ -161,19 +160,6 @@ class ScanStats:
 
     lines: int = 0
     malformed: int = 0
-
-
-def open_capture(path: Path) -> BinaryIO:
-    """A capture file as a binary stream of lines; `.zst` files are decompressed on the fly.
-
-    Same as ``smalldp.ingest.importer.open_capture``, repeated here because importing the
-    importer would pull the store into this wire-format tool.
-    """
-    raw = open(path, "rb")
-    if path.suffix == ".zst":
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
-        return io.BufferedReader(reader, buffer_size=1 << 20)
-    return raw
 
 
 def scan_capture(files: Sequence[Path], stats: ScanStats | None = None) -> Iterator[tuple[EventHead, bytes]]:

@@ -7,18 +7,17 @@ change nothing anyway (the store ignores what it has already applied).
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, TextIO
+from typing import Callable, Iterator, TextIO
 
 import orjson
-import zstandard
 
+from smalldp.captures import open_capture
 from smalldp.events import MalformedEvent, Operation, decode_event
 from smalldp.store.writer import Writer
 
@@ -45,15 +44,6 @@ class ImportSummary:
         return {"events": self.events, "skipped": self.skipped, "ignored": self.ignored,
                 "links_added": self.links_added, "links_removed": self.links_removed,
                 "seconds": round(self.seconds, 3), "events_per_s": round(self.events_per_s, 1)}
-
-
-def open_capture(path: Path) -> BinaryIO:
-    """A capture file as a binary stream of lines; `.zst` files are decompressed on the fly."""
-    raw = open(path, "rb")
-    if path.suffix == ".zst":
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
-        return io.BufferedReader(reader, buffer_size=1 << 20)  # type: ignore[arg-type]
-    return raw
 
 
 def _position_key(path: Path) -> str:

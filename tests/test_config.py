@@ -202,3 +202,12 @@ def test_markdown_table() -> None:
     assert len(lines) == 2 + len(SETTINGS)
     assert "| `cache_mb` | int (1..65536) | `64` | `SMALLDP_CACHE_MB` |" in md
     assert "`$STATE_DIRECTORY`" in md
+
+
+def test_shipped_systemd_config_is_valid() -> None:
+    """systemd/smalldp.toml must load as it is, and mean what its comments say."""
+    path = Path(__file__).resolve().parents[1] / "systemd" / "smalldp.toml"
+    settings = load_settings({}, config_path=path, env={})
+    assert settings.listen == "0.0.0.0:8080"
+    assert settings.wanted_collections == () and settings.wanted_dids == ()
+    assert all(url.startswith("wss://") and url.endswith("/subscribe") for url in settings.jetstream)

@@ -520,3 +520,34 @@ def test_smalldp_replay_to_smalldp_serve_equals_import(tmp_path: Path) -> None:
     keys, targets, uris = _keys_of(lines)
     assert len(keys) > 1000
     assert answers(tmp_path / "live", keys, targets, uris) == answers(tmp_path / "clean", keys, targets, uris)
+
+
+def test_dictionary_missing_at_start_is_fetched_again_later(tmp_path: Path, ref: Reference,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """No dictionary at boot (say, no network yet): run uncompressed, and compress on a
+    later connection once the dictionary can be had."""
+    from smalldp.ingest import jetstream
+    monkeypatch.setattr(jetstream, "DICTIONARY_RETRY_S", 0.0)
+    dictionary = _trained_dictionary(ref.lines)
+    path = tmp_path / "later.zdict"
+
+    async def main() -> None:
+        async with FakeJetstream(ref.lines, dictionary=dictionary,
+                                 faults={0: Fault(close_after=1000)}) as server:
+            settings = live_settings(tmp_path / "live", [server.url], compress=True,
+                                     zstd_dictionary=str(path))
+            service = Service(settings, ingest=True, notifier=Notifier({}))
+            task = asyncio.create_task(service.run())
+            while not server.connections:
+                await asyncio.sleep(0.01)
+            path.write_bytes(dictionary)
+            last = last_op_time(ref.lines)
+            while service.metrics.cursor != last or service.pending_events():
+                assert not task.done()
+                await asyncio.sleep(0.02)
+            service.stop.set()
+            assert await task == 0
+        assert "compress" not in server.connections[0].query
+        assert server.connections[1].query["compress"] == ["true"]
+    asyncio.run(main())
+    ref.check(tmp_path / "live")

@@ -65,7 +65,7 @@ def load_v1_dictionary(settings: Settings) -> bytes | None:
         return zdict.legacy_dictionary(Path(settings.data_dir), settings.zstd_dictionary,
                                        settings.zstd_dictionary_url)
     except zdict.DictionaryError as exc:
-        log.warning("no zstd dictionary (%s): running uncompressed", exc)
+        log.warning("no zstd dictionary (%s): running uncompressed, trying again in 10 minutes", exc)
         return None
 
 
@@ -105,7 +105,7 @@ class Service:
             writer = await self._live.open()
             self._client = JetstreamClient(
                 client_options(settings), queue, self.metrics, committed_cursor=writer.cursor,
-                v1_dictionary=None, data_dir=Path(settings.data_dir))
+                v1_dictionary=lambda: load_v1_dictionary(settings), data_dir=Path(settings.data_dir))
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload()))
         elif not path.exists():
             raise ServiceError(f"no database in {settings.data_dir}: run `smalldp import` first, "
@@ -149,8 +149,6 @@ class Service:
         reading_done = asyncio.Event()
 
         async def follow() -> None:
-            loop = asyncio.get_running_loop()
-            client.v1_dictionary = await loop.run_in_executor(None, load_v1_dictionary, self.settings)
             try:
                 await client.run(self.stop)
             finally:

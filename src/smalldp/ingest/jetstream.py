@@ -21,7 +21,7 @@ import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
@@ -39,6 +39,7 @@ WIRE_PATHS = {"v1": "/subscribe", "v2": "/xrpc/network.bsky.jetstream.subscribeE
 V2_SUBPROTOCOL = "xrpc.v1.json"
 URL_DIDS_MAX = 100  # v1: more DIDs than this go in an options_update sent first (requireHello)
 HARD_MESSAGE_LIMIT = 64 << 20  # aiohttp closes the connection above this; smaller excess is skipped
+DICTIONARY_RETRY_S = 600.0
 LOGGED_ERRORS = 20  # decode errors logged in full; then every 1000th
 
 
@@ -119,7 +120,8 @@ class JetstreamClient:
     """Follows Jetstream into an EventQueue until stopped."""
 
     def __init__(self, options: ClientOptions, queue: EventQueue[Operation], metrics: IngestMetrics,
-                 *, committed_cursor: int | None, v1_dictionary: bytes | None,
+                 *, committed_cursor: int | None,
+                 v1_dictionary: Callable[[], bytes | None] | None = None,
                  data_dir: Path = Path(".")) -> None:
         self.options = options
         self.queue = queue
@@ -127,7 +129,11 @@ class JetstreamClient:
         self.data_dir = data_dir
         self.last_time_us: int | None = None  # newest event seen by this process
         self._committed_cursor = committed_cursor
-        self.v1_dictionary = v1_dictionary  # set later by the service once fetched
+        # Loaded at the first connection and, while it can't be had (no network at boot),
+        # tried again at most every DICTIONARY_RETRY_S: compression is worth coming back to.
+        self._load_v1_dictionary = v1_dictionary
+        self._v1_dictionary: bytes | None = None
+        self._v1_tried = -DICTIONARY_RETRY_S
         self._v2_dicts: dict[str, bytes | None] = {}
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -266,7 +272,13 @@ class JetstreamClient:
         if not opts.compress:
             return None
         if opts.wire == "v1":
-            data = self.v1_dictionary
+            now = time.monotonic()
+            if (self._v1_dictionary is None and self._load_v1_dictionary is not None
+                    and now - self._v1_tried >= DICTIONARY_RETRY_S):
+                self._v1_tried = now
+                loop = asyncio.get_running_loop()
+                self._v1_dictionary = await loop.run_in_executor(None, self._load_v1_dictionary)
+            data = self._v1_dictionary
         else:
             if endpoint not in self._v2_dicts:
                 loop = asyncio.get_running_loop()

@@ -184,26 +184,29 @@ def _commit(event: _Event) -> Operation:
     commit = event.commit
     if commit is None:
         raise MalformedEvent("commit event without commit")
-    rev = tid_to_int(commit.rev)
+    return commit_operation(event.did, event.time_us, commit.rev, commit.operation,
+                            commit.collection, commit.rkey, commit.record, commit.cid)
+
+
+def commit_operation(did: str, time_us: int, rev_text: str, operation: str, collection: str,
+                     rkey: str, record: msgspec.Raw, cid: str | None) -> Operation:
+    """A checked commit (shared by the v1 and v2 decoders); raises MalformedEvent."""
+    rev = tid_to_int(rev_text)
     if rev is None:
-        raise MalformedEvent(f"invalid rev {commit.rev[:40]!r}")
-    if not valid_nsid(commit.collection):
-        raise MalformedEvent(f"invalid collection {commit.collection[:80]!r}")
-    if not valid_rkey(commit.rkey):
-        raise MalformedEvent(f"invalid rkey {commit.rkey[:80]!r}")
-    op = commit.operation
-    if op == "delete":
-        return DeleteRecord(event.did, event.time_us, rev, commit.collection, commit.rkey)
-    if op not in ("create", "update"):
-        raise MalformedEvent(f"unknown operation {op[:40]!r}")
-    if not commit.record:
-        raise MalformedEvent(f"{op} without record")
-    body = bytes(commit.record)
+        raise MalformedEvent(f"invalid rev {rev_text[:40]!r}")
+    if not valid_nsid(collection):
+        raise MalformedEvent(f"invalid collection {collection[:80]!r}")
+    if not valid_rkey(rkey):
+        raise MalformedEvent(f"invalid rkey {rkey[:80]!r}")
+    if operation == "delete":
+        return DeleteRecord(did, time_us, rev, collection, rkey)
+    if operation not in ("create", "update"):
+        raise MalformedEvent(f"unknown operation {operation[:40]!r}")
+    if not record:
+        raise MalformedEvent(f"{operation} without record")
+    body = bytes(record)
     try:
-        record = _record_decoder.decode(body)
+        value = _record_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         raise MalformedEvent("record is not a JSON object") from None
-    return PutRecord(
-        event.did, event.time_us, rev, commit.collection, commit.rkey, commit.cid, body, record,
-        op == "create",
-    )
+    return PutRecord(did, time_us, rev, collection, rkey, cid, body, value, operation == "create")

@@ -16,10 +16,9 @@ from typing import Any, Union
 import msgspec
 
 from smalldp.events import (
-    ACCOUNT_STATUSES, AccountStatus, DeleteRecord, Identity, Int64, MalformedEvent, Operation,
-    PutRecord, valid_did, valid_handle, valid_nsid, valid_rkey,
+    ACCOUNT_STATUSES, AccountStatus, Identity, Int64, MalformedEvent, Operation, commit_operation,
+    valid_did, valid_handle,
 )
-from smalldp.tid import tid_to_int
 
 NS = "network.bsky.jetstream.subscribeEvents#"
 
@@ -123,7 +122,6 @@ class _Peek(msgspec.Struct):  # only read after a failed decode, to spot payload
 _KNOWN = frozenset(NS + k for k in ("commit", "identity", "account", "sync", "info"))
 _decoder = msgspec.json.Decoder(Union[_EventFrame, _ErrorFrame])
 _peek_decoder = msgspec.json.Decoder(_Peek)
-_record_decoder = msgspec.json.Decoder(dict)
 _ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
 
 # RFC 3339 as atproto writes it: uppercase T and Z, 0-9 fractional digits, +-HH:MM offsets;
@@ -224,23 +222,4 @@ def _unknown_kind(data: bytes | str, reason: str) -> Frame:
 
 
 def _commit(p: _Commit, time_us: int) -> Operation:
-    rev = tid_to_int(p.rev)
-    if rev is None:
-        raise MalformedEvent(f"invalid rev {p.rev[:40]!r}")
-    if not valid_nsid(p.collection):
-        raise MalformedEvent(f"invalid collection {p.collection[:80]!r}")
-    if not valid_rkey(p.rkey):
-        raise MalformedEvent(f"invalid rkey {p.rkey[:80]!r}")
-    op = p.operation
-    if op == "delete":
-        return DeleteRecord(p.did, time_us, rev, p.collection, p.rkey)
-    if op not in ("create", "update"):
-        raise MalformedEvent(f"unknown operation {op[:40]!r}")
-    if not p.record:
-        raise MalformedEvent(f"{op} without record")
-    body = bytes(p.record)
-    try:
-        record = _record_decoder.decode(body)
-    except _ERRORS:
-        raise MalformedEvent("record is not a JSON object") from None
-    return PutRecord(p.did, time_us, rev, p.collection, p.rkey, p.cid, body, record, op == "create")
+    return commit_operation(p.did, time_us, p.rev, p.operation, p.collection, p.rkey, p.record, p.cid)

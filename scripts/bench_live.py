@@ -50,12 +50,12 @@ import psutil
 import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import (ROOT, ensure_events, free_port, pick_targets, query_request,  # noqa: E402
-                   source_param, wait_for_port)
+from bench import ROOT, ensure_events, free_port, pick_targets, query_request, wait_for_port  # noqa: E402
 
 DEFAULT_DICTIONARY = Path("/work/shared/fixtures/jetstream/zstd_dictionary_legacy_subscribe.zdict")
 LIVE_QUERY_KINDS = ("getBacklinksCount", "getBacklinks_first_page")
 HEALTH_POLL_S = 0.2
+WINDOW_S = 5  # latency-over-time windows
 REQUEST_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 60.0
 Triple = tuple[str, str, str]  # (target, collection, path)
@@ -300,6 +300,7 @@ class OpenLoop:
         self.errors: dict[str, int] = {}
         self.error_samples: list[str] = []
         self.start_delays: list[float] = []
+        self.trace: list[tuple[float, float, str, bool]] = []  # (scheduled, ms, kind, ok)
         self.sent = 0
         self.started_at = 0.0
         self.stopped_at = 0.0
@@ -316,6 +317,7 @@ class OpenLoop:
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
             ok, why = False, f"{type(exc).__name__}: {exc}"
         elapsed = (loop.time() - scheduled) * 1000
+        self.trace.append((scheduled, elapsed, key, ok))
         if ok:
             self.latencies.setdefault(key, []).append(elapsed)
         else:
@@ -362,12 +364,23 @@ class OpenLoop:
                 kinds[key] = dict(latency_stats(self.latencies.get(key, [])), errors=self.errors.get(key, 0))
         duration = max(self.stopped_at - self.started_at, 1e-9)
         delays = sorted(self.start_delays)
+        # Latency over time (all kinds), to tell a steady cost from stalls.
+        windows: dict[int, list[float]] = {}
+        for scheduled, ms, _, _ in self.trace:
+            windows.setdefault(int((scheduled - self.started_at) // WINDOW_S), []).append(ms)
+        over_time = [[w * WINDOW_S, len(v), round(statistics.median(v), 1), round(max(v), 1)]
+                     for w, v in sorted(windows.items())]
+        slowest = sorted(self.trace, key=lambda r: r[1], reverse=True)[:10]
         return {"rate_requested": self.rate, "requests": self.sent,
                 "rate_achieved": round(self.sent / duration, 1),
                 "errors": sum(self.errors.values()), "error_samples": self.error_samples,
                 "client_start_delay_ms": {"p50": round(pct(delays, 0.5), 2), "p99": round(pct(delays, 0.99), 2),
                                           "max": round(delays[-1], 2)} if delays else {},
-                "kinds": kinds}
+                "kinds": kinds,
+                "over_time": {"window_s": WINDOW_S, "columns": ["t_s", "n", "p50_ms", "max_ms"],
+                              "rows": over_time},
+                "slowest": [{"t_s": round(sch - self.started_at, 3), "ms": round(ms, 1), "kind": k, "ok": ok}
+                            for sch, ms, k, ok in slowest]}
 
 
 # ---------------------------------------------------------------------------- HTTP helpers
@@ -530,12 +543,15 @@ def catchup_one(wire: str, events_file: Path, bounds: dict[str, int], import_dir
     replay = start_replay(events_file, rport, out / f"live-{tag}-{wire}-replay.log", speed="max",
                           dictionary=dictionary)
     ref = None
+    load_before = [round(x, 2) for x in os.getloadavg()]
     try:
         replay_cpu0 = replay.cpu_s()
         started = time.monotonic()
         serve = start_live_serve(data_dir, sport, rport, out / f"live-{tag}-{wire}-serve.log", dictionary)
         result = asyncio.run(drive_catchup(serve, replay, f"http://127.0.0.1:{sport}", bounds, targets,
                                            args.query_rate, started, args.timeout_s, args.stall_s))
+        result["load_avg_before"] = load_before  # 1, 5, 15 min: others share this machine
+        result["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
         result["serve_cpu_s"] = round(serve.cpu_s(), 2)
         result["serve_threads_cpu"] = serve.threads_cpu()
         result["replay_cpu_s"] = round(replay.cpu_s() - replay_cpu0, 2)
@@ -651,10 +667,12 @@ async def drive_memory(serve: Child, replay: Child, base: str, bounds: dict[str,
                     health = {"error": str(exc)}
                 js = health.get("jetstream") or {}
                 cursor = health.get("cursor")
-                # Where a live-paced stream would be now, minus where the store is.
+                # Where a live-paced stream would be now (the capture ends, though), minus
+                # where the store is: about batch_ms when serve keeps up.
                 behind = None
                 if cursor is not None:
-                    behind = round(((bounds["first_time_us"] + t * speed * 1e6) - cursor) / 1e6 / speed, 1)
+                    due = min(bounds["first_time_us"] + t * speed * 1e6, bounds["last_time_us"])
+                    behind = round((due - cursor) / 1e6 / speed, 1)
                 samples.append({"t_s": round(t, 1), "rss_bytes": serve.rss(), "replay_rss_bytes": replay.rss(),
                                 "events": js.get("events"), "events_per_s": js.get("events_per_s"),
                                 "queue_depth": js.get("queue_depth"), "behind_s": behind,
@@ -792,6 +810,7 @@ def main() -> int:
                     "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
                     "mem_total_bytes": psutil.virtual_memory().total},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "smalldp": _git_state(),
         "problems": []}
     try:
         if args.only in (None, "catchup"):
@@ -827,6 +846,18 @@ def main() -> int:
         print(human_summary(result))
         print(f"(JSON: {json_path})")
     return 1 if result["problems"] else 0
+
+
+def _git_state() -> dict[str, Any]:
+    """The commit measured, and files of the package changed since (others edit the tree)."""
+    def git(*argv: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(ROOT), *argv], capture_output=True, text=True,
+                                  timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    return {"commit": git("rev-parse", "HEAD").strip(),
+            "changed_files": [line[3:] for line in git("status", "--porcelain", "--", "src").splitlines()]}
 
 
 def _cpu_model() -> str:

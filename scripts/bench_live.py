@@ -797,6 +797,7 @@ def main() -> int:
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench-out")
     parser.add_argument("--json", type=Path, default=None, help="default: OUT_DIR/live.json")
     parser.add_argument("--keep-data", action="store_true", help="keep the live data dirs")
+    parser.add_argument("--label", default="", help="free text kept in the JSON (what was measured)")
     args = parser.parse_args()
     args.out_dir = args.out_dir.resolve()
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -856,8 +857,13 @@ def _git_state() -> dict[str, Any]:
                                   timeout=10).stdout
         except (OSError, subprocess.SubprocessError):
             return ""
-    return {"commit": git("rev-parse", "HEAD").strip(),
-            "changed_files": [line[3:] for line in git("status", "--porcelain", "--", "src").splitlines()]}
+    import smalldp
+    source = str(Path(smalldp.__file__).resolve().parent)  # children inherit PYTHONPATH: same package
+    state: dict[str, Any] = {"package": source}
+    if source == str(ROOT / "src" / "smalldp"):
+        state.update(commit=git("rev-parse", "HEAD").strip(),
+                     changed_files=[line[3:] for line in git("status", "--porcelain", "--", "src").splitlines()])
+    return state
 
 
 def _cpu_model() -> str:

@@ -291,7 +291,7 @@ def test_operations_from_hand_written_frames() -> None:
     assert decode_frame_v2(frame(commit())) == OpFrame(42, PutRecord(
         DID, T_2026 + 123456, REV_INT,
         "app.bsky.feed.like", "3mptbyplj5d2a", "bafyx", b'{"$type": "app.bsky.feed.like", "n": 1}',
-        {"$type": "app.bsky.feed.like", "n": 1}, True))
+        (), True))
     update = decode_frame_v2(frame(commit(operation="update", cid=DROP)))
     assert isinstance(update, OpFrame) and isinstance(update.op, PutRecord)
     assert update.op.is_create is False and update.op.cid is None

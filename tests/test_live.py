@@ -119,12 +119,12 @@ async def follow(settings: Settings, last_time_us: int, timeout: float = 60) -> 
 
 # ---------------------------------------------------------------- in-process
 
-def test_live_ingest_equals_import_with_a_tiny_queue(tmp_path: Path, ref: Reference) -> None:
-    """A queue of 100 events against a server that sends as fast as it can: the reader must
-    wait for the writer (backpressure), and nothing may be dropped."""
+def test_live_ingest_equals_import_with_small_batches(tmp_path: Path, ref: Reference) -> None:
+    """Batches of 64 against a server that sends as fast as it can: reading pauses while
+    each commits (backpressure), and nothing may be dropped."""
     async def main() -> None:
         async with FakeJetstream(ref.lines) as server:
-            settings = live_settings(tmp_path / "live", [server.url], queue_events=100, batch_events=64)
+            settings = live_settings(tmp_path / "live", [server.url], batch_events=64)
             service = await follow(settings, last_op_time(ref.lines))
         assert len(server.connections) == 1 and "cursor" not in server.connections[0].query
         assert service.metrics.decode_errors == ref.cap.malformed
@@ -377,8 +377,8 @@ def test_sigterm_under_full_speed_ingest_commits_and_resumes(tmp_path: Path, big
     async def main() -> None:
         async with FakeJetstream(big.lines) as server:
             port = free_port()
-            # A small queue: SIGTERM commits what is queued, so the stream must still be flowing.
-            cmd = _serve_cmd(data, port, server.url, "--queue-events", "200")
+            # SIGTERM commits the batch being filled; the stream is still flowing.
+            cmd = _serve_cmd(data, port, server.url)
             proc = await asyncio.create_subprocess_exec(*cmd, env=_env())
             while not (h := await _health(port)) or h["jetstream"]["events"] < 2000:
                 await asyncio.sleep(0.01)

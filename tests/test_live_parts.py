@@ -10,22 +10,18 @@ import asyncio
 import hashlib
 import os
 import socket
-from collections import deque
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import zstandard
 from aiohttp import web
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from smalldp.api.metrics import exposition
 from smalldp.ingest import zdict
 from smalldp.ingest.jetstream import ClientOptions, Filters, options_update, subscribe_url
 from smalldp.ingest.metrics import IngestMetrics
-from smalldp.ingest.queue import EventQueue
 from smalldp.systemd import Notifier
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "jetstream"
@@ -36,67 +32,6 @@ def legacy_bytes() -> bytes:
     if not LEGACY.is_file():
         pytest.skip("../shared fixtures absent")
     return LEGACY.read_bytes()
-
-
-# ---------------------------------------------------------------- the queue
-
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["put", "take"]), st.integers(1, 7)), max_size=40),
-       st.integers(1, 6))
-def test_queue_is_a_bounded_fifo(script: list[tuple[str, int]], capacity: int) -> None:
-    """Against a deque: takes return the oldest items; a put into a full queue waits
-    until a take makes room, and nothing is lost or reordered."""
-    async def main() -> None:
-        queue: EventQueue[int] = EventQueue(capacity)
-        model: deque[int] = deque()
-        blocked: list[asyncio.Task[None]] = []
-        counter = 0
-        async def settle() -> None:
-            for _ in range(6):  # woken puts need a few loop turns to run
-                await asyncio.sleep(0)
-
-        for action, n in script:
-            if action == "put":
-                for _ in range(n):
-                    blocked.append(asyncio.create_task(queue.put(counter)))
-                    model.append(counter)
-                    counter += 1
-                await settle()
-            else:
-                got = await queue.take(n, 0.0)
-                # Items beyond capacity are puts still waiting: they can't be taken yet.
-                expected = [model.popleft() for _ in range(min(n, capacity, len(model)))]
-                assert got == expected
-                await settle()
-            assert len(queue) == min(capacity, len(model))
-            pending = sum(1 for t in blocked if not t.done())
-            assert len(queue) + pending == len(model)
-        for task in blocked:
-            task.cancel()
-    asyncio.run(main())
-
-
-def test_queue_take_waits_for_n_or_the_deadline() -> None:
-    async def main() -> None:
-        queue: EventQueue[int] = EventQueue(100)
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        assert await queue.take(5, 0.2) == []
-        assert loop.time() - t0 >= 0.19
-        taker = asyncio.create_task(queue.take(3, 30))
-        for i in range(2):
-            await queue.put(i)
-        await asyncio.sleep(0.05)
-        assert not taker.done()  # two of three: still waiting
-        await queue.put(2)
-        assert await asyncio.wait_for(taker, 5) == [0, 1, 2]
-        # A full queue wakes the taker even below n.
-        small: EventQueue[int] = EventQueue(2)
-        taker = asyncio.create_task(small.take(10, 30))
-        await small.put(7)
-        await small.put(8)
-        assert await asyncio.wait_for(taker, 5) == [7, 8]
-    asyncio.run(main())
 
 
 # ---------------------------------------------------------------- URLs
@@ -317,7 +252,7 @@ def test_progress_rules_for_the_watchdog() -> None:
     import time
     metrics = IngestMetrics(state="streaming")
     assert metrics.progressing(10)  # nothing to do is fine
-    metrics.queue_depth = 100
+    metrics.queue_depth = 100  # a batch waits to be committed
     metrics.last_commit_monotonic = time.monotonic() - 60
     assert not metrics.progressing(10)  # work waits and nothing committed for a minute
     assert metrics.progressing(10, merging_since=time.monotonic() - 30)  # a merge holds the writer
@@ -325,3 +260,72 @@ def test_progress_rules_for_the_watchdog() -> None:
     assert metrics.progressing(10)
     metrics.state = "failed"
     assert not metrics.progressing(10)
+
+
+# ---------------------------------------------------------------- queries first
+
+def test_query_gate_pauses_ingest_only_while_queries_run() -> None:
+    import threading
+    import time
+    from smalldp import priority
+    gate = priority.QueryGate()
+    t0 = time.monotonic()
+    gate.pause()
+    assert time.monotonic() - t0 < 0.01 and gate.waits == 0  # no query: no pause
+    gate.enter()
+    released = threading.Timer(0.02, gate.leave)
+    released.start()
+    t0 = time.monotonic()
+    gate.pause()  # waits for the query to end (20 ms), not for MAX_WAIT_S
+    waited = time.monotonic() - t0
+    assert 0.01 < waited < priority.MAX_WAIT_S + 0.5 and gate.waits == 1 and gate.active == 0
+    gate.enter()
+    t0 = time.monotonic()
+    gate.pause()  # a query that never ends: the wait is bounded
+    assert priority.MAX_WAIT_S * 0.9 <= time.monotonic() - t0 < priority.MAX_WAIT_S + 0.5
+    gate.leave()
+    gate.leave()  # one leave too many never goes negative
+    assert gate.active == 0
+
+
+def test_requests_hold_the_gate_and_writer_offers_pause_points(tmp_path: Path) -> None:
+    from helpers_server import Events, apply, did, tid
+    from smalldp.api.server import make_app
+    from smalldp.priority import QueryGate
+    from smalldp.store.writer import PAUSE_EVERY, Writer
+
+    class Recording(QueryGate):
+        most = 0
+
+        def enter(self) -> None:
+            super().enter()
+            Recording.most = max(Recording.most, self.active)
+
+    writer = Writer(tmp_path / "smalldp.sqlite")
+    pauses = []
+    writer.pause = lambda: pauses.append(1)
+    ev = Events()
+    post = f"at://{did('author')}/app.bsky.feed.post/{tid(1)}"
+    apply(writer, [ev.like(did(f"fan{i}"), tid(1000 + i), post) for i in range(1000)])
+    assert len(pauses) >= 2 * (1000 // (PAUSE_EVERY + 1))  # passes 1 and 3 at least
+    writer.close()
+    gate = Recording()
+
+    async def main() -> None:
+        app = make_app(tmp_path / "smalldp.sqlite", query_gate=gate)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        import aiohttp
+        async with aiohttp.ClientSession() as http:
+            async def get() -> int:
+                async with http.get(f"http://127.0.0.1:{port}/xrpc/blue.microcosm.links.getBacklinksCount",
+                                    params={"subject": post, "source": "app.bsky.feed.like:subject.uri"}) as r:
+                    return (await r.json())["total"]
+            totals = await asyncio.gather(*(get() for _ in range(20)))
+        await runner.cleanup()
+        assert totals == [1000] * 20
+    asyncio.run(main())
+    assert Recording.most >= 1 and gate.active == 0

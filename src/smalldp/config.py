@@ -72,7 +72,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cache_mb", "int", 64, "SQLite page cache per connection, in MiB.", 1, 65536),
     Setting("mmap_mb", "int", 0,
             "SQLite mmap size in MiB; 0 (off) is safest on SD cards.", 0, 65536),
-    Setting("batch_events", "int", 20000, "Events per write transaction.", 1, 1_000_000),
+    Setting("batch_events", "int", 20000,
+            "Events per write transaction; live ingest stops reading while one commits.", 1, 1_000_000),
     Setting("batch_ms", "int", 1000,
             "Max milliseconds before a partial batch is committed (live ingest).", 1, 600_000),
     Setting("compaction_fanout", "int", 8, "Runs of the backlink index merged into one once a level holds this many.", 2, 64),
@@ -110,9 +111,6 @@ SETTINGS: tuple[Setting, ...] = (
             "Reconnect when nothing arrives for this many seconds (0: off; pings still detect dead sockets).",
             0, 86_400),
     Setting("backoff_max_s", "int", 60, "Longest wait between reconnection attempts.", 1, 3600),
-    Setting("queue_events", "int", 20_000,
-            "Decoded events buffered between the websocket and the writer; when full, reading pauses.",
-            100, 1_000_000),
     Setting("max_message_bytes", "int", 4 << 20,
             "Largest (decompressed) message accepted; bigger ones are counted and skipped.",
             4096, 1 << 30),
@@ -147,7 +145,6 @@ class Settings:
     rewind_s: int
     liveness_s: int
     backoff_max_s: int
-    queue_events: int
     max_message_bytes: int
 
     def listen_host_port(self) -> tuple[str, int]:

@@ -12,8 +12,9 @@ from aiohttp import web
 from smalldp import __version__
 from smalldp.api import NAMESPACE, constellation, metrics
 from smalldp.api.readers import READERS, ReaderPool
-from smalldp.api.xrpc import Params, XrpcError, json_response, xrpc_errors
+from smalldp.api.xrpc import Handler, Params, XrpcError, json_response, xrpc_errors
 from smalldp.links import is_link
+from smalldp.priority import QueryGate
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -21,8 +22,22 @@ IngestStatus = Callable[[], dict[str, object]]
 INGEST_STATUS: web.AppKey[IngestStatus] = web.AppKey("ingest_status")
 
 
+QUERY_GATE: web.AppKey[QueryGate] = web.AppKey("query_gate")
+
+
 def _ingest_disabled() -> dict[str, object]:
     return {"state": "disabled"}
+
+
+@web.middleware
+async def queries_first(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tell live ingest a query is being answered, so it steps aside (smalldp.priority)."""
+    gate = request.app[QUERY_GATE]
+    gate.enter()
+    try:
+        return await handler(request)
+    finally:
+        gate.leave()
 
 
 @routes.get(f"/xrpc/{NAMESPACE}.getRecord")
@@ -53,13 +68,18 @@ async def health(request: web.Request) -> web.Response:
 
 def make_app(db_path: Path, *, read_threads: int = 4, cache_mb: int = 64, mmap_mb: int = 0,
              ingest_status: IngestStatus = _ingest_disabled,
-             sample_sources: list[metrics.SampleSource] | None = None) -> web.Application:
+             sample_sources: list[metrics.SampleSource] | None = None,
+             query_gate: QueryGate | None = None) -> web.Application:
     """Build the application answering from read-only connections to ``db_path``.
 
     ``ingest_status`` says what live ingest is doing (a dict with at least "state");
-    ``sample_sources`` add Prometheus samples to /metrics.
+    ``sample_sources`` add Prometheus samples to /metrics; with a ``query_gate`` every
+    request marks itself in flight so that live ingest lets it go first.
     """
-    app = web.Application(middlewares=[xrpc_errors])
+    middlewares = [xrpc_errors] if query_gate is None else [queries_first, xrpc_errors]
+    app = web.Application(middlewares=middlewares)
+    if query_gate is not None:
+        app[QUERY_GATE] = query_gate
     app[READERS] = ReaderPool(db_path, threads=read_threads, cache_mb=cache_mb, mmap_mb=mmap_mb)
     app[INGEST_STATUS] = ingest_status
     app[metrics.SAMPLE_SOURCES] = list(sample_sources or [])

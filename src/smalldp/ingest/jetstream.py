@@ -1,10 +1,10 @@
-"""The Jetstream websocket client: connect, decode, queue; reconnect and fail over.
+"""The Jetstream websocket client: connect, decode, deliver; reconnect and fail over.
 
 One `JetstreamClient.run` loop owns the connection. It resumes from the newest event
 it has seen (or, at start, the committed cursor) minus a rewind: the store ignores what
 it already has, so overlap is harmless and gaps are what the rewind prevents. Decoded
-operations go into a bounded `EventQueue`; when the writer falls behind the queue fills,
-`put` waits, the socket is not read and TCP pushes back on the server.
+operations go, in order, to a sink (live ingest's batcher); while the sink commits a
+batch the socket is not read and TCP pushes back on the server.
 
 Failure handling: a connection that delivered events and then ended is retried on the
 same endpoint after a short jittered pause; every consecutive failure moves to the next
@@ -31,7 +31,6 @@ from smalldp.events import MalformedEvent, Operation, decode_event
 from smalldp.events_v2 import ErrorFrame, InfoFrame, OpFrame, decode_frame_v2
 from smalldp.ingest import zdict
 from smalldp.ingest.metrics import IngestMetrics
-from smalldp.ingest.queue import EventQueue
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +116,14 @@ class _Reconnect(Exception):
 
 
 class JetstreamClient:
-    """Follows Jetstream into an EventQueue until stopped."""
+    """Follows Jetstream into a sink until stopped."""
 
-    def __init__(self, options: ClientOptions, queue: EventQueue[Operation], metrics: IngestMetrics,
+    def __init__(self, options: ClientOptions, sink: Callable[[Operation], None], metrics: IngestMetrics,
                  *, committed_cursor: int | None,
                  v1_dictionary: Callable[[], bytes | None] | None = None,
                  data_dir: Path = Path(".")) -> None:
         self.options = options
-        self.queue = queue
+        self.sink = sink  # called with each operation, in order; may block (it applies batches)
         self.metrics = metrics
         self.data_dir = data_dir
         self.last_time_us: int | None = None  # newest event seen by this process
@@ -296,7 +295,7 @@ class JetstreamClient:
     async def _read(self, ws: aiohttp.ClientWebSocketResponse,
                     decompressor: zdict.Decompressor | None) -> None:
         metrics = self.metrics
-        queue = self.queue
+        sink = self.sink
         limit = self.options.max_message_bytes
         v2 = self.options.wire == "v2"
         text, binary = aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY
@@ -333,9 +332,10 @@ class JetstreamClient:
                 continue
             if op is None:
                 continue
-            await queue.put(op)
-            self.last_time_us = op.time_us  # after put: a cancelled put was not delivered
-            metrics.queue_depth = len(queue)
+            sink(op)
+            self.last_time_us = op.time_us
+            # The sink may have spent a while committing: that was us, not a silent server.
+            self._last_rx = time.monotonic()
 
     def _decode_v2(self, data: bytes | str) -> Operation | None:
         frame = decode_frame_v2(data)

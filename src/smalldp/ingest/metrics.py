@@ -31,8 +31,7 @@ class IngestMetrics:
     links_added: int = 0
     links_removed: int = 0
     cursor: int | None = None  # time_us of the last committed event
-    queue_depth: int = 0
-    in_flight: int = 0  # events handed to the writer and not yet committed
+    queue_depth: int = 0  # events received and not committed yet (the batch being filled)
     last_commit_monotonic: float = field(default_factory=time.monotonic)
     last_error: str = ""
     _rate_points: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
@@ -72,7 +71,7 @@ class IngestMetrics:
         now = time.monotonic()
         if self.state == "failed":
             return False
-        if self.queue_depth == 0 and self.in_flight == 0:
+        if self.queue_depth == 0:
             return True
         if merging_since is not None and now - merging_since <= MERGE_GRACE_S:
             return True
@@ -114,7 +113,7 @@ class IngestMetrics:
              float(self.oversized)),
             ("smalldp_ingest_reconnects_total", "counter", "Connections lost or abandoned.",
              float(self.reconnects)),
-            ("smalldp_ingest_queue_depth", "gauge", "Decoded events waiting for the writer.",
+            ("smalldp_ingest_queue_depth", "gauge", "Events received and not committed yet.",
              float(self.queue_depth)),
             ("smalldp_ingest_links_added_total", "counter", "Backlinks added.", float(self.links_added)),
             ("smalldp_ingest_links_removed_total", "counter", "Backlinks removed.",

@@ -22,12 +22,12 @@ import time
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import msgspec
 from pyroaring import BitMap
 
 from smalldp.events import AccountStatus, DeleteRecord, Identity, Operation, PutRecord
-from smalldp.links import extract_links
 from smalldp.store.bodies import BodyCompressor
 from smalldp.store.encoding import (
     Entry,
@@ -65,22 +65,28 @@ RecordKey = tuple[int, int, int]  # (sort key, actor id, collection id)
 LinkList = list[tuple[int, bytes]]  # [(source id, target key)]
 
 
-class ActorState:
-    """What the writer keeps of one DID."""
+PAUSE_EVERY = 255  # items between pause points (a mask: every 256th)
 
-    __slots__ = ("aid", "active", "status", "handle", "acct_seq", "id_seq", "purged_rev", "dirty")
 
-    def __init__(self, aid: int, active: bool = True, status: str | None = None,
-                 handle: str | None = None, acct_seq: int | None = None,
-                 id_seq: int | None = None, purged_rev: int | None = None) -> None:
-        self.aid = aid
-        self.active = active
-        self.status = status
-        self.handle = handle
-        self.acct_seq = acct_seq
-        self.id_seq = id_seq
-        self.purged_rev = purged_rev
-        self.dirty = False
+def _no_pause() -> None:
+    pass
+
+
+class ActorState(msgspec.Struct, gc=False):
+    """What the writer keeps of one DID.
+
+    gc=False: it holds only numbers and strings, and the cache keeps up to half a million
+    of them; tracked, they made each full collection of the cyclic GC take ~100 ms.
+    """
+
+    aid: int
+    active: bool = True
+    status: str | None = None
+    handle: str | None = None
+    acct_seq: int | None = None
+    id_seq: int | None = None
+    purged_rev: int | None = None
+    dirty: bool = False
 
 
 @dataclass
@@ -149,6 +155,9 @@ class Writer:
         self._merges_stopped = False
         self._in_merge = False
         self.merging_since: float | None = None  # time.monotonic() when the running merge began
+        # Called every few hundred items of work, between statements: live ingest uses it
+        # to step aside while queries are answered (see smalldp.priority).
+        self.pause: Callable[[], None] = _no_pause
         self._load()
 
     # ------------------------------------------------------------ state
@@ -307,12 +316,15 @@ class Writer:
         # their IDs in that order, which distinct-DID lists follow.
         dids: dict[str, None] = {}
         tkeys = self._tkeys
-        prepared: list[tuple[Operation, list[tuple[str, str]]]] = []
-        for op in ops:
+        prepared: list[tuple[Operation, Sequence[tuple[str, str]]]] = []
+        pause = self.pause
+        for i, op in enumerate(ops):
+            if not i & PAUSE_EVERY:
+                pause()
             dids[op.did] = None
-            links: list[tuple[str, str]] = []
+            links: Sequence[tuple[str, str]] = ()
             if type(op) is PutRecord:
-                links = extract_links(op.record)
+                links = op.links
                 for _, target in links:
                     if target not in tkeys:  # a cached key already holds its IDs
                         did = target_dids(target)
@@ -334,7 +346,9 @@ class Writer:
         self._fetch_records({k for k in keys if k is not None}, batch)
 
         # Pass 3: apply in order.
-        for (op, links), key in zip(prepared, keys):
+        for i, ((op, links), key) in enumerate(zip(prepared, keys)):
+            if not i & PAUSE_EVERY:
+                pause()
             if key is not None:
                 self._apply_record(op, links, key, batch)  # type: ignore[arg-type]
             elif type(op) is AccountStatus:
@@ -351,7 +365,7 @@ class Writer:
                 "JOIN fwd f ON f.sk = q.sk AND f.aid = q.aid AND f.coll = q.coll"):
             batch.records[(sk, aid, coll)] = (rev + sk, None if links is None else decode_links(links))
 
-    def _apply_record(self, op: PutRecord | DeleteRecord, links: list[tuple[str, str]],
+    def _apply_record(self, op: PutRecord | DeleteRecord, links: Sequence[tuple[str, str]],
                       key: RecordKey, batch: _Batch) -> None:
         purged_rev = self.actors[op.did].purged_rev
         if purged_rev is not None and op.rev <= purged_rev:
@@ -472,7 +486,10 @@ class Writer:
             run = self.next_run
             self.next_run += 1
             rows = []
-            for sid, tkey in sorted(adds, key=lambda k: (k[1], k[0])):  # key order: appends
+            pause = self.pause
+            for i, (sid, tkey) in enumerate(sorted(adds, key=lambda k: (k[1], k[0]))):  # key order: appends
+                if not i & PAUSE_EVERY:
+                    pause()
                 entries = sorted(adds[(sid, tkey)], reverse=True)
                 for lo, chunk in _chunks(entries, self.chunk_entries):
                     rows.append((run, tkey, sid, lo, encode_block(chunk)))
@@ -486,7 +503,10 @@ class Writer:
     def _remove_entries(self, removes: dict[tuple[int, bytes], set[Entry]]) -> None:
         conn = self.conn
         run_list = ",".join(str(r) for r in self.runs) or "NULL"
-        for (sid, tkey), gone in removes.items():
+        pause = self.pause
+        for i, ((sid, tkey), gone) in enumerate(removes.items()):
+            if not i & 63:
+                pause()
             if not gone:
                 continue
             gone = set(gone)
@@ -617,7 +637,10 @@ class Writer:
                 f"SELECT b.tkey, b.sid, b.data FROM mdup JOIN bl b ON b.run IN ({marks}) "
                 "AND b.tkey = mdup.tkey AND b.sid = mdup.sid ORDER BY b.tkey, b.sid")
             merged = []
-            for (tkey, sid), group in itertools.groupby(rows, key=lambda row: (row[0], row[1])):
+            pause = self.pause
+            for i, ((tkey, sid), group) in enumerate(itertools.groupby(rows, key=lambda row: (row[0], row[1]))):
+                if not i & PAUSE_EVERY:
+                    pause()
                 entries = sorted(itertools.chain.from_iterable(decode_block(row[2]) for row in group),
                                  reverse=True)
                 for lo, chunk in _chunks(entries, self.chunk_entries):

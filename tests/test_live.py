@@ -551,3 +551,34 @@ def test_dictionary_missing_at_start_is_fetched_again_later(tmp_path: Path, ref:
         assert server.connections[1].query["compress"] == ["true"]
     asyncio.run(main())
     ref.check(tmp_path / "live")
+
+
+def test_a_store_that_cannot_write_stops_ingest_with_an_error(tmp_path: Path, ref: Reference) -> None:
+    """SQLite refuses to grow the file (a real SQLITE_FULL, from max_page_count): ingest
+    stops as failed, and what was committed before stays committed and consistent."""
+    from smalldp.ingest.live import LiveIngest, WriterFailed
+    from smalldp.ingest.metrics import IngestMetrics
+    from smalldp.service import client_options, open_writer
+
+    def small_writer(settings: Settings) -> Any:
+        writer = open_writer(settings)
+        pages = writer.conn.execute("PRAGMA page_count").fetchone()[0]
+        writer.conn.execute(f"PRAGMA max_page_count={pages + 12}")
+        return writer
+
+    async def main() -> LiveIngest:
+        async with FakeJetstream(ref.lines) as server:
+            settings = live_settings(tmp_path / "live", [server.url])
+            metrics = IngestMetrics()
+            live = LiveIngest(lambda: small_writer(settings), client_options(settings), metrics,
+                              batch_events=200, batch_ms=50)
+            live.start()
+            done = await asyncio.get_running_loop().run_in_executor(None, live.wait_done, 60)
+            assert done
+            return live
+
+    live = asyncio.run(main())
+    assert isinstance(live.error, WriterFailed) and "full" in str(live.error)
+    assert live.metrics.state == "failed" and live.metrics.events_committed > 0
+    # The committed prefix is intact: the file opens, and its cursor is the last batch's.
+    assert _committed_cursor(tmp_path / "live") == live.metrics.cursor

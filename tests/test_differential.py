@@ -276,3 +276,12 @@ def test_many_links_in_small_chunks(tmp_path: Path) -> None:
                 assert reader.count(target, "app.bsky.feed.like", ".subject.uri") == len(want)
         assert_indexes_agree(tmp_path / "db.sqlite")
     writer.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(-5, 60), st.integers(1, 9)), max_size=300), st.integers(1, 12))
+def test_streamed_chunks_equal_listed_chunks(raw: list[tuple[int, int]], size: int) -> None:
+    """Compaction chunks a lazy merge; the write path chunks a list: same chunks."""
+    from smalldp.store.writer import _chunks, _stream_chunks
+    entries = sorted(set(raw), reverse=True)
+    assert list(_stream_chunks(iter(entries), size)) == list(_chunks(entries, size))

@@ -16,6 +16,7 @@ key order.  Only deletes and updates read and rewrite existing chunks.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import sqlite3
 import time
@@ -66,6 +67,7 @@ LinkList = list[tuple[int, bytes]]  # [(source id, target key)]
 
 
 PAUSE_EVERY = 255  # items between pause points (a mask: every 256th)
+MERGE_SLICE = 2000  # merged chunks written to the temp table at a time
 
 
 def _no_pause() -> None:
@@ -633,19 +635,26 @@ class Writer:
             conn.execute("DELETE FROM mrow")
             conn.execute(f"INSERT INTO mdup SELECT tkey, sid FROM bl WHERE run IN ({marks}) "
                          "GROUP BY tkey, sid HAVING count(DISTINCT run) > 1")
+            # Keys found in several runs: a lazy k-way merge of their chunks, written in
+            # slices, so memory stays bounded by a few chunks per run whatever the key's size
+            # (building whole lists made RSS step up at every big merge, measured).
             rows = conn.execute(
-                f"SELECT b.tkey, b.sid, b.data FROM mdup JOIN bl b ON b.run IN ({marks}) "
-                "AND b.tkey = mdup.tkey AND b.sid = mdup.sid ORDER BY b.tkey, b.sid")
-            merged = []
+                f"SELECT b.tkey, b.sid, b.run, b.data FROM mdup JOIN bl b ON b.run IN ({marks}) "
+                "AND b.tkey = mdup.tkey AND b.sid = mdup.sid ORDER BY b.tkey, b.sid, b.run, b.lo DESC")
+            merged: list[tuple[bytes, int, int, bytes]] = []
             pause = self.pause
             for i, ((tkey, sid), group) in enumerate(itertools.groupby(rows, key=lambda row: (row[0], row[1]))):
                 if not i & PAUSE_EVERY:
                     pause()
-                entries = sorted(itertools.chain.from_iterable(decode_block(row[2]) for row in group),
-                                 reverse=True)
-                for lo, chunk in _chunks(entries, self.chunk_entries):
+                by_run = [[row[3] for row in chunks] for _, chunks in itertools.groupby(group, key=lambda row: row[2])]
+                entries = heapq.merge(*(_entries_of(blocks) for blocks in by_run), reverse=True)
+                for lo, chunk in _stream_chunks(entries, self.chunk_entries):
                     merged.append((tkey, sid, lo, encode_block(chunk)))
+                    if len(merged) >= MERGE_SLICE:
+                        conn.executemany("INSERT INTO mrow VALUES(?, ?, ?, ?)", merged)
+                        merged.clear()
             conn.executemany("INSERT INTO mrow VALUES(?, ?, ?, ?)", merged)
+            merged.clear()
             # One insert in key order, so the new run is appended, not scattered.
             conn.execute(
                 f"INSERT INTO bl SELECT {new}, tkey, sid, lo, data FROM ("
@@ -669,6 +678,25 @@ class Writer:
         for run in runs:
             del self.runs[run]
         self.runs[new] = level
+
+
+def _entries_of(blocks: list[bytes]) -> Iterator[Entry]:
+    """The entries of one run's chunks of a key, newest first, decoded one chunk at a time."""
+    for block in blocks:
+        yield from decode_block(block)
+
+
+def _stream_chunks(entries: Iterator[Entry], size: int) -> Iterator[tuple[int, list[Entry]]]:
+    """`_chunks` over an iterator: the same chunks, without holding all entries."""
+    chunk: list[Entry] = []
+    for entry in entries:
+        # Close a full chunk, but never between equal sort keys (keys stay unique in a run).
+        if len(chunk) >= size and entry[0] != chunk[-1][0]:
+            yield chunk[-1][0], chunk
+            chunk = []
+        chunk.append(entry)
+    if chunk:
+        yield 0, chunk  # the oldest chunk is keyed 0
 
 
 def _chunks(entries: list[Entry], size: int) -> Iterator[tuple[int, list[Entry]]]:

@@ -10,12 +10,13 @@ catchup (`--only catchup`)
     and zstd with the v1 dictionary): a fresh data dir, `smalldp replay --speed max` and
     `smalldp serve --jetstream` pointed at it; poll /xrpc/_health until the committed
     cursor is the capture's last time_us and the queue is empty.  Live events/s = events /
-    (serve start -> caught up).  Meanwhile an open-loop client sends --query-rate requests/s
-    (fixed intervals, whatever the answers) of getBacklinksCount and getBacklinks first
-    pages on popular and unpopular targets; latency counts from each request's scheduled
-    time.  Afterwards the imported dir is served with --no-ingest and a handful of answers
-    are compared with the live dir's: any difference is reported and makes the exit
-    status 1.
+    (serve start -> caught up).  Then the same again on another fresh dir while an
+    open-loop client sends --query-rate requests/s (fixed intervals, whatever the answers)
+    of getBacklinksCount and getBacklinks first pages on popular and unpopular targets;
+    latency counts from each request's scheduled time, and the catch-up rate under that
+    load is reported too (--together: one run per wire, timed under the load).  After each
+    catch-up the imported dir is served with --no-ingest and a handful of answers are
+    compared with the live dir's: any difference is reported and makes the exit status 1.
 memory (`--only memory`)
     A capture of M minutes at --memory-rate events/s, replayed at live pace; the serve
     process's RSS is sampled every --sample-s seconds (a light open-loop query load runs
@@ -547,7 +548,8 @@ def _short(body: Any) -> Any:
 
 def catchup_one(wire: str, events_file: Path, bounds: dict[str, int], import_dir: Path,
                 import_result: dict[str, Any], targets: dict[str, list[Triple]],
-                args: argparse.Namespace, tag: str) -> dict[str, Any]:
+                args: argparse.Namespace, tag: str, query_rate: float) -> dict[str, Any]:
+    """One live catch-up on a fresh data dir; ``query_rate`` requests/s meanwhile (0: none)."""
     out = args.out_dir
     dictionary = args.dictionary if wire == "compressed" else None
     data_dir = fresh_dir(out / f"live-data-{args.events}-{wire}")
@@ -563,7 +565,7 @@ def catchup_one(wire: str, events_file: Path, bounds: dict[str, int], import_dir
         serve = start_live_serve(data_dir, sport, rport, out / f"live-{tag}-{wire}-serve.log", dictionary)
         expected = import_result["summary"]["events"]
         result = asyncio.run(drive_catchup(serve, replay, f"http://127.0.0.1:{sport}", bounds, targets,
-                                           args.query_rate, started, args.timeout_s, args.stall_s,
+                                           query_rate, started, args.timeout_s, args.stall_s,
                                            expected))
         result["load_avg_before"] = load_before  # 1, 5, 15 min: others share this machine
         result["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -605,10 +607,15 @@ def catchup_one(wire: str, events_file: Path, bounds: dict[str, int], import_dir
         shutil.rmtree(data_dir, ignore_errors=True)
     q = result["queries"]["kinds"]
     log(f"[{tag}] {wire}: {result['events']:,} events in {result['seconds']:.1f} s = "
-        f"{result['live_events_per_s'] or 0:,.0f} events/s, ratio {result.get('ratio')}; p99 "
-        + ", ".join(f"{k} {v.get('p99_ms')}" for k, v in q.items())
+        f"{result['live_events_per_s'] or 0:,.0f} events/s, ratio {result.get('ratio')}"
+        + ("; p99 " + ", ".join(f"{k} {v.get('p99_ms')}" for k, v in q.items()) if query_rate else "")
         + (f"; PROBLEM: {result['problem']}" if result["problem"] else ""))
     return result
+
+
+def live_runs(run: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(part, wire, result) of every live catch-up of one repetition."""
+    return [(part, wire, live) for part in ("live", "with_queries") for wire, live in run.get(part, {}).items()]
 
 
 def run_catchup(args: argparse.Namespace) -> dict[str, Any]:
@@ -631,25 +638,38 @@ def run_catchup(args: argparse.Namespace) -> dict[str, Any]:
             f"({imported['summary']['seconds']} s; wall {imported['wall_s']} s)")
         if targets is None:
             targets = pick_targets(import_dir)
+        # "live": the catch-up alone (target 1); "with_queries": again, under the query
+        # load (target 2), which may slow it down: both ratios are reported.
         run: dict[str, Any] = {"import": imported, "live": {}}
+        separate = args.query_rate > 0 and not args.together
+        if separate:
+            run["with_queries"] = {}
         for wire in wires:
-            run["live"][wire] = catchup_one(wire, events_file, bounds, import_dir, imported, targets, args, tag)
+            run["live"][wire] = catchup_one(wire, events_file, bounds, import_dir, imported, targets, args,
+                                            f"{tag}-live" if separate else tag,
+                                            0.0 if separate else args.query_rate)
+            if separate:
+                run["with_queries"][wire] = catchup_one(wire, events_file, bounds, import_dir, imported,
+                                                        targets, args, f"{tag}-queries", args.query_rate)
         runs.append(run)
     medians: dict[str, Any] = {}
     for wire in wires:
         lives = [r["live"][wire] for r in runs]
+        loaded = [r["with_queries"][wire] for r in runs] if "with_queries" in runs[0] else lives
         kinds: dict[str, Any] = {}
-        for key in lives[0]["queries"]["kinds"]:
-            kinds[key] = {stat: median_or_none([lv["queries"]["kinds"].get(key, {}).get(stat) for lv in lives])
+        for key in loaded[0]["queries"]["kinds"]:
+            kinds[key] = {stat: median_or_none([lv["queries"]["kinds"].get(key, {}).get(stat) for lv in loaded])
                           for stat in ("p50_ms", "p99_ms", "max_ms")}
         medians[wire] = {
             "ratio": median_or_none([lv.get("ratio") for lv in lives]),
             "live_events_per_s": median_or_none([lv.get("live_events_per_s") for lv in lives]),
             "import_events_per_s": median_or_none([r["import"]["import_events_per_s"] for r in runs]),
-            "query_errors": sum(lv["queries"]["errors"] for lv in lives),
+            "ratio_with_queries": median_or_none([lv.get("ratio") for lv in loaded]),
+            "live_events_per_s_with_queries": median_or_none([lv.get("live_events_per_s") for lv in loaded]),
+            "query_errors": sum(lv["queries"]["errors"] for lv in loaded),
             "queries": kinds}
     assert targets is not None
-    return {"events_file": str(events_file), "capture": bounds, "wires": wires,
+    return {"events_file": str(events_file), "capture": bounds, "wires": wires, "query_rate": args.query_rate,
             "targets": {k: [list(t) for t in v] for k, v in targets.items()},
             "runs": runs, "median": medians}
 
@@ -764,14 +784,15 @@ def human_summary(result: dict[str, Any]) -> str:
         lines.append(f"catch-up, {catchup['capture']['lines']:,} events, {len(catchup['runs'])} run(s) (medians):")
         for wire, m in catchup["median"].items():
             lines.append(f"  {wire:12s} import {m['import_events_per_s'] or 0:,.0f}/s  live "
-                         f"{m['live_events_per_s'] or 0:,.0f}/s  ratio {m['ratio']} (target >= 0.8)  "
-                         f"query errors {m['query_errors']}")
+                         f"{m['live_events_per_s'] or 0:,.0f}/s  ratio {m['ratio']} (target >= 0.8); "
+                         f"under {catchup['query_rate']:g} queries/s: {m['live_events_per_s_with_queries'] or 0:,.0f}/s, "
+                         f"ratio {m['ratio_with_queries']}, query errors {m['query_errors']}")
             for key, q in m["queries"].items():
                 lines.append(f"    {key:40s} p50 {q['p50_ms']} ms  p99 {q['p99_ms']} ms  max {q['max_ms']} ms")
         for i, run in enumerate(catchup["runs"], 1):
-            for wire, live in run["live"].items():
+            for part, wire, live in live_runs(run):
                 corr = (live.get("correctness") or {}).values()
-                lines.append(f"  run {i} {wire}: ratio {live.get('ratio')}, "
+                lines.append(f"  run {i} {part} {wire}: ratio {live.get('ratio')}, "
                              f"{sum(len(c['mismatches']) for c in corr)} mismatches of "
                              f"{sum(c['checked'] for c in corr)} checks"
                              + (f", PROBLEM {live['problem']}" if live.get("problem") else ""))
@@ -798,6 +819,9 @@ def main() -> int:
     parser.add_argument("--dictionary", type=Path, default=DEFAULT_DICTIONARY, help="v1 zstd dictionary")
     parser.add_argument("--repeat", type=int, default=1, help="catch-up runs (import + live); medians reported")
     parser.add_argument("--query-rate", type=float, default=100.0, help="requests/s while catching up")
+    parser.add_argument("--together", action="store_true",
+                        help="time the catch-up under the query load (one live run per wire) instead of "
+                             "a catch-up alone plus a second one under the load")
     parser.add_argument("--timeout-s", type=float, default=3600.0, help="give up a catch-up after this")
     parser.add_argument("--stall-s", type=float, default=120.0, help="give up when nothing commits this long")
     parser.add_argument("--memory-minutes", type=float, default=30.0)
@@ -838,19 +862,21 @@ def main() -> int:
         result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         problems = result["problems"]
         for i, run in enumerate((result.get("catchup") or {}).get("runs", []), 1):
-            for wire, live in run["live"].items():
+            for part, wire, live in live_runs(run):
+                wire_part = wire if part == "live" else f"{wire} {part}"
                 if live.get("problem"):
-                    problems.append(f"run {i} {wire}: {live['problem']}")
+                    problems.append(f"run {i} {wire_part}: {live['problem']}")
                 for when, check in (live.get("correctness") or {}).items():
                     for m in check["mismatches"]:
-                        problems.append(f"run {i} {wire} ({when}): mismatch {m.get('query')} {m.get('params', '')}")
+                        problems.append(f"run {i} {wire_part} ({when}): mismatch {m.get('query')} "
+                                        f"{m.get('params', '')}")
                 if live["queries"]["errors"]:
-                    problems.append(f"run {i} {wire}: {live['queries']['errors']} query errors "
+                    problems.append(f"run {i} {wire_part}: {live['queries']['errors']} query errors "
                                     f"{live['queries']['error_samples'][:3]}")
                 if live.get("wire") and live["wire"] != ("zstd" if wire == "compressed" else "uncompressed"):
-                    problems.append(f"run {i} {wire}: serve connected {live['wire']}")
+                    problems.append(f"run {i} {wire_part}: serve connected {live['wire']}")
                 if live.get("serve_exit") not in (0, None):
-                    problems.append(f"run {i} {wire}: serve exited with {live['serve_exit']}")
+                    problems.append(f"run {i} {wire_part}: serve exited with {live['serve_exit']}")
         mem = result.get("memory") or {}
         if mem.get("problem"):
             problems.append(f"memory: {mem['problem']}")

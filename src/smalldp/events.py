@@ -29,12 +29,16 @@ class _Commit(msgspec.Struct):
 Int64 = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
 
 
-class _Identity(msgspec.Struct):
+class IdentityBody(msgspec.Struct):
+    """An identity event's body (also v2's upstream #identity)."""
+
     handle: str | None = None
     seq: Int64 | None = None
 
 
-class _Account(msgspec.Struct):
+class AccountBody(msgspec.Struct):
+    """An account event's body (also v2's upstream #account)."""
+
     active: bool
     status: str | None = None
     seq: Int64 | None = None
@@ -45,8 +49,8 @@ class _Event(msgspec.Struct):
     time_us: Int64
     kind: str
     commit: _Commit | None = None
-    identity: _Identity | None = None
-    account: _Account | None = None
+    identity: IdentityBody | None = None
+    account: AccountBody | None = None
 
 
 # gc=False: operations hold only strings, numbers, bytes and tuples of strings, so they

@@ -16,8 +16,8 @@ from typing import Any, Union
 import msgspec
 
 from smalldp.events import (
-    ACCOUNT_STATUSES, AccountStatus, Identity, Int64, MalformedEvent, Operation, commit_operation,
-    valid_did, valid_handle,
+    ACCOUNT_STATUSES, AccountBody, AccountStatus, Identity, IdentityBody, Int64, MalformedEvent,
+    Operation, commit_operation, valid_did, valid_handle,
 )
 
 NS = "network.bsky.jetstream.subscribeEvents#"
@@ -72,23 +72,12 @@ class _Commit(_Event, tag=NS + "commit"):
     cid: str | None = None
 
 
-class _UpstreamIdentity(msgspec.Struct):  # the relay's #identity verbatim; did/time unused
-    handle: str | None = None
-    seq: Int64 | None = None
-
-
-class _UpstreamAccount(msgspec.Struct):
-    active: bool
-    status: str | None = None
-    seq: Int64 | None = None
-
-
 class _IdentityEvent(_Event, tag=NS + "identity"):
-    identity: _UpstreamIdentity
+    identity: IdentityBody
 
 
 class _AccountEvent(_Event, tag=NS + "account"):
-    account: _UpstreamAccount
+    account: AccountBody
 
 
 class _SyncEvent(_Event, tag=NS + "sync"):

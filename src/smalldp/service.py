@@ -20,8 +20,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from smalldp.api.metrics import SAMPLE_SOURCES
-from smalldp.api.server import INGEST_STATUS, make_app
+from smalldp.api.server import make_app
 from smalldp.config import ConfigError, Settings
 from smalldp.ingest import zdict
 from smalldp.ingest.jetstream import ClientOptions, Filters
@@ -118,11 +117,13 @@ class Service:
         elif not path.exists():
             raise ServiceError(f"no database in {settings.data_dir}: run `smalldp import` first, "
                                "or serve without --no-ingest")
-        app = make_app(path, read_threads=settings.read_threads, cache_mb=settings.cache_mb,
-                       mmap_mb=settings.mmap_mb, query_gate=self.gate if self.ingest else None)
         if self.ingest:
-            app[INGEST_STATUS] = self.metrics.health
-            app[SAMPLE_SOURCES].append(self.metrics.samples)
+            app = make_app(path, read_threads=settings.read_threads, cache_mb=settings.cache_mb,
+                           mmap_mb=settings.mmap_mb, ingest_status=self.metrics.health,
+                           sample_sources=[self.metrics.samples], query_gate=self.gate)
+        else:
+            app = make_app(path, read_threads=settings.read_threads, cache_mb=settings.cache_mb,
+                           mmap_mb=settings.mmap_mb)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_S)
         await runner.setup()
         host, port = settings.listen_host_port()

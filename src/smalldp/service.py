@@ -3,9 +3,9 @@
 This is the composition root: the only module that knows both the ingest side and the
 HTTP side. Lifecycle (aiosmtpd-style, kept apart from protocol and policy):
 
-  open the store (writer thread) -> bind HTTP -> READY=1 -> follow Jetstream
+  open the store (ingest thread) -> bind HTTP -> READY=1 -> follow Jetstream
   SIGHUP: re-read the config, send the new filters
-  SIGTERM/SIGINT: STOPPING=1 -> stop reading -> commit what is queued -> close the
+  SIGTERM/SIGINT: STOPPING=1 -> stop reading -> commit the batch -> close the
   store -> close HTTP
 """
 

@@ -1,6 +1,6 @@
 """What live ingest counts, for /metrics, /xrpc/_health, systemd STATUS= and the watchdog.
 
-The client (event loop) and the writer thread both update one IngestMetrics; plain int
+The ingest thread updates one IngestMetrics and the HTTP side reads it; plain int
 updates are atomic under the GIL, and every reader only needs a consistent-enough view.
 """
 
@@ -37,7 +37,7 @@ class IngestMetrics:
     _rate_points: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
 
     def committed(self, events: int, cursor: int | None, links_added: int, links_removed: int) -> None:
-        """Record one committed batch (called on the writer thread)."""
+        """Record one committed batch (called on the ingest thread)."""
         now = time.monotonic()
         self.events_committed += events
         self.batches_committed += 1

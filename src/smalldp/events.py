@@ -12,6 +12,7 @@ from typing import Annotated, Any, Union
 
 import msgspec
 
+from smalldp.derived import derived_links
 from smalldp.links import extract_links
 from smalldp.tid import tid_to_int
 
@@ -225,5 +226,6 @@ def commit_operation(did: str, time_us: int, rev_text: str, operation: str, coll
         value = _record_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         raise MalformedEvent("record is not a JSON object") from None
-    return PutRecord(did, time_us, rev, collection, rkey, cid, body, tuple(extract_links(value)),
-                     operation == "create")
+    links = extract_links(value)
+    links += derived_links(did, collection, value)
+    return PutRecord(did, time_us, rev, collection, rkey, cid, body, tuple(links), operation == "create")

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 import orjson
 from pyroaring import BitMap
 
+from smalldp.derived import is_derived
 from smalldp.links import is_link
 from smalldp.store.bodies import BodyDecompressor
 from smalldp.store.encoding import (
@@ -358,9 +359,11 @@ class Reader:
             by_sid.setdefault(sid, []).append(_Chunk(run, lo, data))
         out: dict[str, dict[str, tuple[int, int]]] = {}
         for sid in sorted(by_sid):
+            collection, path = self._source_name(sid)
+            if is_derived(path):  # the DataPlane's own views, not links of the records
+                continue
             total, actors = self._count_chunks(by_sid[sid])
             if total:
-                collection, path = self._source_name(sid)
                 out.setdefault(collection, {})[path] = (total, len(actors))
         return out
 

@@ -15,6 +15,8 @@ Tables (all integers are SQLite varints on disk):
                              newest first, split into chunks keyed by their lowest sort key
                              (0 for a run's oldest chunk, which is most keys' only one)
   purge(aid, rev)            deleted accounts whose rows are still to be removed
+  tl(bucket, seg, data)      the timeline index: per time bucket, who posted (store/timeline.py)
+  actor_rev(aid, rev)        the rev of each account's newest commit seen
 
 A record is keyed (sk, aid, coll): sk is its rkey's TID value, so records created
 now sit at the right edge of fwd and body, and creates append instead of landing
@@ -26,7 +28,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: derived links, tl, actor_rev
 DB_NAME = "smalldp.sqlite"
 PAGE_SIZE = 8192
 
@@ -54,6 +56,9 @@ CREATE TABLE IF NOT EXISTS bl(
   run INTEGER, tkey BLOB, sid INTEGER, lo INTEGER, data BLOB NOT NULL,
   PRIMARY KEY(run, tkey, sid, lo)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS purge(aid INTEGER PRIMARY KEY, rev INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS tl(bucket INTEGER, seg INTEGER, data BLOB NOT NULL,
+  PRIMARY KEY(bucket, seg)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS actor_rev(aid INTEGER PRIMARY KEY, rev INTEGER NOT NULL);
 """
 
 

@@ -28,7 +28,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import msgspec
 from pyroaring import BitMap
 
+from smalldp.derived import POST, REPOST, is_derived, is_reverse
 from smalldp.events import AccountStatus, DeleteRecord, Identity, Operation, PutRecord
+from smalldp.store import timeline
 from smalldp.store.bodies import BodyCompressor
 from smalldp.store.encoding import (
     Entry,
@@ -38,6 +40,8 @@ from smalldp.store.encoding import (
     encode_block,
     encode_links,
     encode_target,
+    get_varint,
+    put_varint,
     target_dids,
 )
 from smalldp.store.schema import open_writer
@@ -113,9 +117,13 @@ class _Batch:
     adds: dict[tuple[int, bytes], set[Entry]] = field(default_factory=dict)
     removes: dict[tuple[int, bytes], set[Entry]] = field(default_factory=dict)
     new_actors: list[tuple[int, str]] = field(default_factory=list)
+    timeline: list[timeline.TimelineEntry] = field(default_factory=list)  # new posts and reposts
+    revs: dict[int, int] = field(default_factory=dict)  # actor ID -> newest commit rev seen
     stats: BatchStats = field(default_factory=BatchStats)
     links_added: int = 0  # counted here, not in stats, to keep add_link cheap
     links_removed: int = 0
+    derived_added: int = 0  # of which derived links (smalldp.derived), not counted as links
+    derived_removed: int = 0
 
     def add_link(self, key: tuple[int, bytes], entry: Entry) -> None:
         if self.removes:
@@ -168,8 +176,13 @@ class Writer:
         conn = self.conn
         self.colls: dict[str, int] = dict(conn.execute("SELECT nsid, cid FROM coll"))
         self.coll_names = {cid: nsid for nsid, cid in self.colls.items()}
+        self._post_coll = self.colls.get(POST, -1)  # set by coll_id when first seen
+        self._repost_coll = self.colls.get(REPOST, -1)
         self.sources: dict[tuple[int, str], int] = {
             (coll, path): sid for sid, coll, path in conn.execute("SELECT sid, coll, path FROM source")}
+        self.reverse_sids = {sid for (_, path), sid in self.sources.items() if is_reverse(path)}
+        self.derived_sids = {sid for (_, path), sid in self.sources.items() if is_derived(path)}
+        self._author_tkeys: dict[int, bytes] = {}
         self.next_aid = (conn.execute("SELECT max(aid) FROM actor").fetchone()[0] or 0) + 1
         self.alias_next = self._meta("alias_next", ALIAS_BASE)
         self.links_live = self._meta("links", 0)
@@ -226,6 +239,10 @@ class Writer:
             self.conn.execute("INSERT INTO coll VALUES(?, ?)", (cid, nsid))
             self.colls[nsid] = cid
             self.coll_names[cid] = nsid
+            if nsid == POST:
+                self._post_coll = cid
+            elif nsid == REPOST:
+                self._repost_coll = cid
         return cid
 
     def source_id(self, coll: int, path: str) -> int:
@@ -235,7 +252,35 @@ class Writer:
             sid = len(self.sources) + 1
             self.conn.execute("INSERT INTO source VALUES(?, ?, ?)", (sid, coll, path))
             self.sources[(coll, path)] = sid
+            if is_reverse(path):
+                self.reverse_sids.add(sid)
+            if is_derived(path):
+                self.derived_sids.add(sid)
         return sid
+
+    def _add(self, batch: _Batch, link: tuple[int, bytes], entry: Entry) -> None:
+        if link[0] in self.derived_sids:
+            batch.derived_added += 1
+        batch.add_link(*self._edge(link, entry))
+
+    def _remove(self, batch: _Batch, link: tuple[int, bytes], entry: Entry) -> None:
+        if link[0] in self.derived_sids:
+            batch.derived_removed += 1
+        batch.remove_link(*self._edge(link, entry))
+
+    def _edge(self, link: tuple[int, bytes], entry: Entry) -> tuple[tuple[int, bytes], Entry]:
+        """Where a link of the record ``entry`` is filed: (source, target) with the record,
+        or, for reverse links (smalldp.derived), (source, author) with the subject's account."""
+        sid, tkey = link
+        if sid not in self.reverse_sids:
+            return link, entry
+        sk, aid = entry
+        author = self._author_tkeys.get(aid)
+        if author is None:
+            out = bytearray(tkey[:1])  # the DID kind byte: a reverse link's target is a DID
+            put_varint(out, aid)
+            author = self._author_tkeys[aid] = bytes(out)
+        return (sid, author), (sk, get_varint(tkey, 1)[0])
 
     def _resolve_actors(self, dids: Iterable[str], batch: _Batch) -> None:
         missing = [did for did in dids if did not in self.actors]
@@ -294,7 +339,8 @@ class Writer:
             if due:
                 self._purge(due, batch)
             self._write_backlinks(batch)
-            batch.stats.links_added, batch.stats.links_removed = batch.links_added, batch.links_removed
+            batch.stats.links_added = batch.links_added - batch.derived_added
+            batch.stats.links_removed = batch.links_removed - batch.derived_removed
             values = dict(meta or {})
             if cursor is not None:
                 values["cursor"] = cursor
@@ -369,6 +415,9 @@ class Writer:
 
     def _apply_record(self, op: PutRecord | DeleteRecord, links: Sequence[tuple[str, str]],
                       key: RecordKey, batch: _Batch) -> None:
+        sk, aid, coll = key
+        if batch.revs.get(aid, 0) < op.rev:
+            batch.revs[aid] = op.rev
         purged_rev = self.actors[op.did].purged_rev
         if purged_rev is not None and op.rev <= purged_rev:
             batch.stats.replays += 1
@@ -377,9 +426,9 @@ class Writer:
         if current is not None and current[0] >= op.rev:
             batch.stats.replays += 1  # this record already reflects a newer or equal commit
             return
-        sk, aid, coll = key
         entry = (sk, aid)
         old: LinkList = (current[1] or []) if current is not None else []
+        derived = self.derived_sids
         if type(op) is PutRecord:
             new: LinkList = []
             tkeys = self._tkeys
@@ -396,20 +445,26 @@ class Writer:
                 kept = set(new)
                 for link in old:
                     if link not in kept:
-                        batch.remove_link(link, entry)
+                        self._remove(batch, link, entry)
                 previous = set(old)
                 for link in new:
                     if link not in previous:
-                        batch.add_link(link, entry)
-            else:
+                        self._add(batch, link, entry)
+            else:  # a new record (or one re-created after a delete): every post has links
                 for link in new:
-                    batch.add_link(link, entry)
+                    if link[0] in derived:
+                        self._add(batch, link, entry)
+                    else:
+                        batch.add_link(link, entry)
+                if coll == self._post_coll or coll == self._repost_coll:
+                    batch.timeline.append((sk, aid, timeline.KIND_POST if coll == self._post_coll
+                                           else timeline.KIND_REPOST))
             batch.records[key] = (op.rev, new)
             if self._keeps_body_of(coll):
                 batch.bodies[key] = (op.cid, op.time_us, op.body)  # type: ignore[union-attr]
         else:
             for link in old:
-                batch.remove_link(link, entry)
+                self._remove(batch, link, entry)
             batch.records[key] = (op.rev, None)
             if self._keeps_body_of(coll):
                 batch.bodies[key] = None
@@ -468,6 +523,11 @@ class Writer:
             # rev is stored relative to the sort key: both are TIDs of about the same moment
             rows.append((*key, rev - key[0], None if links is None else encode_links(links)))
         conn.executemany("INSERT OR REPLACE INTO fwd VALUES(?, ?, ?, ?, ?)", rows)
+        if batch.timeline:
+            timeline.write_entries(conn, batch.timeline)
+        if batch.revs:
+            conn.executemany("INSERT INTO actor_rev VALUES(?, ?) ON CONFLICT(aid) DO UPDATE "
+                             "SET rev=excluded.rev WHERE excluded.rev > rev", list(batch.revs.items()))
         puts, deletes = [], []
         for key in sorted(batch.bodies):
             value = batch.bodies[key]
@@ -498,7 +558,9 @@ class Writer:
             self.conn.executemany("INSERT INTO bl VALUES(?, ?, ?, ?, ?)", rows)
             self.conn.execute("INSERT INTO run VALUES(?, 0, ?)", (run, len(rows)))
             self.runs[run] = 0
-        self.links_live += sum(len(e) for e in adds.values()) - sum(len(e) for e in batch.removes.values())
+        derived = self.derived_sids  # the DataPlane's views are not counted as links
+        self.links_live += (sum(len(e) for k, e in adds.items() if k[0] not in derived)
+                            - sum(len(e) for k, e in batch.removes.items() if k[0] not in derived))
         batch.adds.clear()
         batch.removes.clear()
 
@@ -564,7 +626,7 @@ class Writer:
                 continue
             if links is not None:
                 for link in decode_links(links):
-                    batch.remove_link(link, (sk, aid))
+                    self._remove(batch, link, (sk, aid))
             doomed.append((sk, aid, coll))
         conn.executemany("DELETE FROM fwd WHERE sk=? AND aid=? AND coll=?", doomed)
         conn.executemany("DELETE FROM body WHERE sk=? AND aid=? AND coll=?", doomed)

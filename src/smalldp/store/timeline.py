@@ -1,0 +1,131 @@
+"""The timeline index: who posted or reposted in each time bucket, as bitmaps.
+
+A home timeline is "the newest posts and reposts of the accounts I follow". Asking each
+followed account's author index would cost one lookup per followed account per run;
+instead the store keeps, per time bucket of the records' rkey TIDs (2^29 us, about nine
+minutes), *segments*: a roaring bitmap of the authors plus their entries sorted by
+author. A timeline walks buckets newest first, intersects each segment's bitmap with
+the follow set, and binary-searches only the hits' entries.
+
+Segments are append-only: each batch adds one per bucket it touched, and a bucket's
+segments are merged into one when there are more than ``SEGMENTS_MAX``. Deletes and
+purges do not rewrite them: a reader checks its candidates against the forward index
+(which says whether a record is still live), so segments are a superset.
+
+Segment layout: n (u32), bitmap length (u32), bitmap, n author IDs (u32, sorted),
+n sort keys (i64), n kinds (u8: 0 post, 1 repost); entries sorted by author, then sort
+key descending. Arrays are little-endian.
+"""
+
+from __future__ import annotations
+
+import bisect
+import sqlite3
+import struct
+import sys
+from array import array
+from typing import Iterable, Iterator
+
+from pyroaring import BitMap
+
+BUCKET_SHIFT = 39  # sort keys are TIDs, (us << 10) | clock: 2^39 of them is 2^29 us
+SEGMENTS_MAX = 16
+KIND_POST, KIND_REPOST = 0, 1
+TimelineEntry = tuple[int, int, int]  # (sort key, author ID, kind)
+_HEADER = struct.Struct("<II")
+_SWAP = sys.byteorder != "little"
+
+
+def bucket_of(sk: int) -> int:
+    """The time bucket of a sort key."""
+    return sk >> BUCKET_SHIFT
+
+
+def bucket_floor(bucket: int) -> int:
+    """The lowest sort key of a bucket."""
+    return bucket << BUCKET_SHIFT
+
+
+def encode_segment(entries: Iterable[TimelineEntry]) -> bytes:
+    """Encode entries (any order; duplicates are dropped)."""
+    ordered = sorted(set(entries), key=lambda e: (e[1], -e[0], e[2]))
+    aids = array("I", [e[1] for e in ordered])
+    sks = array("q", [e[0] for e in ordered])
+    kinds = bytes(e[2] for e in ordered)
+    bitmap = BitMap(aids).serialize()
+    if _SWAP:
+        aids.byteswap()
+        sks.byteswap()
+    return b"".join((_HEADER.pack(len(ordered), len(bitmap)), bitmap, aids.tobytes(), sks.tobytes(), kinds))
+
+
+class Segment:
+    """A decoded segment: the bitmap at once, the arrays when first needed."""
+
+    __slots__ = ("bitmap", "_data", "_n", "_pos", "_aids", "_sks")
+
+    def __init__(self, data: bytes) -> None:
+        self._n, size = _HEADER.unpack_from(data, 0)
+        self.bitmap = BitMap.deserialize(data[8:8 + size])
+        self._data = data
+        self._pos = 8 + size
+        self._aids: array[int] | None = None
+        self._sks: array[int] = array("q")
+
+    def _load(self) -> array[int]:
+        n, pos, data = self._n, self._pos, self._data
+        aids = array("I")
+        aids.frombytes(data[pos:pos + 4 * n])
+        self._sks.frombytes(data[pos + 4 * n:pos + 12 * n])
+        if _SWAP:
+            aids.byteswap()
+            self._sks.byteswap()
+        self._aids = aids
+        return aids
+
+    def entries_of(self, aid: int) -> Iterator[TimelineEntry]:
+        """The entries of one author, newest first."""
+        aids = self._aids if self._aids is not None else self._load()
+        start = bisect.bisect_left(aids, aid)
+        end = bisect.bisect_right(aids, aid, start)
+        kinds_at = self._pos + 12 * self._n
+        for i in range(start, end):
+            yield self._sks[i], aid, self._data[kinds_at + i]
+
+    def all_entries(self) -> Iterator[TimelineEntry]:
+        """Every entry (for merging)."""
+        aids = self._aids if self._aids is not None else self._load()
+        kinds_at = self._pos + 12 * self._n
+        for i in range(self._n):
+            yield self._sks[i], aids[i], self._data[kinds_at + i]
+
+
+def write_entries(conn: sqlite3.Connection, entries: Iterable[TimelineEntry]) -> None:
+    """Writer side: add one segment per bucket touched; merge buckets that have too many."""
+    by_bucket: dict[int, list[TimelineEntry]] = {}
+    for entry in entries:
+        if entry[0] >= 0:  # non-TID rkeys have no time: not in any timeline bucket
+            by_bucket.setdefault(bucket_of(entry[0]), []).append(entry)
+    for bucket, part in by_bucket.items():
+        last, count = conn.execute("SELECT max(seg), count(*) FROM tl WHERE bucket=?", (bucket,)).fetchone()
+        conn.execute("INSERT INTO tl VALUES(?, ?, ?)", (bucket, (last or 0) + 1, encode_segment(part)))
+        if count + 1 > SEGMENTS_MAX:
+            merged: list[TimelineEntry] = []
+            for (data,) in conn.execute("SELECT data FROM tl WHERE bucket=?", (bucket,)).fetchall():
+                merged.extend(Segment(data).all_entries())
+            conn.execute("DELETE FROM tl WHERE bucket=?", (bucket,))
+            conn.execute("INSERT INTO tl VALUES(?, 1, ?)", (bucket, encode_segment(merged)))
+
+
+def buckets_before(conn: sqlite3.Connection, bucket: int) -> Iterator[tuple[int, list[Segment]]]:
+    """Reader side: (bucket, its segments) for buckets <= ``bucket``, newest first."""
+    current: int | None = None
+    segments: list[Segment] = []
+    for b, data in conn.execute("SELECT bucket, data FROM tl WHERE bucket <= ? ORDER BY bucket DESC", (bucket,)):
+        if b != current:
+            if current is not None:
+                yield current, segments
+            current, segments = b, []
+        segments.append(Segment(data))
+    if current is not None:
+        yield current, segments

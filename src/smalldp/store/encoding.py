@@ -145,6 +145,32 @@ def decode_target(key: bytes, did_of: Callable[[int], str], nsid_of: Callable[[i
     return f"at://{did_of(aid)}/{nsid_of(coll)}/{rkey}"
 
 
+def did_key(aid: int) -> bytes:
+    """The target key of a DID with account ID ``aid``."""
+    out = bytearray((_DID,))
+    put_varint(out, aid)
+    return bytes(out)
+
+
+def key_account(key: bytes) -> int | None:
+    """The account ID a DID or at-uri target key names (None for other targets)."""
+    if key[0] == _RAW:
+        return None
+    return get_varint(key, 1)[0]
+
+
+def key_record(key: bytes) -> tuple[int, int, int | str] | None:
+    """(account ID, collection ID, TID sort key or non-TID rkey) of an at-uri key, else None."""
+    kind = key[0]
+    if kind != _URI_TID and kind != _URI_KEY:
+        return None
+    aid, pos = get_varint(key, 1)
+    coll, pos = get_varint(key, pos)
+    if kind == _URI_TID:
+        return aid, coll, int.from_bytes(key[pos:pos + 8], "big")
+    return aid, coll, key[pos:].decode()
+
+
 # ---------------------------------------------------------------- forward link lists
 
 def encode_links(links: list[tuple[int, bytes]]) -> bytes:

@@ -10,6 +10,7 @@ Replay rules (as the store applies them):
 * a commit applies only if its rev is newer than the last rev applied to that record
   (a delete of an unknown record still records its rev);
 * an account / identity event applies only if its seq is newer than the last one;
+* inactive means the latest applied account event said ``active: false``;
 * ``status: deleted`` purges the account's records with a rev up to
   ``tid(time_us + PURGE_MARGIN_US, 1023)``; commits with a rev up to that are ignored
   from then on.
@@ -459,16 +460,12 @@ class AppViewModel:
     def get_dids_by_handles(self, handles: list[str]) -> list[set[str]]:
         """getDidsByHandles: per handle, the set of acceptable answers.
 
-        Several DIDs may claim one handle at once (the spec does not say which wins):
-        any of them is accepted; "" only when none does, or as well when a claimant is
-        inactive (the spec does not say whether inactive accounts resolve)."""
+        Handles resolve whatever the account's status.  Several DIDs may claim one
+        handle at once (the spec does not say which wins): any of them is accepted."""
         out = []
         for h in handles:
             claim = {d for d, a in self.actors.items() if a.handle is not None and a.handle == h.lower()}
-            ok = set(claim)
-            if not claim or any(not self.active(d) for d in claim):
-                ok.add("")
-            out.append(ok)
+            out.append(claim or {""})
         return out
 
     def get_latest_rev(self, actor: str) -> str:

@@ -15,6 +15,7 @@ import pytest
 
 from smalldp.store.writer import Writer
 
+from appview_model import AppViewModel
 from helpers_server import BASE_US, POST, Client, Events, apply, at_uri, did, iso, running, tid
 
 pytestmark = pytest.mark.timeout(120)
@@ -86,6 +87,11 @@ class World:
         self.ev = Events()
         self.times: dict[str, int] = {}
         self.bodies: dict[str, dict[str, Any]] = {}
+        self.events: list[dict[str, Any]] = []  # everything applied, in order (for the model check)
+
+    def apply(self, events: list[dict[str, Any]]) -> None:
+        apply(self.writer, events)
+        self.events += events
 
     def post(self, uri: str, record: dict[str, Any]) -> dict[str, Any]:
         author = uri.split("/")[2]
@@ -97,13 +103,13 @@ class World:
     def build(self) -> None:
         ev = self.ev
         # first sight in this order: viewer, alice, bob, carol, dave, eve, mallory
-        apply(self.writer, [{"did": d, "time_us": BASE_US + i, "kind": "identity",
+        self.apply([{"did": d, "time_us": BASE_US + i, "kind": "identity",
                              "identity": {"did": d, "seq": 1, "handle": f"{name}.test"}}
                             for i, (d, name) in enumerate(zip(
                                 (VIEWER, ALICE, BOB, CAROL, DAVE, EVE, MALLORY),
                                 ("viewer", "alice", "bob", "carol", "dave", "eve", "mallory")))])
         images = {"$type": "app.bsky.embed.images", "images": [{"alt": "a cat", "image": {"$type": "blob"}}]}
-        apply(self.writer, [
+        self.apply([
             ev.put(ALICE, PROFILE, "self", PROFILE_BODY, cid="bafyprofilealice"),
             self.post(B1, post_record("bob one")),
             self.post(B2, post_record("bob two")),
@@ -116,7 +122,7 @@ class World:
             ev.repost(ALICE, rkey(ALICE_REPOST), B2),
             ev.delete(ALICE, POST, rkey(P0)),
         ])
-        apply(self.writer, [
+        self.apply([
             ev.like(VIEWER, rkey(VIEWER_LIKE_P1_OLD), P1),
             ev.like(VIEWER, rkey(VIEWER_LIKE_P1_NEW), P1),
             ev.like(BOB, rkey(BOB_LIKE_P1), P1),
@@ -133,7 +139,7 @@ class World:
             ev.repost(VIEWER, rkey(VIEWER_REPOST_P2), P2),
             ev.repost(CAROL, rkey(CAROL_REPOST_P2), P2),
         ])
-        apply(self.writer, [
+        self.apply([
             ev.follow(VIEWER, rkey(VIEWER_FOLLOWS_ALICE), ALICE),
             ev.follow(ALICE, rkey(ALICE_FOLLOWS_VIEWER), VIEWER),
             ev.follow(VIEWER, tid(8_200_000), CAROL),
@@ -150,7 +156,7 @@ class World:
             ev.put(VIEWER, LISTBLOCK, rkey(VIEWER_LISTBLOCK), {"$type": LISTBLOCK, "subject": VIEWER_LIST}),
             ev.put(ALICE, LIST, rkey(ALICE_LIST), {"$type": LIST, "name": "friends", "purpose": "curatelist"}),
         ])
-        apply(self.writer, [ev.account(DAVE, False, 5, "deactivated")])
+        self.apply([ev.account(DAVE, False, 5, "deactivated")])
 
     def record(self, uri: str, created: str) -> dict[str, Any]:
         """The getRecords element of a post, worked out from its event."""
@@ -262,3 +268,32 @@ def test_profile_and_thread_pages(tmp_path: Path) -> None:
 
     asyncio.run(main())
     world.writer.close()
+
+
+def test_model_gives_the_hand_answers(tmp_path: Path) -> None:
+    """The brute-force model of test_dataplane, on the same hand-built world, gives the
+    hand-written answers above (a check of the model itself)."""
+    world = World(tmp_path / "db.sqlite")
+    world.build()
+    world.writer.close()
+    m = AppViewModel()
+    m.apply_all(world.events)
+    assert m.get_counts_for_users([ALICE, DAVE]) == {
+        "followers": [3, 0], "following": [2, 0], "posts": [4, 0], "reposts": [1, 0], "lists": [1, 0],
+        "feeds": [0, 0], "starterPacks": [0, 0]}
+    rel = m.get_relationships(VIEWER, [ALICE, EVE, MALLORY, DAVE])
+    assert [(r["following"], r["followedBy"], r["blockedBy"], r["blockingByList"]) for r in rel] == [
+        (VIEWER_FOLLOWS_ALICE, ALICE_FOLLOWS_VIEWER, "", ""), ("", "", EVE_BLOCKS_VIEWER, ""),
+        ("", "", "", VIEWER_LISTBLOCK), ("", "", "", "")]
+    assert [(i["uri"], i["repost"]) for i in m.get_author_feed(ALICE)] == [
+        (P4, ""), (B2, ALICE_REPOST), (P3, ""), (P2, ""), (P1, "")]
+    assert m.get_interaction_counts([P1, C1, B1]) == {
+        "likes": [3, 1, 0], "reposts": [0, 0, 0], "replies": [2, 1, 1], "quotes": [1, 0, 1]}
+    assert m.get_thread(C1) == [P1, C1, VR]
+    assert m.get_thread(P1, below=1) == [P1, BR, C1]
+    assert m.get_known_likers(VIEWER, [P1, C1]) == [(P1, {BOB, CAROL}), (C1, {BOB})]
+    assert m.get_block_existence([(VIEWER, EVE), (VIEWER, MALLORY), (VIEWER, ALICE), (VIEWER, DAVE)]) == [
+        True, True, False, False]
+    assert m.get_likes_by_actor_and_subjects(VIEWER, [P2, P1]) == ["", VIEWER_LIKE_P1_NEW]
+    records = m.get_records([P1, P0])
+    assert records[1] is None and records[0] == world.record(P1, "2023-01-01T00:00:00.000Z")

@@ -1,5 +1,8 @@
 """Benchmark: generate N events, import them, serve the file, measure queries over loopback.
 
+`--dataplane` runs the DataPlane benchmark instead (scripts/bench_dataplane.py: every
+dev.smalldp method under open-loop load while live ingest runs; see its --help).
+
 Run through `scripts/bench` (which sets up the virtualenv).  Prints and writes JSON.
 This is a measurement, never a test: figures depend on the machine and its load.
 """
@@ -267,6 +270,11 @@ def serve_and_measure(data_dir: Path, rounds: int) -> dict[str, object]:
 
 
 def main() -> int:
+    if "--dataplane" in sys.argv[1:]:  # the DataPlane benchmark (scripts/bench_dataplane.py)
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import bench_dataplane
+
+        return bench_dataplane.main([a for a in sys.argv[1:] if a != "--dataplane"])
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--seed", type=int, default=1)

@@ -4,7 +4,7 @@
 Usage::
 
     gen_events.py --events N [--seed S] [--out PATH] [--start-time-us T]
-                  [--rate EVENTS_PER_S] [--accounts A] [--stats]
+                  [--rate EVENTS_PER_S] [--accounts A] [--dataplane] [--stats]
 
 One JSON object per line, shaped like production Jetstream v1 (``kind`` commit /
 identity / account).  ``--out`` defaults to stdout; a path ending in ``.zst`` is
@@ -36,7 +36,8 @@ from typing import Any, Iterator
 
 import orjson
 
-__all__ = ["generate", "EventGenerator", "DEFAULTS", "DEFAULT_MIX", "did_of", "celebrity_dids", "main"]
+__all__ = ["generate", "EventGenerator", "DEFAULTS", "DEFAULT_MIX", "did_of", "celebrity_dids", "viewer_dids",
+           "mega_did", "list_owner_dids", "main"]
 
 # --------------------------------------------------------------------------------------
 # Parameters (see GENERATOR.md for the source of every value)
@@ -64,6 +65,17 @@ DEFAULTS: dict[str, Any] = {
     "post_window": 200000,  # recent posts remembered for replies/likes/deletes
     "record_window": 100000,  # recent likes/follows/reposts/other records remembered
     "mix": None,  # dict overriding entries of DEFAULT_MIX
+    # ---- scripted accounts for the DataPlane benchmark (off unless dataplane=True; GENERATOR.md) ----
+    "dataplane": False,  # add the viewers, the mega account, big lists and long threads below
+    "viewers": 4,  # viewer accounts: follow exactly `viewer_follows` active posters each, nothing else
+    "viewer_follows": 1000,
+    "viewer_window": None,  # None -> 25 * viewers * viewer_follows events hold the viewers' follows
+    "mega_followers": 120000,  # scripted follows of the mega account, from distinct accounts
+    "mega_span": 9600000,  # ... spread evenly over the first mega_span events
+    "big_lists": 4,  # big lists (even: modlists, odd: curatelists), one listitem each every ...
+    "big_list_every": 2000,  # ... this many events
+    "thread_every": 50000,  # a long reply chain (a conversation) starts every this many events
+    "thread_depth": 40,  # replies in each chain
 }
 
 # Share of all events, in percent (normalised by their sum).  Sources: GENERATOR.md.
@@ -106,6 +118,8 @@ _PP, _OP = 2246822519, 91997  # popularity-rank -> account bijection
 
 # statuses in the per-account status byte
 _ACTIVE, _DEACTIVATED, _TAKENDOWN, _SUSPENDED, _DELETED = 0, 1, 2, 3, 4
+_SCRIPTED = 5  # a viewer (dataplane=True): active, but never picked for a random op
+_PP2, _OP2 = 2654435761, 40503  # a second bijection (mega followers, big-list members)
 
 C_LIKE = "app.bsky.feed.like"
 C_POST = "app.bsky.feed.post"
@@ -204,6 +218,151 @@ def celebrity_dids(accounts: int) -> list[str]:
     """DIDs of the celebrity accounts (most popular follow targets, authors of viral posts)."""
     u = _universe(accounts, _n_celebs(accounts, None))
     return [did_of(a, accounts) for a in u["celebs"]]
+
+
+def _pop_rank(a: int, A: int) -> int | None:
+    """Popularity rank of account ``a`` (inverse of the rank -> account bijection), or None."""
+    try:
+        return ((a - _OP) * pow(_PP, -1, A)) % A
+    except ValueError:  # _PP not invertible mod A (A a multiple of the prime _PP): unknown
+        return None
+
+
+@lru_cache(maxsize=8)
+def _special(A: int, n_viewers: int = 4, n_lists: int = 4) -> dict[str, Any]:
+    """Account indices of the scripted DataPlane accounts; they depend only on the counts.
+
+    * mega: the first account from activity rank 100 on that is in the bottom half of the
+      popularity order (so natural follows of it are rare: its followers are scripted);
+    * viewers: from the least active account backwards, accounts that are not popular;
+    * list owners: from activity rank 300 on, not popular.
+    """
+    pop = _universe(A, _n_celebs(A, None))["pop"]
+    mega = -1
+    for a in range(min(100, A // 4), A):
+        r = _pop_rank(a, A)
+        if not pop[a] and (r is None or r >= A // 2):
+            mega = a
+            break
+    viewers: list[int] = []
+    a = A - 1
+    while len(viewers) < n_viewers and a > 0:
+        if not pop[a] and a != mega:
+            viewers.append(a)
+        a -= 1
+    owners: list[int] = []
+    a = min(300, A // 3)
+    while len(owners) < n_lists and a < A:
+        if not pop[a] and a != mega and a not in viewers:
+            owners.append(a)
+        a += 1
+    return {"mega": mega, "viewers": viewers, "owners": owners}
+
+
+def viewer_dids(accounts: int, viewers: int = 4) -> list[str]:
+    """DIDs of the viewer accounts of a ``dataplane=True`` stream (each follows exactly
+    ``viewer_follows`` active accounts that post; viewer 0 shares the most followees with
+    the mega account's followers, see GENERATOR.md)."""
+    return [did_of(a, accounts) for a in _special(accounts, viewers)["viewers"]]
+
+
+def mega_did(accounts: int) -> str:
+    """DID of the mega account of a ``dataplane=True`` stream (``mega_followers`` scripted followers)."""
+    return did_of(_special(accounts)["mega"], accounts)
+
+
+def list_owner_dids(accounts: int, big_lists: int = 4) -> list[str]:
+    """DIDs of the owners of the big lists of a ``dataplane=True`` stream (list j's owner at j)."""
+    return [did_of(a, accounts) for a in _special(accounts, 4, big_lists)["owners"]]
+
+
+def _dataplane_script(cfg: dict[str, Any], A: int, n: int,
+                      seed: int) -> tuple[list[tuple[int, int, str, Any]], list[int], list[int], list[int], list[int]]:
+    """The scripted actions of a ``dataplane=True`` stream, sorted by event index.
+
+    Returns (script, mega_queue, followee_pool, protected accounts, viewer accounts).
+    Choices come from their own seeded RNG; indices depend on the parameters, not on ``n``
+    (only actions at indices below ``n`` are listed), so prefixes stay prefixes.
+    """
+    V, F, L = int(cfg["viewers"]), int(cfg["viewer_follows"]), int(cfg["big_lists"])
+    spec = _special(A, V, L)
+    mega, viewers, owners = spec["mega"], spec["viewers"], spec["owners"]
+    if mega < 0 or len(viewers) < V or len(owners) < L:
+        raise ValueError("too few accounts for the scripted DataPlane accounts")
+    reserved = set(viewers) | {mega}
+    F = min(F, (A - len(reserved)) // 4)  # tiny universes: fewer follows per viewer
+    pool = [a for a in range(A) if a not in reserved][: 3 * F]  # the most active accounts
+    rng = Random(f"smalldp-gen-dataplane-{seed}")
+    follows = [rng.sample(pool, F) for _ in viewers]
+    window = int(cfg["viewer_window"] or 25 * V * F)
+    step = max(1, window // max(1, V * F))
+    out: list[tuple[int, int, str, Any]] = []
+
+    def add(i: int, act: str, arg: Any) -> None:
+        if i < n:
+            out.append((i, len(out), act, arg))
+
+    specials = [mega, *viewers, *owners]
+    for k, a in enumerate(specials):  # handles and profiles of the scripted accounts
+        add(1 + 2 * k, "identity", a)
+        add(2 + 2 * k, "profile", a)
+    for j in range(L):
+        add(60 + j, "biglist", j)
+    for v, a in enumerate(viewers):
+        for j in range(0, L, 2):  # viewer 0 blocks every modlist, the others one of them
+            if v == 0 or (j // 2) % 2 == v % 2:
+                add(200 + 10 * v + j, "vlistblock", (a, j))
+    base = 100
+    for j in range(F):
+        for v, a in enumerate(viewers):
+            i = base + (j * V + v) * step
+            b = follows[v][j]
+            add(i, "vfollow", (a, b))
+            if rng.random() < 0.1:  # followed back
+                add(i + 7, "followback", (b, a))
+    for v, a in enumerate(viewers):
+        mine = set(follows[v])
+        for _ in range(25):
+            b = rng.randrange(A)
+            if b not in reserved and b not in mine:
+                add(base + step * rng.randrange(V * F) + 3, "vblock", (a, b))
+    for v, a in enumerate(viewers):
+        i = 120000 + 5000 * v
+        while i < n:
+            add(i, "vpost", a)
+            i += 20000
+    M = int(cfg["mega_followers"])
+    if M > 0:
+        mstep = max(1, int(cfg["mega_span"]) // M)
+        for k in range(min(M, max(0, (n - 1000) // mstep + 1))):
+            add(1000 + k * mstep, "mfollow", None)
+    every = int(cfg["big_list_every"])
+    for j in range(L):
+        i = 500 + j * max(1, every // L)
+        while i < n:
+            add(i, "listitem", j)
+            i += every
+    te, depth = int(cfg["thread_every"]), int(cfg["thread_depth"])
+    th = 0
+    while 30000 + th * te < n:
+        s0 = 30000 + th * te
+        for j in range(depth + 1):
+            add(s0 + 50 * j, "thread", (th, j))
+        th += 1
+    out.sort()
+    # who follows the mega account first: viewer 0's followees all, viewer 1's half,
+    # viewer 2's tenth, viewer 3's none (round-robin, each account once)
+    shares = [1.0, 0.5, 0.1] + [0.0] * max(0, V - 3)
+    take = [follows[v][: int(F * shares[v])] for v in range(V)]
+    queue: list[int] = []
+    seen: set[int] = set()
+    for j in range(F):
+        for v in range(V):
+            if j < len(take[v]) and take[v][j] not in seen:
+                seen.add(take[v][j])
+                queue.append(take[v][j])
+    followees = sorted({b for f in follows for b in f})
+    return out, queue, followees, [mega, *owners, *followees], list(viewers)
 
 
 # --------------------------------------------------------------------------------------
@@ -449,7 +608,9 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
     # ---- per-account state (a few bytes per account) ----
     LREV = array("q", bytes(8 * A))  # last rev (TID integer) per account
     STATUS = bytearray(A)
-    FLAGS = bytearray(A)  # 1 profile exists, 2 chat declaration exists, 4 teal status exists
+    # 1 profile exists, 2 chat declaration exists, 4 teal status exists, 8 never deactivated
+    # (scripted DataPlane accounts), 16 has posted, 32 follows the mega account (scripted)
+    FLAGS = bytearray(A)
     deactivated: list[int] = []
 
     # ---- samplers: continuous Zipf-Mandelbrot, weight(rank) ~ (rank + q) ** -s ----
@@ -651,6 +812,7 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
 
     # ---- commit building helpers (everything but like/repost/follow) ----
     cur = [0, 0]  # [rev int, rkey int] of the commit being built (set by head())
+    last_post: list[Any] = [None]  # ring entry of the latest post (set by op_post)
 
     def head(a: int, t: int) -> str:
         rv = ((t - lag_lo - int(lagspan * rnd())) << 10) | CLK[a]
@@ -757,18 +919,24 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
 
     # ---- ops: each returns a line, or None when nothing suitable is remembered yet ----
 
-    def op_post(t: int) -> bytes:
+    def op_post(t: int, author: int = -1, parent: Any = None, top: bool = False) -> bytes:
+        """A post by a random account (or by ``author``; a reply to the post entry ``parent``
+        when given, never a reply when ``top``).  ``last_post[0]`` is its ring entry afterwards."""
         nonlocal pw, pfill, ppw
         is_hot = False
-        if rnd() < hot_post_prob:
-            a = CELEBS[int(len(CELEBS) * rnd() ** 2)]
-            if not STATUS[a]:
-                is_hot = True
-        if not is_hot:
-            while True:
-                a = int((ac0 + rnd() * aD) ** ainv - aq) % A
+        if author >= 0:
+            a = author
+        else:
+            if rnd() < hot_post_prob:
+                a = CELEBS[int(len(CELEBS) * rnd() ** 2)]
                 if not STATUS[a]:
-                    break
+                    is_hot = True
+            if not is_hot:
+                while True:
+                    a = int((ac0 + rnd() * aD) ** ainv - aq) % A
+                    if not STATUS[a]:
+                        break
+        FLAGS[a] |= 16
         rv = ((t - lag_lo - int(lagspan * rnd())) << 10) | CLK[a]
         if rv <= LREV[a]:
             rv = LREV[a] + 1024
@@ -776,7 +944,12 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
         rkv = rv - RKOFF[RKD[a]]
         rk = HI[rkv >> 30] + T3[(rkv >> 15) & 32767] + T3[rkv & 32767]
         ms = (rkv >> 10) // 1000
-        if not is_hot and rnd() < reply_frac:
+        if parent is not None:
+            parent_ref = parent[1]
+            root_ref = parent[2] or parent_ref
+            rec = post_record(ISOS[ms // 1000] + MS3[ms % 1000], {"parent": F(parent_ref), "root": F(root_ref)})
+            extra["replies"] += 1
+        elif not is_hot and not top and rnd() < reply_frac:
             pe = pick_parent()
             if pe is None:
                 parent_ref = root_ref = old_ref()
@@ -810,6 +983,7 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
             hot.append(e)
             if len(hot) > HOTCAP:
                 del hot[0]
+        last_post[0] = e
         return line
 
     def add_misc(e: list[Any]) -> None:
@@ -881,8 +1055,8 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
         return commit(a, t, rev, "create", C_LISTBLOCK, rk,
                       {"$type": C_LISTBLOCK, "createdAt": iso(rkv >> 10), "subject": le[3]})
 
-    def op_profile(t: int) -> bytes:
-        a = pick_active()
+    def op_profile(t: int, author: int = -1) -> bytes:
+        a = pick_active() if author < 0 else author
         rev = head(a, t)
         exists = FLAGS[a] & 1
         FLAGS[a] |= 1
@@ -1171,7 +1345,7 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
             return account_line(t, i, pick_active(), None)
         for _ in range(20):  # target: a uniformly random active non-celebrity account
             a = int(rnd() * A)
-            if not STATUS[a] and POP[a] != 2:
+            if not STATUS[a] and POP[a] != 2 and not FLAGS[a] & 8:  # 8: a scripted account
                 break
         else:
             return account_line(t, i, pick_active(), None)
@@ -1199,6 +1373,183 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
     OPF = [OPFN.get(o) for o in OPS]
     IS_ID = [o == "identity" for o in OPS]
 
+    # ---- scripted DataPlane accounts (dataplane=True; see GENERATOR.md) ----
+    # A sorted list of (event index, tie, action, args); the main loop runs the due action
+    # instead of a random op.  Indices depend on the parameters only (never on n), so a
+    # shorter stream is still a prefix of a longer one.  An action that must first emit
+    # something else (a followee's first post) stays due and runs at the next event.
+    script: list[tuple[int, int, str, Any]] = []
+    dp_queue: list[int] = []  # accounts to follow the mega account first (viewers' followees)
+    dp_pool_all: list[int] = []  # every viewer's followee (some become big-list members)
+    if cfg["dataplane"]:
+        script, dp_queue, dp_pool_all, protected, scripted_viewers = _dataplane_script(cfg, A, n, gen.seed)
+        for a in protected:
+            FLAGS[a] |= 8
+        for a in scripted_viewers:  # no random activity at all: every commit of theirs is scripted
+            STATUS[a] = _SCRIPTED
+        gen.stats["dataplane"] = dp_stats = {"viewer_follows": 0, "followee_first_posts": 0, "followbacks": 0,
+                                             "mega_follows": 0, "big_list_items": 0, "thread_replies": 0,
+                                             "threads_cut": 0, "skipped": 0}
+    sp = 0
+    nxt = script[0][0] if script else n + 1
+    big_list_entries: dict[int, list[Any]] = {}  # list j -> [owner, coll, rkey, uri, purpose, name]
+    threads: dict[int, list[Any]] = {}  # thread id -> [root entry, last entry, participants]
+    mega_queue = {"pos": 0, "k": 0}
+    spec = _special(A, int(cfg["viewers"]), int(cfg["big_lists"])) if cfg["dataplane"] else {}
+
+    def follow_commit(a: int, s: int, t: int, in_ring: bool) -> bytes:
+        nonlocal fw
+        rev = head(a, t)
+        rkv = cur[1]
+        rk = tid(rkv)
+        if in_ring:  # may be unfollowed later, like any follow
+            j = fw % FW
+            FA[j] = a
+            FR[j] = rk
+            fw += 1
+            stats_ops[(C_FOLLOW, "create")] = stats_ops.get((C_FOLLOW, "create"), 0) - 1  # counted via fw
+            kinds["commit"] -= 1
+        return commit(a, t, rev, "create", C_FOLLOW, rk,
+                      {"$type": C_FOLLOW, "createdAt": iso(rkv >> 10), "subject": did(s)})
+
+    def next_mega_follower() -> int:
+        """The next account to follow the mega account: viewers' followees first (every 4th
+        slot, while any is left), else the next active account of a fixed permutation."""
+        q = dp_queue
+        k = mega_queue["k"]
+        mega_queue["k"] = k + 1
+        if k % 4 == 0:
+            while mega_queue["pos"] < len(q):
+                b = q[mega_queue["pos"]]
+                mega_queue["pos"] += 1
+                if not STATUS[b] and not FLAGS[b] & 32:
+                    return b
+        for _ in range(64):
+            b = (dp_perm[0] * _PP2 + _OP2) % A
+            dp_perm[0] += 1
+            if not STATUS[b] and not FLAGS[b] & 32 and b != spec["mega"]:
+                return b
+        return -1
+
+    def run_special(t: int, i: int) -> bytes | None:
+        """The line of the due scripted action (None: it could not run; a random op instead)."""
+        nonlocal sp, nxt
+        idx, _, act, arg = script[sp]
+        line: bytes | None = None
+        done = True
+        if act == "identity":
+            kinds["identity"] += 1
+            d = did(arg)
+            line = dumps({"did": d, "time_us": t, "kind": "identity",
+                          "identity": {"did": d, "handle": handle(arg), "seq": seq0 + i, "time": iso(t - lag)}})
+        elif act == "profile":
+            line = op_profile(t, arg)
+        elif act == "vfollow":
+            v, b = arg
+            if not FLAGS[b] & 16:  # the followee posts before the viewer follows it
+                line = op_post(t, b)
+                dp_stats["followee_first_posts"] += 1
+                done = False
+            else:
+                line = follow_commit(v, b, t, False)
+                dp_stats["viewer_follows"] += 1
+        elif act == "followback":
+            b, v = arg
+            line = follow_commit(b, v, t, False)
+            dp_stats["followbacks"] += 1
+        elif act == "vblock":
+            v, b = arg
+            rev = head(v, t)
+            rk = tid(cur[1])
+            line = commit(v, t, rev, "create", C_BLOCK, rk,
+                          {"$type": C_BLOCK, "createdAt": iso(cur[1] >> 10), "subject": did(b)})
+        elif act == "vpost":
+            line = op_post(t, arg)
+        elif act == "mfollow":
+            b = next_mega_follower()
+            if b >= 0:
+                FLAGS[b] |= 32
+                line = follow_commit(b, spec["mega"], t, True)
+                dp_stats["mega_follows"] += 1
+        elif act == "biglist":
+            j = arg
+            a = spec["owners"][j]
+            rev = head(a, t)
+            rk = tid(cur[1])
+            purpose = _LIST_PURPOSES[j % 2][0]
+            name = f"big list {j} ({'mod' if j % 2 == 0 else 'curate'})"
+            big_list_entries[j] = [a, C_LIST, rk, f"at://{did(a)}/{C_LIST}/{rk}", purpose, name]
+            line = commit(a, t, rev, "create", C_LIST, rk,
+                          {"$type": C_LIST, "createdAt": iso(cur[1] >> 10), "description": "scripted big list",
+                           "name": name, "purpose": purpose})
+        elif act == "listitem":
+            j = arg
+            le = big_list_entries.get(j)
+            if le is not None:
+                for _ in range(32):
+                    c = dp_lists_next[j]
+                    dp_lists_next[j] = c + 1
+                    if c % 5 == 0 and dp_pool_all:  # every 5th member: someone the viewers follow
+                        b = dp_pool_all[(c // 5 * 7919) % len(dp_pool_all)]
+                    else:
+                        b = ((c + 1000003 * (j + 1)) * _PP2 + _OP2) % A
+                    if not STATUS[b] and b != le[0]:
+                        break
+                a = le[0]
+                rev = head(a, t)
+                rk = tid(cur[1])
+                add_misc([a, C_LISTITEM, rk])
+                line = commit(a, t, rev, "create", C_LISTITEM, rk,
+                              {"$type": C_LISTITEM, "createdAt": iso(cur[1] >> 10), "list": le[3],
+                               "subject": did(b)})
+                dp_stats["big_list_items"] += 1
+        elif act == "vlistblock":
+            v, j = arg
+            le = big_list_entries.get(j)
+            if le is not None:
+                rev = head(v, t)
+                rk = tid(cur[1])
+                line = commit(v, t, rev, "create", C_LISTBLOCK, rk,
+                              {"$type": C_LISTBLOCK, "createdAt": iso(cur[1] >> 10), "subject": le[3]})
+        elif act == "thread":
+            th, j = arg
+            if j == 0:  # the root: a popular author
+                for _ in range(16):
+                    a = pick_popular()
+                    if not STATUS[a]:
+                        break
+                else:
+                    a = pick_active()
+                line = op_post(t, a, None, True)
+                root = last_post[0]
+                threads[th] = [root, root, [a, pick_active(), pick_active()]]
+            else:
+                st = threads.get(th)
+                if st is not None:
+                    root, prev, who = st
+                    if root[0] >= 0 and prev[0] >= 0 and _ref_uri(root[1]) not in deleted_posts:
+                        a = who[j % 3]
+                        if STATUS[a]:
+                            a = pick_active()
+                        line = op_post(t, a, prev)
+                        st[1] = last_post[0]
+                        dp_stats["thread_replies"] += 1
+                    else:  # the conversation lost a post: it ends here
+                        del threads[th]
+                        dp_stats["threads_cut"] += 1
+                if j == thread_depth and th in threads:
+                    del threads[th]
+        if done:
+            sp += 1
+            nxt = script[sp][0] if sp < len(script) else n + 1
+        if line is None:
+            dp_stats["skipped"] += 1
+        return line
+
+    thread_depth = int(cfg["thread_depth"])
+    dp_perm = [0]  # position in the permutation of mega followers
+    dp_lists_next = [0] * int(cfg["big_lists"])
+
     # ---- per-event jitter tables (indexed by random bits) ----
     STEP = [spacing * (0.5 + (j + 0.5) / 1024) for j in range(1024)]  # uniform 0.5..1.5 x spacing
     DELAY = [int(rmax * ((j + 0.5) / 1024) ** 3) for j in range(1024)]  # time_us steps back, <= rmax
@@ -1219,6 +1570,12 @@ def _run(gen: EventGenerator) -> Iterator[bytes]:  # noqa: C901 - one hot loop, 
                     t = start
             else:
                 t = start
+            if i >= nxt:  # a scripted DataPlane action is due (dataplane=True only)
+                line = run_special(t, i)
+                if line is not None:
+                    yield line
+                    i += 1
+                    continue
             if k < K_SIMPLE:
                 # ---- like / repost / follow: the hot path, inlined, JSON by f-string ----
                 # (every interpolated value is a DID, TID, timestamp, CID or a pre-serialised
@@ -1351,6 +1708,7 @@ def _stats_json(stats: dict[str, Any]) -> dict[str, Any]:
         "collections": by_coll,
         "account_status": stats.get("account_status", {}),
         "notes": stats.get("notes", {}),
+        **({"dataplane": stats["dataplane"]} if "dataplane" in stats else {}),
     }
 
 
@@ -1362,6 +1720,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start-time-us", type=int, default=DEFAULTS["start_time_us"])
     ap.add_argument("--rate", type=float, default=DEFAULTS["rate"], help="events per second of time_us")
     ap.add_argument("--accounts", type=int, default=None, help="default max(1000, events // 10)")
+    ap.add_argument("--dataplane", action="store_true",
+                    help="add the scripted DataPlane accounts (viewers, mega account, big lists, long threads)")
     ap.add_argument("--stats", action="store_true", help="print a JSON summary to stderr at the end")
     args = ap.parse_args(argv)
     if args.events < 0:
@@ -1370,7 +1730,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--rate must be > 0")
 
     gen = EventGenerator(args.events, args.seed, start_time_us=args.start_time_us, rate=args.rate,
-                         accounts=args.accounts)
+                         accounts=args.accounts, dataplane=args.dataplane)
     # The generator creates no reference cycles, so the cyclic GC only costs time here (5-20%).
     gc.disable()
     t0 = time.perf_counter()

@@ -155,6 +155,7 @@ class History:
         self.rev_offset = {d: 0 for d in self.u.dids}
         self.seq = {d: 10 for d in self.u.dids}
         self.id_seq = {d: 10 for d in self.u.dids}
+        self.revive: list[str] = []  # deleted accounts that come back later (their purge must hold)
 
     def _created(self) -> dict[str, Any]:
         value = self.rng.choice(CREATED_AT)
@@ -215,6 +216,11 @@ class History:
         self.clock_us += rng.randrange(1000, 5000)
         author = rng.choice(u.dids)
         roll = rng.random()
+        if self.revive and rng.random() < 0.03:
+            author = self.revive.pop(0)
+            self.seq[author] += 1
+            return {"did": author, "kind": "account",
+                    "account": {"active": True, "did": author, "seq": self.seq[author], "time": "2024-01-01T00:00:00Z"}}
         if roll < 0.025:
             status = rng.choices([None, "deactivated", "takendown", "suspended", "deleted", "throttled",
                                   "desynchronized"], weights=[12, 2, 2, 1, 2, 1, 1])[0]
@@ -224,8 +230,11 @@ class History:
                                        "time": "2024-01-01T00:00:00Z"}
             if status is not None:
                 account["status"] = status
-            if status == "deleted" and rng.random() < 0.5:
-                self.rev_offset[author] += 700_000_000  # its later commits are newer than the purge
+            if status == "deleted":
+                if rng.random() < 0.5:
+                    self.rev_offset[author] += 700_000_000  # its later commits are newer than the purge
+                if rng.random() < 0.7:
+                    self.revive.append(author)
             return {"did": author, "kind": "account", "account": account}
         if roll < 0.06:
             self.id_seq[author] += 1
@@ -872,5 +881,51 @@ def test_bad_input_is_400(tmp_path: Path, method: str) -> None:
                     body = reply.json
                     assert body["error"] == "InvalidRequest" and isinstance(body["message"], str) \
                         and body["message"], (*where, body)
+    run(main())
+    writer.close()
+
+
+def test_repost_of_an_invisible_post_has_no_cid(tmp_path: Path) -> None:
+    """A repost item names the reposted post's cid only when that post is live: a deleted
+    post or one whose author is inactive gives "" (inactive accounts are invisible)."""
+    author, reposter, viewer = did("rpauthor"), did("rpreposter"), did("rpviewer")
+    kept, gone = (f"at://{author}/{am.POST}/{tidk(k, 1)}" for k in (1, 2))
+    other = did("rpother")
+    hidden = f"at://{other}/{am.POST}/{tidk(3, 1)}"
+    clock = [BASE_US + 40_000_000_000]
+
+    def commit(repo: str, collection: str, rkey: str, record: dict[str, Any] | None) -> dict[str, Any]:
+        clock[0] += 1000
+        body: dict[str, Any] = {"rev": int_to_tid(tid_from_time(clock[0], 0)), "collection": collection,
+                                "rkey": rkey, "operation": "create" if record else "delete"}
+        if record:
+            body.update(record=record, cid=f"bafy{rkey}")
+        return {"did": repo, "time_us": clock[0], "kind": "commit", "commit": body}
+
+    events = [
+        commit(author, am.POST, tidk(1, 1), {"$type": am.POST, "text": "kept"}),
+        commit(author, am.POST, tidk(2, 1), {"$type": am.POST, "text": "deleted"}),
+        commit(other, am.POST, tidk(3, 1), {"$type": am.POST, "text": "author deactivated"}),
+        *(commit(reposter, am.REPOST, tidk(k, 3), {"$type": am.REPOST, "subject": {"uri": uri, "cid": "x"}})
+          for k, uri in ((1, kept), (2, gone), (3, hidden))),
+        commit(viewer, am.FOLLOW, tidk(1, 4), {"$type": am.FOLLOW, "subject": reposter}),
+        commit(author, am.POST, tidk(2, 1), None),
+        {"did": other, "time_us": clock[0] + 1, "kind": "account",
+         "account": {"did": other, "active": False, "status": "deactivated", "seq": 3}},
+    ]
+    path = tmp_path / "db.sqlite"
+    writer = Writer(path)
+    apply(writer, events)
+    reposts = [f"at://{reposter}/{am.REPOST}/{tidk(k, 3)}" for k in (3, 2, 1)]
+    want = [{"uri": hidden, "cid": "", "repost": reposts[0], "repostCid": ""},
+            {"uri": gone, "cid": "", "repost": reposts[1], "repostCid": ""},
+            {"uri": kept, "cid": f"bafy{tidk(1, 1)}", "repost": reposts[2], "repostCid": ""}]
+
+    async def main() -> None:
+        async with running(path) as client:
+            feed = await call(client, "getAuthorFeed", [("actor", reposter)])
+            assert feed["items"] == want
+            timeline = await call(client, "getTimeline", [("viewer", viewer)])
+            assert timeline["items"] == want
     run(main())
     writer.close()

@@ -416,6 +416,12 @@ def corpus_events() -> list[dict[str, Any]]:
                                           "createdAt": CREATED}),
         ev.listitem(ALICE, tid(20_000), LIST1, CAROL), ev.listitem(ALICE, tid(21_000), LIST1, DAVE),
         ev.put(BOB, LISTBLOCK, tid(22_000), {"$type": LISTBLOCK, "subject": LIST1, "createdAt": CREATED}),
+        ev.follow(CAROL, tid(23_000), BOB), ev.like(ALICE, tid(24_000), REPLY),
+        ev.listitem(ALICE, tid(25_000), LIST2, ALICE),
+        ev.put(ALICE, "app.bsky.feed.generator", "hot", {"$type": "app.bsky.feed.generator", "did": "did:web:feed.test",
+                                                          "displayName": "hot", "createdAt": CREATED}),
+        ev.put(ALICE, "app.bsky.graph.starterpack", tid(26_000), {"$type": "app.bsky.graph.starterpack",
+                                                                   "name": "pack", "list": LIST2, "createdAt": CREATED}),
     ]
     return events
 
@@ -540,14 +546,14 @@ def assert_accepted(name: str, query: QueryList, reply: Reply) -> None:
     assert reply.json.get("error") in declared, f"{name} {short(query)}: {reply.status} {reply.body[:300]!r}"
 
 
-def assert_ok(name: str, query: QueryList, reply: Reply) -> dict[str, Any]:
+def assert_ok(name: str, query: QueryList, reply: Reply, seen: dict[str, bool] | None = None) -> dict[str, Any]:
     """A 200 whose JSON body follows the output schema; returns the body."""
     assert reply.status == 200, f"{name} {short(query)}: status {reply.status}, body {reply.body[:300]!r}"
     assert reply.content_type == "application/json"
     body: dict[str, Any] = reply.json
     doc = LEXICONS[name]
     schema = main_def(name)["output"]["schema"]
-    validate(doc, schema, body, name)
+    validate(doc, schema, body, name, seen)
     given = {param: sum(1 for p, _ in query if p == param) for param, _ in query}
     for field, prop in schema["properties"].items():  # position-aligned arrays: one entry per request value
         aligned = re.search(r"position-aligned with the request's (\w+)", prop.get("description", ""))
@@ -565,29 +571,37 @@ _FORMAT_RE = {
 }
 
 
-def validate(doc: dict[str, Any], schema: dict[str, Any], value: Any, where: str) -> None:
-    """``value`` follows ``schema`` (lexicon types, required and nullable fields, formats)."""
+def validate(doc: dict[str, Any], schema: dict[str, Any], value: Any, where: str,
+             seen: dict[str, bool] | None = None) -> None:
+    """``value`` follows ``schema`` (lexicon types, required and nullable fields, formats).
+
+    ``seen`` collects, per array of the schema, whether any answer held a non-empty entry."""
     kind = schema["type"]
     if kind == "ref":
-        validate(doc, resolve(doc, schema["ref"]), value, where)
+        validate(doc, resolve(doc, schema["ref"]), value, where, seen)
     elif kind == "object":
         assert isinstance(value, dict), f"{where}: not an object: {value!r}"
         for field in schema.get("required", []):
             assert field in value, f"{where}: missing required field {field!r}"
+        extra = set(value) - set(schema["properties"])
+        assert not extra, f"{where}: fields {sorted(extra)} are not in the lexicon"
         nullable = set(schema.get("nullable", []))
         for field, sub in schema["properties"].items():
             if field in value and not (value[field] is None and field in nullable):
                 assert value[field] is not None, f"{where}.{field}: null, but not nullable"
-                validate(doc, sub, value[field], f"{where}.{field}")
+                validate(doc, sub, value[field], f"{where}.{field}", seen)
     elif kind == "array":
         assert isinstance(value, list), f"{where}: not an array: {value!r}"
+        if seen is not None:
+            key = re.sub(r"\[\d+\]", "[]", where)
+            seen[key] = seen.get(key, False) or any(item not in ("", None, 0, False, [], {}) for item in value)
         definition = item_def(doc, schema) if schema["items"]["type"] == "unknown" else None
         for i, item in enumerate(value):
             if definition is not None:
                 if item is not None:
-                    validate(doc, definition, item, f"{where}[{i}]")
+                    validate(doc, definition, item, f"{where}[{i}]", seen)
             else:
-                validate(doc, schema["items"], item, f"{where}[{i}]")
+                validate(doc, schema["items"], item, f"{where}[{i}]", seen)
     elif kind == "string":
         assert isinstance(value, str), f"{where}: not a string: {value!r}"
         fmt = schema.get("format")
@@ -633,9 +647,12 @@ def test_unknown_method_is_501(live: Live) -> None:
 
 @pytest.mark.parametrize("name", sorted(LEXICONS))
 def test_valid_request(live: Live, name: str) -> None:
-    """Every parameter valid: 200 and the output schema."""
+    """Every parameter valid: 200 and the output schema, with something in every array
+    (so that the schema of their entries was really checked)."""
     query = valid_query(name)
-    assert_ok(name, query, call(live, name, query))
+    seen: dict[str, bool] = {}
+    assert_ok(name, query, call(live, name, query), seen)
+    assert sorted(k for k, v in seen.items() if not v) == [], "the corpus leaves these arrays empty"
 
 
 @pytest.mark.parametrize("name", sorted(LEXICONS))

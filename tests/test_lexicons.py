@@ -29,12 +29,8 @@ from smalldp.api.server import make_app
 from smalldp.store.writer import Writer
 
 from helpers_server import (
-    FOLLOW,
-    LIKE,
     LIST,
-    LISTITEM,
     POST,
-    REPOST,
     Events,
     Reply,
     ServerThread,

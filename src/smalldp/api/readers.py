@@ -10,6 +10,7 @@ from typing import Callable, TypeVar
 
 from aiohttp import web
 
+from smalldp.store.dataplane import DataPlaneReader
 from smalldp.store.reader import Reader
 
 T = TypeVar("T")
@@ -30,7 +31,7 @@ class ReaderPool:
     def _reader(self) -> Reader:
         reader = getattr(self._local, "reader", None)
         if reader is None:
-            reader = Reader(self.path, cache_mb=self._cache_mb, mmap_mb=self._mmap_mb)
+            reader = DataPlaneReader(self.path, cache_mb=self._cache_mb, mmap_mb=self._mmap_mb)
             self._local.reader = reader
             with self._lock:
                 self._all.append(reader)

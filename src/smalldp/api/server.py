@@ -10,7 +10,7 @@ from typing import Callable
 from aiohttp import web
 
 from smalldp import __version__
-from smalldp.api import NAMESPACE, constellation, metrics
+from smalldp.api import NAMESPACE, constellation, dataplane, metrics
 from smalldp.api.readers import READERS, ReaderPool
 from smalldp.api.xrpc import Handler, Params, XrpcError, json_response, xrpc_errors
 from smalldp.links import is_link
@@ -23,6 +23,7 @@ INGEST_STATUS: web.AppKey[IngestStatus] = web.AppKey("ingest_status")
 
 
 QUERY_GATE: web.AppKey[QueryGate] = web.AppKey("query_gate")
+MAX_REQUEST_LINE = 64 * 1024
 
 
 def _ingest_disabled() -> dict[str, object]:
@@ -77,13 +78,15 @@ def make_app(db_path: Path, *, read_threads: int = 4, cache_mb: int = 64, mmap_m
     request marks itself in flight so that live ingest lets it go first.
     """
     middlewares = [xrpc_errors] if query_gate is None else [queries_first, xrpc_errors]
-    app = web.Application(middlewares=middlewares)
+    # 100 at-uris in one query string are ~12 KB: above aiohttp's default 8 KB request line.
+    app = web.Application(middlewares=middlewares, handler_args={"max_line_size": MAX_REQUEST_LINE})
     if query_gate is not None:
         app[QUERY_GATE] = query_gate
     app[READERS] = ReaderPool(db_path, threads=read_threads, cache_mb=cache_mb, mmap_mb=mmap_mb)
     app[INGEST_STATUS] = ingest_status
     app[metrics.SAMPLE_SOURCES] = list(sample_sources or [])
     app.add_routes(constellation.routes)
+    app.add_routes(dataplane.routes)
     app.add_routes(metrics.routes)
     app.add_routes(routes)
 

@@ -159,6 +159,11 @@ def key_account(key: bytes) -> int | None:
     return get_varint(key, 1)[0]
 
 
+def key_did_account(key: bytes) -> int | None:
+    """The account ID of a DID target key (None for other targets)."""
+    return get_varint(key, 1)[0] if key[0] == _DID else None
+
+
 def key_record(key: bytes) -> tuple[int, int, int | str] | None:
     """(account ID, collection ID, TID sort key or non-TID rkey) of an at-uri key, else None."""
     kind = key[0]

@@ -1,0 +1,246 @@
+#!/usr/bin/env bash
+# Installs (or upgrades) smalldp from this checkout as a systemd service, on Raspberry Pi OS
+# or Debian Bookworm/Trixie, arm64 or amd64:
+#
+#   sudo scripts/install.sh               install or upgrade, enable, start, print the URL
+#   sudo scripts/install.sh --no-start    the same without starting (image builds)
+#   sudo scripts/install.sh --uninstall   remove smalldp; keep the data and the config
+#   sudo scripts/install.sh --purge       remove smalldp, its data, its config and its user
+#
+# What it puts where:
+#   /opt/smalldp/.venv                     a virtualenv with this checkout's package (wheels from PyPI)
+#   /etc/smalldp/smalldp.toml              from systemd/smalldp.toml, only when absent
+#   /etc/systemd/system/smalldp.service    the unit (systemd/smalldp.service)
+#   /etc/sysusers.d/smalldp.conf           the system user smalldp (systemd/smalldp.sysusers)
+#   /var/lib/smalldp                       the data (the unit's StateDirectory)
+#
+# Safe to run again: each step checks what is there. Without a running systemd (a chroot,
+# an image build) it enables the unit by its symlink and does not start it.
+set -euo pipefail
+
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PREFIX=/opt/smalldp
+VENV=$PREFIX/.venv
+CONF_DIR=/etc/smalldp
+CONF=$CONF_DIR/smalldp.toml
+UNIT=/etc/systemd/system/smalldp.service
+WANTS=/etc/systemd/system/multi-user.target.wants
+SYSUSERS=/etc/sysusers.d/smalldp.conf
+DATA=/var/lib/smalldp
+USER_NAME=smalldp
+# procps: /bin/kill, the unit's ExecReload.
+APT_PACKAGES=(python3 python3-venv ca-certificates procps)
+
+say() { printf 'smalldp install: %s\n' "$*"; }
+die() { printf 'smalldp install: error: %s\n' "$*" >&2; exit 1; }
+
+usage() { sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+
+MODE=install START=1
+for arg in "$@"; do
+  case $arg in
+    --uninstall) MODE=uninstall ;;
+    --purge) MODE=purge ;;
+    --no-start) START=0 ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument: $arg" ;;
+  esac
+done
+
+if [ "$(id -u)" != 0 ]; then
+  command -v sudo >/dev/null 2>&1 || die "run as root"
+  exec sudo -- "$0" "$@"
+fi
+
+# systemd is PID 1 and running (not a chroot, container build or image build).
+systemd_running() { [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; }
+
+# Run a command quietly; show its output only when it fails.
+quiet() {
+  local log
+  log=$(mktemp)
+  if ! "$@" >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    die "failed: $*"
+  fi
+  rm -f "$log"
+}
+
+disable_unit() {
+  if systemd_running; then
+    systemctl disable --now smalldp.service >/dev/null 2>&1 || true
+  else
+    rm -f "$WANTS/smalldp.service"
+  fi
+}
+
+uninstall() {
+  say "removing smalldp (mode: $MODE)"
+  [ -e "$UNIT" ] && disable_unit
+  rm -f "$UNIT" "$WANTS/smalldp.service" "$SYSUSERS"
+  systemd_running && systemctl daemon-reload || true
+  # The virtualenv and whatever install.sh put in /opt/smalldp; a source checkout kept
+  # there (appliance: /opt/smalldp/src) stays unless purging.
+  rm -rf "$VENV" "$PREFIX/.install-info"
+  if [ "$MODE" = purge ]; then
+    rm -rf "$PREFIX" "$DATA" "$CONF_DIR"
+    if getent passwd "$USER_NAME" >/dev/null; then userdel "$USER_NAME" 2>/dev/null || true; fi
+    if getent group "$USER_NAME" >/dev/null; then groupdel "$USER_NAME" 2>/dev/null || true; fi
+    say "removed smalldp, its data ($DATA), its config ($CONF_DIR) and its user"
+  else
+    rmdir "$PREFIX" 2>/dev/null || true
+    # The user stays: it owns the data, and a later install finds both as they were.
+    say "removed smalldp; kept the data ($DATA), the config ($CONF) and the user $USER_NAME"
+    say "(--purge removes those too)"
+  fi
+}
+
+if [ "$MODE" != install ]; then
+  uninstall
+  exit 0
+fi
+
+# --- the system ---------------------------------------------------------------------
+if [ -r /etc/os-release ]; then
+  # shellcheck disable=SC1091
+  . /etc/os-release
+  case " ${ID:-} ${ID_LIKE:-} " in
+    *" debian "*|*" raspbian "*) ;;
+    *) say "warning: made for Debian and Raspberry Pi OS, this is ${PRETTY_NAME:-unknown}" ;;
+  esac
+fi
+ARCH=$(dpkg --print-architecture 2>/dev/null || uname -m)
+case $ARCH in
+  arm64|amd64) ;;
+  *) say "warning: made for arm64 and amd64; on $ARCH pip may have to compile the dependencies" ;;
+esac
+
+[ -f "$SRC/pyproject.toml" ] && [ -d "$SRC/src/smalldp" ] || die "$SRC is not a smalldp checkout"
+
+# --- Debian packages ----------------------------------------------------------------------
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]} with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  quiet apt-get update -q
+  quiet apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+  die "smalldp needs Python 3.11 or newer; this system has $(python3 --version 2>&1)"
+
+# --- the user ----------------------------------------------------------------------------
+install -D -m 0644 "$SRC/systemd/smalldp.sysusers" "$SYSUSERS"
+if ! getent passwd "$USER_NAME" >/dev/null; then
+  # systemd-sysusers reads the snippet and works without a running systemd too; useradd
+  # is for systems without it.
+  if ! { command -v systemd-sysusers >/dev/null 2>&1 && systemd-sysusers "$SYSUSERS" >/dev/null 2>&1 &&
+         getent passwd "$USER_NAME" >/dev/null; }; then
+    quiet useradd --system --user-group --home-dir "$DATA" --no-create-home \
+      --shell /usr/sbin/nologin --comment "smalldp ATProto DataPlane" "$USER_NAME"
+  fi
+  say "created the system user $USER_NAME"
+fi
+
+# --- the virtualenv ---------------------------------------------------------------------
+# Recreated when its python no longer runs or is not the system's (an OS upgrade from
+# Bookworm's 3.11 to Trixie's 3.13 leaves a dangling interpreter).
+want=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+have=$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)
+if [ "$have" != "$want" ]; then
+  [ -e "$VENV" ] && say "recreating $VENV (Python ${have:-broken} -> $want)"
+  rm -rf "$VENV"
+  mkdir -p "$PREFIX"
+  quiet python3 -m venv "$VENV"
+fi
+# pip builds in the source tree (build/, *.egg-info): build from a copy so the checkout
+# stays untouched (it may be read-only or belong to someone else).
+BUILD=$(mktemp -d)
+trap 'rm -rf "$BUILD"' EXIT
+cp -a "$SRC/pyproject.toml" "$SRC/src" "$BUILD/"
+for f in README.md LICENSE LICENSE.txt MANIFEST.in setup.cfg; do
+  [ -e "$SRC/$f" ] && cp -a "$SRC/$f" "$BUILD/"
+done
+find "$BUILD" -name __pycache__ -prune -exec rm -rf {} +
+say "installing smalldp into $VENV (pip, wheels from PyPI)"
+quiet "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input --prefer-binary \
+  --upgrade "$BUILD"
+VERSION=$("$VENV/bin/smalldp" --version)
+{
+  echo "version: $VERSION"
+  echo "source: $SRC"
+  if command -v git >/dev/null 2>&1 && git -C "$SRC" rev-parse HEAD >/dev/null 2>&1; then
+    echo "commit: $(git -C "$SRC" rev-parse HEAD)"
+  fi
+  echo "installed: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+} >"$PREFIX/.install-info"
+
+# --- config, data, unit ------------------------------------------------------------------
+install -d -m 0755 "$CONF_DIR"
+if [ ! -e "$CONF" ]; then
+  install -m 0640 -o root -g "$USER_NAME" "$SRC/systemd/smalldp.toml" "$CONF"
+  say "wrote $CONF (edit it, then: systemctl restart smalldp)"
+else
+  # The operator's file is kept as it is; the service must still be able to read it.
+  chgrp "$USER_NAME" "$CONF"
+  chmod g+r,o-rwx "$CONF"
+  say "kept $CONF"
+fi
+install -d -m 0700 -o "$USER_NAME" -g "$USER_NAME" "$DATA"
+
+# A config the new version rejects is reported now rather than in a restart loop.
+if ! check=$(STATE_DIRECTORY=$DATA "$VENV/bin/python" -c '
+import sys
+from smalldp.config import load_settings
+s = load_settings(config_path=sys.argv[1])
+print(s.listen_host_port()[1], s.listen_host_port()[0])
+' "$CONF" 2>&1); then
+  die "$CONF: ${check##*$'\n'}"
+fi
+PORT=${check%% *}
+HOST=${check#* }
+
+install -m 0644 "$SRC/systemd/smalldp.service" "$UNIT"
+
+# --- enable, start ----------------------------------------------------------------------
+if systemd_running; then
+  systemctl daemon-reload
+  systemctl enable smalldp.service >/dev/null 2>&1
+else
+  # No systemd to ask (chroot, image build): `systemctl enable` edits files offline when
+  # it can; the symlink is what enabling means either way.
+  systemctl enable smalldp.service >/dev/null 2>&1 || true
+  mkdir -p "$WANTS"
+  ln -sfn "$UNIT" "$WANTS/smalldp.service"
+fi
+[ -L "$WANTS/smalldp.service" ] || die "could not enable smalldp.service"
+
+if systemd_running && [ "$START" = 1 ]; then
+  # Type=notify: start returns once smalldp says READY=1 (store open, HTTP bound).
+  if systemctl is-active --quiet smalldp.service; then
+    say "restarting smalldp (upgrade)"
+    systemctl restart smalldp.service
+  else
+    say "starting smalldp"
+    systemctl start smalldp.service
+  fi
+  state="running"
+else
+  state="installed and enabled, not started (systemd is not running here; it starts at boot)"
+  [ "$START" = 0 ] && state="installed and enabled, not started (--no-start)"
+fi
+
+say "$VERSION $state"
+case $HOST in
+  0.0.0.0|::)
+    say "open http://$(hostname).local:$PORT/"
+    ip=$(hostname -I 2>/dev/null | awk '{print $1}') || true
+    [ -n "${ip:-}" ] && say "  or http://$ip:$PORT/"
+    ;;
+  *:*) say "open http://[$HOST]:$PORT/" ;;
+  *) say "open http://$HOST:$PORT/" ;;
+esac
+say "logs: journalctl -u smalldp -f    status: systemctl status smalldp"

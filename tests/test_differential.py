@@ -298,3 +298,33 @@ def test_streamed_chunks_equal_listed_chunks(raw: list[tuple[int, int]], size: i
     from smalldp.store.writer import _chunks, _stream_chunks
     entries = sorted(set(raw), reverse=True)
     assert list(_stream_chunks(iter(entries), size)) == list(_chunks(entries, size))
+
+
+def test_merge_keeps_non_tid_records_in_order(tmp_path: Path) -> None:
+    """Regression (found by test_store_equals_model): records with non-TID rkeys have
+    negative sort keys, and a merge once put a run's oldest chunk (keyed lo 0) first."""
+    a, b, c = (f"did:plc:{ch * 24}" for ch in "abc")
+    post = f"at://{a}/app.bsky.feed.post/3ke6kg3wk2222"
+
+    def profile(did: str) -> dict:
+        return {"did": did, "time_us": 1_700_000_000_000_000, "kind": "commit",
+                "commit": {"rev": "3ke6kg3wk2222", "operation": "create", "collection": "app.bsky.actor.profile",
+                           "rkey": "self", "cid": "bafy0",
+                           "record": {"$type": "app.bsky.actor.profile", "pinnedPost": {"uri": post}}}}
+
+    writer = Writer(tmp_path / "db.sqlite", fanout=2, chunk_entries=1)
+    writer.apply([decode_event(json.dumps(profile(a))), decode_event(json.dumps(profile(c)))])
+    writer.apply([decode_event(json.dumps(profile(b)))])  # second run: the two runs merge
+    reader = Reader(tmp_path / "db.sqlite")
+    for reverse, expected in ((False, [b, c, a]), (True, [a, c, b])):  # aliases in first-seen order a, c, b
+        got, cursor = [], None
+        while True:
+            page = reader.backlinks(post, "app.bsky.actor.profile", ".pinnedPost.uri", limit=1, cursor=cursor,
+                                    reverse=reverse)
+            got += [item.did for item in page.items]
+            cursor = page.cursor
+            if cursor is None:
+                break
+        assert got == expected
+    reader.close()
+    writer.close()

@@ -224,7 +224,9 @@ async def get_latest_rev(request: web.Request) -> web.Response:
 async def get_author_feed(request: web.Request) -> web.Response:
     p = DataPlaneParams(request)
     actor, limit, cursor = p.did("actor"), p.limit(), p.cursor()
-    feed_filter = p.string("filter", required=False, max_length=64) or "posts_with_replies"
+    feed_filter = p.string("filter", required=False, max_length=64)
+    if feed_filter is None:
+        feed_filter = "posts_with_replies"
     if feed_filter not in FEED_FILTERS:
         raise XrpcError(f"parameter 'filter' must be one of {', '.join(FEED_FILTERS)}")
     items, next_cursor = await _run(request, lambda r: r.author_feed(actor, limit, cursor, feed_filter))

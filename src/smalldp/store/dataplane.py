@@ -459,7 +459,7 @@ class DataPlaneReader(Reader):
             return {"uri": "", "cid": "", "repost": uri, "repostCid": ""}
         s_aid, s_coll, s_rkey = parts
         s_sk = s_rkey if isinstance(s_rkey, int) else self._sort_key(s_aid, s_coll, s_rkey)
-        cid = "" if s_sk is None else self._cid(s_sk, s_aid, s_coll)
+        cid = "" if s_sk is None or s_aid in self.hidden else self._cid(s_sk, s_aid, s_coll)
         return {"uri": self._target_name(subject), "cid": cid, "repost": uri, "repostCid": ""}
 
     def _cid(self, sk: int, aid: int, coll: int) -> str:

@@ -699,10 +699,11 @@ class Writer:
                          "GROUP BY tkey, sid HAVING count(DISTINCT run) > 1")
             # Keys found in several runs: a lazy k-way merge of their chunks, written in
             # slices, so memory stays bounded by a few chunks per run whatever the key's size
-            # (building whole lists made RSS step up at every big merge, measured).
+            # (building whole lists made RSS step up at every big merge, measured).  Chunks
+            # newest first: lo 0 marks a run's oldest chunk, below negative (alias) keys too.
             rows = conn.execute(
                 f"SELECT b.tkey, b.sid, b.run, b.data FROM mdup JOIN bl b ON b.run IN ({marks}) "
-                "AND b.tkey = mdup.tkey AND b.sid = mdup.sid ORDER BY b.tkey, b.sid, b.run, b.lo DESC")
+                "AND b.tkey = mdup.tkey AND b.sid = mdup.sid ORDER BY b.tkey, b.sid, b.run, b.lo = 0, b.lo DESC")
             merged: list[tuple[bytes, int, int, bytes]] = []
             pause = self.pause
             for i, ((tkey, sid), group) in enumerate(itertools.groupby(rows, key=lambda row: (row[0], row[1]))):

@@ -45,7 +45,7 @@ FEED_FILTERS = {  # filter -> post path, and whether reposts are in
     "posts_with_video": (VIDEO, False),
 }
 THREAD_DESCENDANTS_MAX = 1000
-TIMELINE_SEGMENTS_MAX = 4000  # segments read per timeline page (~16 per 9-minute bucket)
+TIMELINE_SEGMENTS_MAX = 4000  # segments read per timeline page (one per closed one-minute bucket)
 LIST_BLOCKS_MAX = 1000  # an account's newest list blocks considered by relationships
 _TIMELINE_CURSOR = struct.Struct(">qIB")
 FeedEntry = tuple[int, int, int]  # (sort key, author ID, kind: 0 post, 1 repost)
@@ -482,13 +482,7 @@ class DataPlaneReader(Reader):
             last: FeedEntry | None = None
             segments_read = 0
             for bucket, segments in timeline.buckets_before(self.conn, start):
-                candidates: set[FeedEntry] = set()
-                for segment in segments:
-                    for author in segment.bitmap & authors:
-                        for entry in segment.entries_of(author):
-                            if after is None or entry < after:
-                                candidates.add(entry)
-                for entry in sorted(candidates, reverse=True):
+                for entry in timeline.newest_first(segments, authors, after):
                     if len(items) == limit:
                         return items, encode_feed_cursor(last)  # type: ignore[arg-type]
                     item = self._feed_item(entry)

@@ -661,6 +661,12 @@ class Watch:
                 except asyncio.TimeoutError:
                     pass
 
+    def behind_s(self, rate: float) -> float:
+        """Seconds of ingest the store is behind the replay's schedule (which started at
+        about the first sample), from the latest sample."""
+        (ta, ea, _, _), (tb, eb, _, _) = self.samples[0], self.samples[-1]
+        return max(0.0, ((tb - ta) * rate - (eb - ea)) / rate)
+
     def between(self, t0: float, t1: float) -> dict[str, Any]:
         inside = [s for s in self.samples if t0 - HEALTH_POLL_S <= s[0] <= t1 + HEALTH_POLL_S]
         if len(inside) < 2:
@@ -695,7 +701,18 @@ async def drive(args: argparse.Namespace, base: str, params: dict[str, Any], ser
     await asyncio.sleep(args.warmup_s)
     procs = {"serve": serve, "replay": replay}
 
+    async def settle() -> float:
+        """Let ingest catch up with the replay before a phase (an overloaded phase starves
+        it: queries go first), at most --settle-s; returns the seconds waited."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < args.settle_s:
+            await asyncio.sleep(HEALTH_POLL_S)
+            if len(watch.samples) >= 2 and watch.samples[-1][0] > t0 and watch.behind_s(args.ingest_rate) < 2.0:
+                break
+        return round(time.monotonic() - t0, 1)
+
     async def phase(name: str, coro: Any) -> dict[str, Any]:
+        settled = await settle()
         cpu0 = {k: p.cpu_s() for k, p in procs.items()}
         gc.collect()
         gc.freeze()  # keep the client light: no collector pauses inside a phase
@@ -710,6 +727,7 @@ async def drive(args: argparse.Namespace, base: str, params: dict[str, Any], ser
         res["cpu_pct"] = {k: round(100 * (p.cpu_s() - cpu0[k]) / (t1 - t0), 1) for k, p in procs.items()}
         res["ingest"] = watch.between(t0, t1)
         res["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+        res["settle_s_before"] = settled
         result["phases"][name] = res
         summary = ", ".join(f"{m} p50 {v.get('p50_ms')} p95 {v.get('p95_ms')} p99 {v.get('p99_ms')} ms"
                             for m, v in list(res.get("methods", {}).items())[:3])
@@ -824,6 +842,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--capacity-s", type=float, default=2.0, help="closed-loop seconds per method (0: skip)")
     ap.add_argument("--capacity-concurrency", type=int, default=4)
     ap.add_argument("--phases", default="timeline,follows_following,mixed,capacity")
+    ap.add_argument("--settle-s", type=float, default=30.0,
+                    help="before each phase, wait (at most this long) until ingest has no backlog")
     ap.add_argument("--max-in-flight", type=int, default=64)
     ap.add_argument("--compress", choices=["on", "off"], default="on",
                     help="live wire: zstd with the v1 dictionary (if present) or uncompressed")
@@ -842,7 +862,7 @@ def main(argv: list[str] | None = None) -> int:
     accounts = args.accounts or max(1000, args.events // 10)
     gen = load_generator()
     gen_rate = float(gen.DEFAULTS["rate"])
-    run_s = (args.warmup_s + args.timeline_s + args.ff_s + args.mixed_s
+    run_s = (args.warmup_s + args.timeline_s + args.ff_s + args.mixed_s + 3 * args.settle_s
              + (25 * (args.capacity_s + 0.5) if "capacity" in args.phases else 0) + 30)
     tail = args.tail or int(round(run_s * args.ingest_rate * 1.5, -4))
     key = generator_key(args.events, args.seed, accounts, tail)

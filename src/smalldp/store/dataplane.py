@@ -19,7 +19,7 @@ import datetime
 import heapq
 import itertools
 import struct
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import orjson
 from pyroaring import BitMap
@@ -49,6 +49,7 @@ TIMELINE_SEGMENTS_MAX = 4000  # segments read per timeline page (one per closed 
 LIST_BLOCKS_MAX = 1000  # an account's newest list blocks considered by relationships
 _TIMELINE_CURSOR = struct.Struct(">qIB")
 FeedEntry = tuple[int, int, int]  # (sort key, author ID, kind: 0 post, 1 repost)
+T = TypeVar("T")
 
 
 def encode_feed_cursor(entry: FeedEntry) -> str:
@@ -68,7 +69,40 @@ def decode_feed_cursor(cursor: str) -> FeedEntry:
 class DataPlaneReader(Reader):
     """A Reader that also answers the DataPlane methods."""
 
+    def __init__(self, path: Any, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        # Chunks fetched during one request, by (target key, source): a request about 25
+        # targets asks for the viewer's follows 25 times. Cleared at every read.
+        self._memo: dict[tuple[bytes, int], list[_Chunk]] = {}
+
     # ------------------------------------------------------------ plumbing
+
+    def _read(self, fn: Callable[[], T]) -> T:
+        self._memo = {}
+        try:
+            return super()._read(fn)
+        finally:
+            self._memo = {}
+
+    def _chunks(self, tkey: bytes, sid: int) -> list[_Chunk]:
+        chunks = self._memo.get((tkey, sid))
+        if chunks is None:
+            chunks = self._memo[(tkey, sid)] = super()._chunks(tkey, sid)
+        return chunks
+
+    def _prefetch(self, tkey: bytes | None, sids: Iterable[int | None]) -> None:
+        """Fetch the chunks of several sources of one target in one query."""
+        wanted = {sid for sid in sids if sid is not None}
+        if tkey is None or not wanted:
+            return
+        found: dict[int, list[_Chunk]] = {sid: [] for sid in wanted}
+        marks = ",".join(str(sid) for sid in wanted)  # integers only
+        for sid, run, lo, data in self.conn.execute(
+                f"SELECT sid, run, lo, data FROM bl WHERE run IN ({self._runs}) AND tkey=? AND sid IN ({marks})",
+                (tkey,)):
+            found[sid].append(_Chunk(run, lo, data))
+        for sid, chunks in found.items():
+            self._memo[(tkey, sid)] = chunks
 
     def _active(self, did: str) -> int | None:
         """The account ID of an active account, else None."""
@@ -182,8 +216,12 @@ class DataPlaneReader(Reader):
         """getInteractionCounts."""
         def read() -> dict[str, list[int]]:
             out: dict[str, list[int]] = {"likes": [], "reposts": [], "replies": [], "quotes": []}
+            sources = [self._source_id(c, p) for c, p in ((LIKE, ".subject.uri"), (REPOST, ".subject.uri"),
+                                                          (POST, ".reply.parent.uri"),
+                                                          *((POST, q) for q in QUOTE_PATHS))]
             for uri in uris:
                 tkey = self._target_key(uri)
+                self._prefetch(tkey, sources)
                 out["likes"].append(len(self._count_chunks(self._keyed(tkey, LIKE, ".subject.uri"))[1]))
                 out["reposts"].append(len(self._count_chunks(self._keyed(tkey, REPOST, ".subject.uri"))[1]))
                 out["replies"].append(self._count_chunks(self._keyed(tkey, POST, ".reply.parent.uri"))[0])
@@ -301,6 +339,8 @@ class DataPlaneReader(Reader):
             out = []
             for target in targets:
                 t = self._active(target)
+                if v is not None and t is not None:
+                    self._prefetch_edges(t)
                 if v is None or t is None:
                     out.append({"targetDid": target, "following": "", "followedBy": "", "blocking": "",
                                 "blockedBy": "", "blockingByList": "", "blockedByList": ""})
@@ -312,12 +352,20 @@ class DataPlaneReader(Reader):
             return out
         return self._read(read)
 
+    def _prefetch_edges(self, aid: int) -> None:
+        """One query for an account's follows, blocks, list blocks and list memberships."""
+        self._prefetch(did_key(aid), [self._source_id(c, p) for c, p in (
+            (FOLLOW, OUT_SUBJECT), (BLOCK, OUT_SUBJECT), (LISTBLOCK, AUTHOR), (LISTITEM, ".subject"))])
+
     def block_existence(self, pairs: list[tuple[str, str]]) -> list[bool]:
         """getBlockExistence: a block either way, direct or through a list."""
         def read() -> list[bool]:
             out = []
             for a_did, b_did in pairs:
                 a, b = self._active(a_did), self._active(b_did)
+                for aid in (a, b):
+                    if aid is not None and (did_key(aid), -1) not in self._memo:
+                        self._prefetch_edges(aid)
                 out.append(a is not None and b is not None and bool(
                     self._edge_uri(a, BLOCK, b) or self._edge_uri(b, BLOCK, a)
                     or self._list_block(a, b) or self._list_block(b, a)))
@@ -326,13 +374,26 @@ class DataPlaneReader(Reader):
 
     def _list_block(self, blocker: int, blocked: int) -> str:
         """The blocker's listblock of a list that contains ``blocked``, or ""."""
+        for sk, list_key in self._blocked_lists(blocker):
+            if self._member_item(list_key, blocked):
+                return self._uri(blocker, LISTBLOCK, sk)
+        return ""
+
+    def _blocked_lists(self, blocker: int) -> list[tuple[int, bytes]]:
+        """(listblock sort key, list key) of an account's newest list blocks (memoized per request)."""
+        memo_key = (did_key(blocker), -1)
+        cached = self._memo.get(memo_key)
+        if cached is not None:
+            return cached  # type: ignore[return-value]
         listblock = self._coll_id(LISTBLOCK)
+        found: list[tuple[int, bytes]] = []
         for sk, _ in itertools.islice(self._live(self._of(blocker, LISTBLOCK, AUTHOR)), LIST_BLOCKS_MAX):
             links = self._links_of(sk, blocker, listblock)  # type: ignore[arg-type]
             list_key = self._link_target(links or [], LISTBLOCK, ".subject")
-            if list_key is not None and key_record(list_key) is not None and self._member_item(list_key, blocked):
-                return self._uri(blocker, LISTBLOCK, sk)
-        return ""
+            if list_key is not None and key_record(list_key) is not None:
+                found.append((sk, list_key))
+        self._memo[memo_key] = found  # type: ignore[assignment]
+        return found
 
     def _member_item(self, list_key: bytes, member: int) -> str:
         """The live listitem, owned by the list's author, putting ``member`` in the list, or ""."""
@@ -360,6 +421,9 @@ class DataPlaneReader(Reader):
                     for name in names:
                         out[name].append(0)
                     continue
+                self._prefetch(did_key(aid), [self._source_id(c, p) for c, p in (
+                    (FOLLOW, ".subject"), (FOLLOW, OUT_SUBJECT), (POST, AUTHOR), (REPOST, AUTHOR), (LIST, AUTHOR),
+                    (GENERATOR, AUTHOR), (STARTERPACK, AUTHOR))])
                 out["followers"].append(len(self._count_chunks(self._keyed(did_key(aid), FOLLOW, ".subject"))[1]))
                 out["following"].append(len(self._follow_set(aid)))
                 for name, coll in (("posts", POST), ("reposts", REPOST), ("lists", LIST), ("feeds", GENERATOR),

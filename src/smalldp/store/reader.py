@@ -77,12 +77,13 @@ class Page:
 
 
 class _Chunk:
-    __slots__ = ("run", "floor", "data", "_header")
+    __slots__ = ("run", "floor", "data", "_header", "_entries")
 
     def __init__(self, run: int, lo: int, data: bytes) -> None:
         self.run, self.data = run, data
         self.floor = chunk_floor(lo)  # every entry's sort key is >= this
         self._header: BlockHeader | None = None
+        self._entries: list[Entry] | None = None
 
     @property
     def header(self) -> BlockHeader:
@@ -91,8 +92,10 @@ class _Chunk:
         return self._header
 
     def entries(self) -> list[Entry]:
-        header = self.header
-        return list(iter_entries(self.data, header.body, header.count))
+        if self._entries is None:
+            header = self.header
+            self._entries = list(iter_entries(self.data, header.body, header.count))
+        return self._entries
 
 
 class Reader:
@@ -110,6 +113,7 @@ class Reader:
         self._colls: dict[str, int] = {}
         self._coll_names: dict[int, str] = {}
         self._dids: dict[int, str] = {}
+        self._aids: dict[str, int] = {}
 
     def close(self) -> None:
         """Close the connection."""
@@ -137,6 +141,8 @@ class Reader:
         self.hidden = BitMap.deserialize(row[0]) if row and row[0] else BitMap()
         if len(self._dids) > 200_000:
             self._dids.clear()
+        if len(self._aids) > 200_000:
+            self._aids.clear()
 
     def _coll_id(self, nsid: str) -> int | None:
         cid = self._colls.get(nsid)
@@ -179,8 +185,13 @@ class Reader:
         return name
 
     def _aid(self, did: str) -> int | None:
-        row = self.conn.execute("SELECT aid FROM actor WHERE did=?", (did,)).fetchone()
-        return None if row is None else row[0]
+        aid = self._aids.get(did)  # an account's ID never changes once given: safe to keep
+        if aid is None:
+            row = self.conn.execute("SELECT aid FROM actor WHERE did=?", (did,)).fetchone()
+            if row is None:
+                return None
+            aid = self._aids[did] = row[0]
+        return aid
 
     def _did(self, aid: int) -> str:
         did = self._dids.get(aid)

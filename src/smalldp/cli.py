@@ -1,4 +1,4 @@
-"""The `smalldp` command: import, serve, compact, replay."""
+"""The `smalldp` command: import, serve, compact, replay, backup, restore, check."""
 
 from __future__ import annotations
 
@@ -49,6 +49,30 @@ def _parser() -> argparse.ArgumentParser:
     rpl.add_argument("--speed", default="max", metavar="X",
                      help="'max' (default): as fast as each client reads; a number: X times real time, "
                           "paced by the events' time_us")
+    bak = sub.add_parser("backup", help="copy the database to DEST (a file or a directory) while smalldp runs")
+    add_arguments(bak, ["data_dir", "log_level"])
+    bak.add_argument("dest", type=Path, metavar="DEST",
+                     help="backup file, or a directory to put smalldp-<UTC time>.sqlite in")
+    bak.add_argument("--force", action="store_true", help="overwrite DEST if it exists")
+    bak.add_argument("--step-pages", type=int, default=4096, metavar="N",
+                     help="pages copied between progress reports (default 4096, 32 MiB)")
+    bak.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    rst = sub.add_parser("restore", help="check a backup and install it as the database (smalldp stopped)")
+    add_arguments(rst, ["data_dir", "log_level"])
+    rst.add_argument("source", type=Path, metavar="SRC", help="a backup made by `smalldp backup`")
+    rst.add_argument("--no-keep", action="store_true",
+                     help="delete the current database instead of keeping it as smalldp.sqlite.bak")
+    rst.add_argument("--quick", action="store_true", help="PRAGMA quick_check instead of integrity_check")
+    rst.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    chk = sub.add_parser("check", help="verify the database: SQLite integrity and index consistency")
+    add_arguments(chk, ["data_dir", "log_level"])
+    chk.add_argument("file", type=Path, nargs="?", metavar="FILE",
+                     help="a database file to check instead of the data dir's (e.g. a backup)")
+    chk.add_argument("--quick", action="store_true", help="PRAGMA quick_check instead of integrity_check")
+    chk.add_argument("--max-problems", type=int, default=20, metavar="N", help="problems listed (default 20)")
+    chk.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -163,6 +187,79 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _progress(command: str):  # type: ignore[no-untyped-def]
+    """A progress printer for long maintenance commands: stderr, one updating line on a
+    terminal, a line per report otherwise (the library calls it at most once a second)."""
+    tty = sys.stderr.isatty()
+
+    def show(phase: str, done: int, total: int | None) -> None:
+        amount = f"{100 * done / total:5.1f}%" if total else f"{done:,}"
+        start, end = ("\r", "") if tty else ("", "\n")
+        print(f"{start}smalldp {command}: {phase} {amount}", end=end, file=sys.stderr, flush=True)
+        if tty and total and done >= total:
+            print(file=sys.stderr)
+    return show
+
+
+def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
+    """Copy the database (consistent, online) to DEST."""
+    from smalldp.store.maintenance import MaintenanceError, backup
+    from smalldp.store.schema import db_path
+    source = db_path(settings.data_dir)
+    if not source.is_file():
+        print(f"smalldp backup: no database at {source}", file=sys.stderr)
+        return 2
+    try:
+        summary = backup(source, args.dest, force=args.force, step_pages=args.step_pages,
+                         progress=_progress("backup"))
+    except MaintenanceError as exc:
+        print(f"smalldp backup: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(summary.as_dict()))
+    else:
+        print(f"backed up {summary.source} to {summary.dest}: {summary.bytes / 1e6:,.1f} MB, cursor "
+              f"{summary.cursor}, {summary.links or 0:,} links, in {summary.seconds:,.1f} s")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
+    """Check SRC and install it as the database; refuses while smalldp has it open."""
+    from smalldp.store.maintenance import MaintenanceError, restore
+    from smalldp.store.schema import db_path
+    if not args.source.is_file():
+        print(f"smalldp restore: no such file: {args.source}", file=sys.stderr)
+        return 2
+    try:
+        summary, report = restore(args.source, db_path(settings.data_dir), keep=not args.no_keep,
+                                  quick=args.quick, progress=_progress("restore"))
+    except MaintenanceError as exc:
+        print(f"smalldp restore: {exc.args[0]}", file=sys.stderr)
+        if len(exc.args) > 1:
+            print(exc.args[1].text(), file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({**summary.as_dict(), "check": report.as_dict()}))
+    else:
+        kept = f"; the previous database is {summary.kept}" if summary.kept else ""
+        print(f"restored {summary.source} into {summary.dest} ({summary.bytes / 1e6:,.1f} MB, cursor "
+              f"{summary.cursor}, {summary.links or 0:,} links, checked){kept}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    """Verify a database; exit 0 when consistent, 1 with a report of the problems."""
+    from smalldp.store.maintenance import check_store
+    from smalldp.store.schema import db_path
+    path = args.file if args.file is not None else db_path(settings.data_dir)
+    if not path.is_file():
+        print(f"smalldp check: no database at {path}", file=sys.stderr)
+        return 2
+    report = check_store(path, quick=args.quick, limit=max(1, args.max_problems), progress=_progress("check"))
+    print(json.dumps(report.as_dict()) if args.json else report.text())
+    return 0 if report.ok else 1
+
+
 def tune_gc() -> None:
     """Collect garbage less often: ingest allocates millions of short-lived dicts and tuples,
     and the default thresholds make the cyclic collector rescan the long-lived caches
@@ -178,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = _settings(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     commands = {"import": cmd_import, "serve": cmd_serve, "compact": cmd_compact,
-                "replay": cmd_replay}
+                "replay": cmd_replay, "backup": cmd_backup, "restore": cmd_restore, "check": cmd_check}
     return commands[args.command](args, settings)
 
 

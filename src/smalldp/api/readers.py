@@ -12,6 +12,7 @@ from aiohttp import web
 
 from smalldp.store.dataplane import DataPlaneReader
 from smalldp.store.reader import Reader
+from smalldp.store.summaries import SummaryCache
 
 T = TypeVar("T")
 
@@ -26,12 +27,13 @@ class ReaderPool:
         self._local = threading.local()
         self._all: list[Reader] = []
         self._lock = threading.Lock()
+        self._summaries = SummaryCache()  # shared: every thread profits from a summary made once
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="reader")
 
     def _reader(self) -> Reader:
         reader = getattr(self._local, "reader", None)
         if reader is None:
-            reader = DataPlaneReader(self.path, cache_mb=self._cache_mb, mmap_mb=self._mmap_mb)
+            reader = DataPlaneReader(self.path, summaries=self._summaries, cache_mb=self._cache_mb, mmap_mb=self._mmap_mb)
             self._local.reader = reader
             with self._lock:
                 self._all.append(reader)

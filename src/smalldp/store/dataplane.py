@@ -29,6 +29,7 @@ from smalldp.derived import (
     PROFILE, REPOST, STARTERPACK, THREAD, VIDEO,
 )
 from smalldp.store import timeline
+from smalldp.store.summaries import BIG_KEY_CHUNKS, Key, RunSummary, SummaryCache
 from smalldp.store.encoding import (
     Entry, decode_links, did_key, key_account, key_did_account, key_record, split_target,
 )
@@ -69,8 +70,9 @@ def decode_feed_cursor(cursor: str) -> FeedEntry:
 class DataPlaneReader(Reader):
     """A Reader that also answers the DataPlane methods."""
 
-    def __init__(self, path: Any, **kwargs: Any) -> None:
+    def __init__(self, path: Any, *, summaries: SummaryCache | None = None, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
+        self._summaries = summaries if summaries is not None else SummaryCache()
         # Chunks fetched during one request, by (target key, source): a request about 25
         # targets asks for the viewer's follows 25 times. Cleared at every read.
         self._memo: dict[tuple[bytes, int], list[_Chunk]] = {}
@@ -88,12 +90,80 @@ class DataPlaneReader(Reader):
         chunks = self._memo.get((tkey, sid))
         if chunks is None:
             chunks = self._memo[(tkey, sid)] = super()._chunks(tkey, sid)
+            self._note_size((tkey, sid), chunks)
         return chunks
+
+    def _note_size(self, key: Key, chunks: list[_Chunk]) -> None:
+        if len(chunks) >= BIG_KEY_CHUNKS and not self._summaries.is_big(key):
+            per_run: dict[int, int] = {}
+            for chunk in chunks:
+                per_run[chunk.run] = per_run.get(chunk.run, 0) + 1
+            if max(per_run.values()) >= BIG_KEY_CHUNKS:
+                self._summaries.mark_big(key)
+
+    def _tally(self, tkey: bytes | None, collection: str, path: str,
+               dids: BitMap | None = None) -> tuple[int, BitMap]:
+        """Live entries and live actors of a key (only actors in ``dids``, if given).
+
+        Big keys are answered from per-run summaries (store/summaries.py), others from
+        their chunks; both subtract inactive accounts the same way."""
+        sid = self._source_id(collection, path)
+        if sid is None or tkey is None:
+            return 0, BitMap()
+        key = (tkey, sid)
+        if not self._summaries.is_big(key) or key in self._memo:
+            return self._count_chunks(self._chunks(tkey, sid), dids)
+        hidden = self.hidden
+        total = 0
+        actors = BitMap()
+        for summary in self._run_summaries(key):
+            if dids is not None:
+                keep = summary.actors & dids
+                if hidden:
+                    keep -= hidden
+                extra = summary.extra
+                total += len(keep) + (sum(extra.get(a, 0) for a in keep) if extra else 0)
+                actors |= keep
+                continue
+            total += summary.count
+            if hidden:
+                gone = summary.actors & hidden
+                if gone:
+                    total -= len(gone) + sum(summary.extra.get(a, 0) for a in gone)
+            actors |= summary.actors
+        if hidden:
+            actors -= hidden
+        return total, actors
+
+    def _run_summaries(self, key: Key) -> list[RunSummary]:
+        cache = self._summaries
+        out: list[RunSummary] = []
+        missing: list[int] = []
+        for run, gen in self._run_gens.items():
+            summary = cache.get(run, gen, key)
+            if summary is None:
+                missing.append(run)
+            else:
+                out.append(summary)
+        if missing:
+            blobs: dict[int, list[bytes]] = {run: [] for run in missing}
+            marks = ",".join(str(run) for run in missing)  # integers only
+            for run, data in self.conn.execute(
+                    f"SELECT run, data FROM bl WHERE run IN ({marks}) AND tkey=? AND sid=?", key):
+                blobs[run].append(data)
+            for run, chunks in blobs.items():
+                summary = RunSummary.of(chunks)
+                cache.put(run, self._run_gens[run], key, summary)
+                out.append(summary)
+        return out
 
     def _prefetch(self, tkey: bytes | None, sids: Iterable[int | None]) -> None:
         """Fetch the chunks of several sources of one target in one query."""
-        wanted = {sid for sid in sids if sid is not None}
-        if tkey is None or not wanted:
+        if tkey is None:
+            return
+        # Big keys are read from their summaries, not fetched whole.
+        wanted = {sid for sid in sids if sid is not None and not self._summaries.is_big((tkey, sid))}
+        if not wanted:
             return
         found: dict[int, list[_Chunk]] = {sid: [] for sid in wanted}
         marks = ",".join(str(sid) for sid in wanted)  # integers only
@@ -103,6 +173,7 @@ class DataPlaneReader(Reader):
             found[sid].append(_Chunk(run, lo, data))
         for sid, chunks in found.items():
             self._memo[(tkey, sid)] = chunks
+            self._note_size((tkey, sid), chunks)
 
     def _active(self, did: str) -> int | None:
         """The account ID of an active account, else None."""
@@ -186,7 +257,7 @@ class DataPlaneReader(Reader):
 
     def _follow_set(self, aid: int) -> BitMap:
         """The active accounts ``aid`` follows: a union of its reverse follow chunks' bitmaps."""
-        return self._count_chunks(self._of(aid, FOLLOW, OUT_SUBJECT))[1]
+        return self._tally(did_key(aid), FOLLOW, OUT_SUBJECT)[1]
 
     # ------------------------------------------------------------ records
 
@@ -222,10 +293,10 @@ class DataPlaneReader(Reader):
             for uri in uris:
                 tkey = self._target_key(uri)
                 self._prefetch(tkey, sources)
-                out["likes"].append(len(self._count_chunks(self._keyed(tkey, LIKE, ".subject.uri"))[1]))
-                out["reposts"].append(len(self._count_chunks(self._keyed(tkey, REPOST, ".subject.uri"))[1]))
-                out["replies"].append(self._count_chunks(self._keyed(tkey, POST, ".reply.parent.uri"))[0])
-                out["quotes"].append(sum(self._count_chunks(self._keyed(tkey, POST, p))[0] for p in QUOTE_PATHS))
+                out["likes"].append(len(self._tally(tkey, LIKE, ".subject.uri")[1]))
+                out["reposts"].append(len(self._tally(tkey, REPOST, ".subject.uri")[1]))
+                out["replies"].append(self._tally(tkey, POST, ".reply.parent.uri")[0])
+                out["quotes"].append(sum(self._tally(tkey, POST, p)[0] for p in QUOTE_PATHS))
             return out
         return self._read(read)
 
@@ -261,8 +332,8 @@ class DataPlaneReader(Reader):
             follows = self._follow_set(aid) if aid is not None else BitMap()
             out = []
             for subject in subjects:
-                likers = BitMap() if not follows else self._count_chunks(
-                    self._keyed(self._target_key(subject), LIKE, ".subject.uri"), follows)[1]
+                likers = BitMap() if not follows else self._tally(
+                    self._target_key(subject), LIKE, ".subject.uri", follows)[1]
                 picked = list(likers[:limit]) if len(likers) > limit else list(likers)
                 self._load_dids(picked)
                 out.append({"subject": subject, "dids": [self._dids[a] for a in picked], "count": len(likers)})
@@ -309,7 +380,7 @@ class DataPlaneReader(Reader):
                 target_aid = self._active(target)
                 known = BitMap()
                 if follows and target_aid is not None:
-                    known = self._count_chunks(self._keyed(did_key(target_aid), FOLLOW, ".subject"), follows)[1]
+                    known = self._tally(did_key(target_aid), FOLLOW, ".subject", follows)[1]
                 self._load_dids(known)
                 out.append({"targetDid": target, "dids": [self._dids[a] for a in known]})
             return out
@@ -424,11 +495,11 @@ class DataPlaneReader(Reader):
                 self._prefetch(did_key(aid), [self._source_id(c, p) for c, p in (
                     (FOLLOW, ".subject"), (FOLLOW, OUT_SUBJECT), (POST, AUTHOR), (REPOST, AUTHOR), (LIST, AUTHOR),
                     (GENERATOR, AUTHOR), (STARTERPACK, AUTHOR))])
-                out["followers"].append(len(self._count_chunks(self._keyed(did_key(aid), FOLLOW, ".subject"))[1]))
+                out["followers"].append(len(self._tally(did_key(aid), FOLLOW, ".subject")[1]))
                 out["following"].append(len(self._follow_set(aid)))
                 for name, coll in (("posts", POST), ("reposts", REPOST), ("lists", LIST), ("feeds", GENERATOR),
                                    ("starterPacks", STARTERPACK)):
-                    out[name].append(self._count_chunks(self._of(aid, coll, AUTHOR))[0])
+                    out[name].append(self._tally(did_key(aid), coll, AUTHOR)[0])
             return out
         return self._read(read)
 

@@ -10,7 +10,8 @@ Tables (all integers are SQLite varints on disk):
                              stored as rev - sk, a few bytes);
                              links NULL is a tombstone that keeps the delete's rev
   body(sk, aid, coll, ...)   zstd-compressed record JSON for the body collections
-  run(run, level, blocks)    the sorted runs of the backlink index (an LSM of tables)
+  run(run, level, blocks, gen)  the sorted runs of the backlink index (an LSM of tables);
+                             gen counts rewrites of the run's chunks (readers cache per gen)
   bl(run, tkey, sid, lo, data)  backlink chunks: per run and (target, source), entries
                              newest first, split into chunks keyed by their lowest sort key
                              (0 for a run's oldest chunk, which is most keys' only one)
@@ -28,9 +29,16 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 2  # 2: derived links, tl, actor_rev
+SCHEMA_VERSION = 2  # 2: derived links, tl, actor_rev, run.gen
 DB_NAME = "smalldp.sqlite"
 PAGE_SIZE = 8192
+# Checkpoint every 8192 pages (64 MiB) rather than SQLite's 1000: with big batches the
+# default would checkpoint on every commit, writing hot pages to the card again and again.
+WAL_AUTOCHECKPOINT_PAGES = 8192
+# The WAL file keeps the size of its biggest transaction (a merge can write hundreds of
+# MB) unless told otherwise: truncate it back to one checkpoint's worth when SQLite
+# restarts it, so the disk space it holds stays bounded.
+WAL_SIZE_LIMIT = WAL_AUTOCHECKPOINT_PAGES * PAGE_SIZE
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v) WITHOUT ROWID;
@@ -51,7 +59,8 @@ CREATE TABLE IF NOT EXISTS fwd(
 CREATE TABLE IF NOT EXISTS body(
   sk INTEGER, aid INTEGER, coll INTEGER, cid TEXT, indexed_us INTEGER NOT NULL, data BLOB NOT NULL,
   PRIMARY KEY(sk, aid, coll)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS run(run INTEGER PRIMARY KEY, level INTEGER NOT NULL, blocks INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS run(run INTEGER PRIMARY KEY, level INTEGER NOT NULL, blocks INTEGER NOT NULL,
+  gen INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS bl(
   run INTEGER, tkey BLOB, sid INTEGER, lo INTEGER, data BLOB NOT NULL,
   PRIMARY KEY(run, tkey, sid, lo)) WITHOUT ROWID;
@@ -80,9 +89,8 @@ def open_writer(path: Path, cache_mb: int, mmap_mb: int) -> sqlite3.Connection:
     conn.execute(f"PRAGMA mmap_size={mmap_mb * 1024 * 1024}")
     # Temp tables and sorts (compaction) may spill to files: memory stays bounded.
     conn.execute("PRAGMA temp_store=FILE")
-    # Checkpoint less often than the 1000-page default: big batches would otherwise
-    # checkpoint on every commit.
-    conn.execute("PRAGMA wal_autocheckpoint=8192")
+    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+    conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
     conn.executescript(SCHEMA)
     version = conn.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
     if version is None:

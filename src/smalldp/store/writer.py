@@ -556,7 +556,7 @@ class Writer:
                 for lo, chunk in _chunks(entries, self.chunk_entries):
                     rows.append((run, tkey, sid, lo, encode_block(chunk)))
             self.conn.executemany("INSERT INTO bl VALUES(?, ?, ?, ?, ?)", rows)
-            self.conn.execute("INSERT INTO run VALUES(?, 0, ?)", (run, len(rows)))
+            self.conn.execute("INSERT INTO run(run, level, blocks) VALUES(?, 0, ?)", (run, len(rows)))
             self.runs[run] = 0
         derived = self.derived_sids  # the DataPlane's views are not counted as links
         self.links_live += (sum(len(e) for k, e in adds.items() if k[0] not in derived)
@@ -568,6 +568,7 @@ class Writer:
         conn = self.conn
         run_list = ",".join(str(r) for r in self.runs) or "NULL"
         pause = self.pause
+        rewritten: dict[int, int] = {}  # run -> chunks it lost (emptied by the removals)
         for i, ((sid, tkey), gone) in enumerate(removes.items()):
             if not i & 63:
                 pause()
@@ -597,6 +598,7 @@ class Writer:
                     continue
                 gone.difference_update(entries)
                 conn.execute("DELETE FROM bl WHERE run=? AND tkey=? AND sid=? AND lo=?", (run, tkey, sid, lo))
+                rewritten[run] = rewritten.get(run, 0) + (0 if kept else 1)
                 if kept:
                     # Entries only leave, so the chunk's lo can only rise: still unique in its run.
                     new_lo = 0 if lo == 0 else kept[-1][0]
@@ -604,6 +606,9 @@ class Writer:
                                  (run, tkey, sid, new_lo, encode_block(kept)))
             if gone:
                 raise RuntimeError(f"backlink entries missing from the index: {sorted(gone)[:5]}")
+        # A new generation tells readers that cached summaries of this run are stale.
+        conn.executemany("UPDATE run SET gen = gen + 1, blocks = blocks - ? WHERE run = ?",
+                         [(lost, run) for run, lost in rewritten.items()])
 
     def _write_meta(self, values: dict[str, object]) -> None:
         values = dict(values)
@@ -727,7 +732,7 @@ class Writer:
             count = conn.execute(f"SELECT count(*) FROM bl WHERE run={new}").fetchone()[0]
             conn.execute(f"DELETE FROM bl WHERE run IN ({marks})")
             conn.execute(f"DELETE FROM run WHERE run IN ({marks})")
-            conn.execute("INSERT INTO run VALUES(?, ?, ?)", (new, level, count))
+            conn.execute("INSERT INTO run(run, level, blocks) VALUES(?, ?, ?)", (new, level, count))
             conn.execute("DELETE FROM mrow")
             conn.execute("COMMIT")
         except BaseException:

@@ -3,12 +3,13 @@
 #   systemd      systemd-analyze (verify, security --offline)
 #   cloud-init   `cloud-init schema` for appliance/user-data
 #   mmdebstrap   builds the Debian Bookworm root that scripts/install.sh is run in
+#   chromium     headless browser that loads the status page (tests/test_status_page.py)
 # Usage: scripts/_system_deps.sh   (root, or a user with sudo). Safe to run again.
 set -euo pipefail
 
 # package:command pairs; a package counts as present when its command is on PATH or
 # dpkg says it is installed (either is enough, so a hand-installed tool is respected).
-WANTED=(systemd:systemd-analyze cloud-init:cloud-init mmdebstrap:mmdebstrap)
+WANTED=(systemd:systemd-analyze cloud-init:cloud-init mmdebstrap:mmdebstrap chromium:chromium)
 
 if [ "$(id -u)" = 0 ]; then
   SUDO=()

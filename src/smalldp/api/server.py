@@ -10,7 +10,7 @@ from typing import Callable
 from aiohttp import web
 
 from smalldp import __version__
-from smalldp.api import NAMESPACE, constellation, dataplane, metrics
+from smalldp.api import NAMESPACE, constellation, dataplane, metrics, status
 from smalldp.api.readers import READERS, ReaderPool
 from smalldp.api.xrpc import Handler, Params, XrpcError, json_response, xrpc_errors
 from smalldp.links import is_link
@@ -62,8 +62,12 @@ async def health(request: web.Request) -> web.Response:
         "status": "ok", "version": __version__, "ingest": ingest["state"],
         "cursor": None if cursor is None else int(cursor), "lag_s": lag, "links": stats["links"],
         "runs": stats["runs"], "inactive_accounts": stats["inactive_accounts"]}
+    if ingest.get("paused_reason"):  # at the top too: why ingest waits matters more than its details
+        body["paused_reason"] = ingest["paused_reason"]
     if len(ingest) > 1:
         body["jetstream"] = {k: v for k, v in ingest.items() if k != "state"}
+    # What the status page at / shows: disk, file, counts, history, top targets (api/status.py).
+    body.update(await status.health_fields(request.app))
     return json_response(body)
 
 
@@ -89,6 +93,7 @@ def make_app(db_path: Path, *, read_threads: int = 4, cache_mb: int = 64, mmap_m
     app.add_routes(dataplane.routes)
     app.add_routes(metrics.routes)
     app.add_routes(routes)
+    status.setup(app, db_path, ingest_status)
 
     async def close_readers(app: web.Application) -> None:
         app[READERS].close()

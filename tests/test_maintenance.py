@@ -37,9 +37,9 @@ GEN = Path(__file__).resolve().parents[1] / "scripts" / "gen_events.py"
 LIKE = "app.bsky.feed.like"
 
 
-def _writer_leaves_stale_run_blocks(tmp: Path) -> bool:
-    """The writer bug found by `check` (reported; writer.py is not ours to fix): a delete
-    that empties a chunk removes its bl row but leaves run.blocks as it was."""
+def _run_blocks_are_exact(tmp: Path) -> bool:
+    """Regression (found by `check`): a delete that empties a chunk removed its bl row but
+    left run.blocks as it was."""
     writer = Writer(tmp / "repro.sqlite", chunk_entries=1)
     did = "did:plc:" + "a" * 24
 
@@ -57,45 +57,18 @@ def _writer_leaves_stale_run_blocks(tmp: Path) -> bool:
     assert conn.execute("SELECT count(*) FROM fwd WHERE links IS NULL").fetchone()[0] == 1  # the delete applied
     stale = conn.execute("SELECT blocks != (SELECT count(*) FROM bl WHERE bl.run = run.run) FROM run").fetchall()
     conn.close()
-    return any(row[0] for row in stale)
-
-
-def _probe_writer_bug() -> bool:
-    import tempfile
-    with tempfile.TemporaryDirectory() as tmp:
-        return _writer_leaves_stale_run_blocks(Path(tmp))
-
-
-# While the writer has the bug, tests that need a clean store from the real writer accept
-# exactly this kind of problem (and repair it where a restore needs a clean file). Once the
-# writer is fixed this is False and every check counts in full.
-WRITER_BLOCKS_BUG = _probe_writer_bug()
-KNOWN_WRITER_BUGS = frozenset({"run-blocks"}) if WRITER_BLOCKS_BUG else frozenset()
+    return not any(row[0] for row in stale)
 
 
 def assert_consistent(path: Path) -> None:
-    """`check_store` finds nothing (but the known writer bug, while it exists)."""
+    """`check_store` finds nothing."""
     report = check_store(path, limit=50)
-    unexpected = [p for p in report.problems if p.kind not in KNOWN_WRITER_BUGS]
-    assert not unexpected and set(report.counts) <= KNOWN_WRITER_BUGS, report.text()
+    assert not report.problems and not report.counts, report.text()
     assert report.stats["backlink_entries"] == report.stats["links"] + report.stats["derived_links"]
 
 
-def repair_known_writer_bug(path: Path) -> None:
-    """Make run.blocks exact in a copy, so that restore (which refuses anything check
-    reports) can be exercised before the writer is fixed."""
-    if not WRITER_BLOCKS_BUG:
-        return
-    conn = sqlite3.connect(path)
-    conn.execute("UPDATE run SET blocks = (SELECT count(*) FROM bl WHERE bl.run = run.run)")
-    conn.commit()
-    conn.close()
-
-
-@pytest.mark.xfail(WRITER_BLOCKS_BUG, strict=True,
-                   reason="writer bug: a delete that empties a backlink chunk leaves run.blocks too high")
 def test_writer_keeps_run_blocks_exact(tmp_path: Path) -> None:
-    assert not _writer_leaves_stale_run_blocks(tmp_path)
+    assert _run_blocks_are_exact(tmp_path)
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -123,7 +96,6 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert run_cli(["compact", "--data-dir", str(tmp / "data")])[0] == 0
     path = db_path(tmp / "data")
     assert_consistent(path)
-    repair_known_writer_bug(path)
     return path
 
 
@@ -451,7 +423,6 @@ def test_backup_while_serving_restores_to_a_consistent_prefix(tmp_path: Path) ->
 
     # The backup as it is: consistent, but for the known writer bug.
     assert_consistent(backup)
-    repair_known_writer_bug(backup)
     restored = tmp_path / "restored"
     done = cli("restore", "--data-dir", str(restored), str(backup))
     assert done.returncode == 0, done.stderr

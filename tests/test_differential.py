@@ -218,6 +218,10 @@ def assert_indexes_agree(path: Path) -> None:
     assert report.ok, report.text()
     # Nothing was skipped: the check saw every forward link as a backlink entry.
     assert report.stats["backlink_entries"] == report.stats["links"] + report.stats["derived_links"]
+    conn = sqlite3.connect(path)
+    live = conn.execute("SELECT count(*) FROM fwd WHERE links IS NOT NULL").fetchone()[0]
+    assert conn.execute("SELECT v FROM meta WHERE k = 'records'").fetchone()[0] == live
+    conn.close()
 
 
 def test_many_links_in_small_chunks(tmp_path: Path) -> None:

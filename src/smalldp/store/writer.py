@@ -124,6 +124,7 @@ class _Batch:
     links_removed: int = 0
     derived_added: int = 0  # of which derived links (smalldp.derived), not counted as links
     derived_removed: int = 0
+    records_delta: int = 0  # live records gained (puts of new records) minus lost (deletes, purges)
 
     def add_link(self, key: tuple[int, bytes], entry: Entry) -> None:
         if self.removes:
@@ -186,6 +187,7 @@ class Writer:
         self.next_aid = (conn.execute("SELECT max(aid) FROM actor").fetchone()[0] or 0) + 1
         self.alias_next = self._meta("alias_next", ALIAS_BASE)
         self.links_live = self._meta("links", 0)
+        self.records_live = self._meta("records", 0)  # live records (forward rows that are not tombstones)
         hidden = self._meta("hidden", None)
         self.hidden = BitMap.deserialize(hidden) if hidden else BitMap()
         self.runs: dict[int, int] = dict(conn.execute("SELECT run, level FROM run"))
@@ -428,6 +430,7 @@ class Writer:
             return
         entry = (sk, aid)
         old: LinkList = (current[1] or []) if current is not None else []
+        was_live = current is not None and current[1] is not None
         derived = self.derived_sids
         if type(op) is PutRecord:
             new: LinkList = []
@@ -460,12 +463,16 @@ class Writer:
                     batch.timeline.append((sk, aid, timeline.KIND_POST if coll == self._post_coll
                                            else timeline.KIND_REPOST))
             batch.records[key] = (op.rev, new)
+            if not was_live:
+                batch.records_delta += 1
             if self._keeps_body_of(coll):
                 batch.bodies[key] = (op.cid, op.time_us, op.body)  # type: ignore[union-attr]
         else:
             for link in old:
                 self._remove(batch, link, entry)
             batch.records[key] = (op.rev, None)
+            if was_live:
+                batch.records_delta -= 1
             if self._keeps_body_of(coll):
                 batch.bodies[key] = None
         batch.dirty_records.add(key)
@@ -558,6 +565,8 @@ class Writer:
             self.conn.executemany("INSERT INTO bl VALUES(?, ?, ?, ?, ?)", rows)
             self.conn.execute("INSERT INTO run(run, level, blocks) VALUES(?, 0, ?)", (run, len(rows)))
             self.runs[run] = 0
+        self.records_live += batch.records_delta
+        batch.records_delta = 0
         derived = self.derived_sids  # the DataPlane's views are not counted as links
         self.links_live += (sum(len(e) for k, e in adds.items() if k[0] not in derived)
                             - sum(len(e) for k, e in batch.removes.items() if k[0] not in derived))
@@ -614,6 +623,7 @@ class Writer:
         values = dict(values)
         values["alias_next"] = self.alias_next
         values["links"] = self.links_live
+        values["records"] = self.records_live
         values["hidden"] = self.hidden.serialize()
         self.conn.executemany("INSERT OR REPLACE INTO meta VALUES(?, ?)", list(values.items()))
 
@@ -630,6 +640,7 @@ class Writer:
             if rev + sk > revs[aid]:
                 continue
             if links is not None:
+                batch.records_delta -= 1
                 for link in decode_links(links):
                     self._remove(batch, link, (sk, aid))
             doomed.append((sk, aid, coll))

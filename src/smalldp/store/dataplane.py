@@ -690,7 +690,10 @@ class DataPlaneReader(Reader):
                 return [], None
             items: list[dict[str, str]] = []
             last: Entry | None = None
-            for sk, aid in self._live(self._keyed(self._target_key(list_uri), LISTITEM, ".list"), after):
+            # Only the owner's listitems count: chunks whose bitmap lacks the owner are skipped,
+            # so listitems others point at the list cost nothing.
+            chunks = [c for c in self._keyed(self._target_key(list_uri), LISTITEM, ".list") if owner in c.header.bitmap]
+            for sk, aid in self._live(chunks, after):
                 if aid != owner:
                     continue
                 subject = self._link_target(self._links_of(sk, aid, listitem) or [], LISTITEM, ".subject")

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smalldp.events import decode_event
-from smalldp.store.maintenance import check_store
+from smalldp.store.check import check_store
 from smalldp.store.reader import Reader
 from smalldp.store.writer import Writer
 from smalldp.tid import int_to_tid, tid_from_time, tid_to_int
@@ -210,7 +210,7 @@ def test_store_equals_model(tmp_path_factory, history, page_size: int, fanout: i
 
 
 def assert_indexes_agree(path: Path) -> None:
-    """The store-level check (smalldp.store.maintenance) finds nothing: every backlink entry
+    """The store-level check (smalldp.store.check) finds nothing: every backlink entry
     is a link of a live forward row and vice versa (reverse links filed under the author),
     each once; the stored link count is their number; chunk headers, chunk ranges, runs,
     timeline buckets and bodies agree too."""

@@ -27,8 +27,10 @@ from pyroaring import BitMap
 from conftest import import_json, run_cli
 from smalldp.events import decode_event
 from smalldp.store.encoding import BITMAP_MIN_ENTRIES, decode_block, decode_links, encode_block, encode_links, put_varint
-from smalldp.store.maintenance import ChunkError, check_store, database_in_use, parse_chunk
+from smalldp.store.backup import database_in_use
+from smalldp.store.check import check_store
 from smalldp.store.schema import db_path
+from smalldp.store.strict import ChunkError, parse_chunk
 from smalldp.store.writer import Writer
 from test_import import answers
 from test_live import _env, _health, _keys_of, _serve_cmd, _terminate, _until_caught_up, free_port

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-import smalldp.store.dataplane as dataplane
+import smalldp.store.dataplane.base as dataplane_base
 from smalldp.events import decode_event
 from smalldp.store.dataplane import DataPlaneReader
 from smalldp.store.summaries import SummaryCache
@@ -26,7 +26,8 @@ from test_dataplane import scenarios  # noqa: F401  - their fixture
 
 @pytest.fixture(autouse=True)
 def every_key_is_big(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(dataplane, "BIG_KEY_CHUNKS", 1)
+    # Patched where it is read (DataPlaneBase._note_size), not in smalldp.store.summaries.
+    monkeypatch.setattr(dataplane_base, "BIG_KEY_CHUNKS", 1)
     yield
 
 

@@ -203,7 +203,7 @@ def _progress(command: str):  # type: ignore[no-untyped-def]
 
 def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     """Copy the database (consistent, online) to DEST."""
-    from smalldp.store.maintenance import MaintenanceError, backup
+    from smalldp.store.backup import MaintenanceError, backup
     from smalldp.store.schema import db_path
     source = db_path(settings.data_dir)
     if not source.is_file():
@@ -225,7 +225,7 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     """Check SRC and install it as the database; refuses while smalldp has it open."""
-    from smalldp.store.maintenance import MaintenanceError, restore
+    from smalldp.store.backup import MaintenanceError, restore
     from smalldp.store.schema import db_path
     if not args.source.is_file():
         print(f"smalldp restore: no such file: {args.source}", file=sys.stderr)
@@ -249,7 +249,7 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     """Verify a database; exit 0 when consistent, 1 with a report of the problems."""
-    from smalldp.store.maintenance import check_store
+    from smalldp.store.check import check_store
     from smalldp.store.schema import db_path
     path = args.file if args.file is not None else db_path(settings.data_dir)
     if not path.is_file():

@@ -1,0 +1,163 @@
+"""Feeds: an author's feed (derived author links merged with reposts, per filter), the
+home timeline (timeline buckets, store/timeline.py, filtered by the viewer's follow
+bitmap), threads (ancestors through reply links, descendants through backlinks), and
+the feed item of a post or repost.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Iterator
+
+from smalldp.derived import AUTHOR, MEDIA, NO_REPLY, POST, REPOST, THREAD, VIDEO
+from smalldp.store import timeline
+from smalldp.store.dataplane.base import DataPlaneBase, FeedEntry, decode_feed_cursor, encode_feed_cursor
+from smalldp.store.encoding import key_record
+from smalldp.store.reader import _Chunk
+
+FEED_FILTERS = {  # filter -> post path, and whether reposts are in
+    "posts_with_replies": (AUTHOR, True),
+    "posts_no_replies": (NO_REPLY, True),
+    "posts_and_author_threads": (THREAD, True),
+    "posts_with_media": (MEDIA, False),
+    "posts_with_video": (VIDEO, False),
+}
+THREAD_DESCENDANTS_MAX = 1000
+TIMELINE_SEGMENTS_MAX = 4000  # segments read per timeline page (one per closed one-minute bucket)
+
+
+class FeedQueries(DataPlaneBase):
+    """getAuthorFeed, getTimeline, getThread."""
+
+    def author_feed(self, actor: str, limit: int, cursor: str | None,
+                    filter: str) -> tuple[list[dict[str, str]], str | None]:
+        """getAuthorFeed."""
+        after = decode_feed_cursor(cursor) if cursor else None
+        post_path, with_reposts = FEED_FILTERS[filter]
+
+        def read() -> tuple[list[dict[str, str]], str | None]:
+            aid = self._active(actor)
+            if aid is None:
+                return [], None
+            streams = [self._feed_stream(self._of(aid, POST, post_path), timeline.KIND_POST, after)]
+            if with_reposts:
+                streams.append(self._feed_stream(self._of(aid, REPOST, AUTHOR), timeline.KIND_REPOST, after))
+            items: list[dict[str, str]] = []
+            last: FeedEntry | None = None
+            for entry in heapq.merge(*streams, reverse=True):
+                if len(items) == limit:
+                    return items, encode_feed_cursor(last)  # type: ignore[arg-type]
+                item = self._feed_item(entry)
+                if item is not None:
+                    items.append(item)
+                    last = entry
+            return items, None
+        return self._read(read)
+
+    def _feed_stream(self, chunks: list[_Chunk], kind: int, after: FeedEntry | None) -> Iterator[FeedEntry]:
+        # Derived author links: every entry's account is the author, so the cursor's sort
+        # key and kind place it (entries of one key never share a sort key).
+        start = None if after is None else ((after[0] + 1, 0) if kind < after[2] else (after[0], 0))
+        for sk, aid in self._live(chunks, start):
+            yield sk, aid, kind
+
+    def _feed_item(self, entry: FeedEntry) -> dict[str, str] | None:
+        """A feed item for a post or repost entry, or None when the record is not live."""
+        sk, aid, kind = entry
+        collection = POST if kind == timeline.KIND_POST else REPOST
+        coll = self._coll_id(collection)
+        if coll is None or aid in self.hidden:
+            return None
+        links = self._links_of(sk, aid, coll)
+        if links is None:
+            return None
+        uri = f"at://{self._did(aid)}/{collection}/{self._rkey(aid, coll, sk)}"
+        if kind == timeline.KIND_POST:
+            return {"uri": uri, "cid": self._cid(sk, aid, coll), "repost": "", "repostCid": ""}
+        subject = self._link_target(links, REPOST, ".subject.uri")
+        parts = key_record(subject) if subject is not None else None
+        if parts is None or subject is None:
+            return {"uri": "", "cid": "", "repost": uri, "repostCid": ""}
+        s_aid, s_coll, s_rkey = parts
+        s_sk = s_rkey if isinstance(s_rkey, int) else self._sort_key(s_aid, s_coll, s_rkey)
+        cid = "" if s_sk is None or s_aid in self.hidden else self._cid(s_sk, s_aid, s_coll)
+        return {"uri": self._target_name(subject), "cid": cid, "repost": uri, "repostCid": ""}
+
+    def _cid(self, sk: int, aid: int, coll: int) -> str:
+        row = self.conn.execute("SELECT cid FROM body WHERE sk=? AND aid=? AND coll=?", (sk, aid, coll)).fetchone()
+        return (row[0] or "") if row else ""
+
+    def timeline(self, viewer: str, limit: int, cursor: str | None) -> tuple[list[dict[str, str]], str | None]:
+        """getTimeline: posts and reposts of the viewer's follows and the viewer, newest first."""
+        after = decode_feed_cursor(cursor) if cursor else None
+
+        def read() -> tuple[list[dict[str, str]], str | None]:
+            aid = self._active(viewer)
+            if aid is None:
+                return [], None
+            authors = self._follow_set(aid)
+            authors.add(aid)
+            authors -= self.hidden
+            start = timeline.bucket_of(after[0]) if after is not None else 1 << 40
+            items: list[dict[str, str]] = []
+            last: FeedEntry | None = None
+            segments_read = 0
+            for bucket, segments in timeline.buckets_before(self.conn, start):
+                for entry in timeline.newest_first(segments, authors, after):
+                    if len(items) == limit:
+                        return items, encode_feed_cursor(last)  # type: ignore[arg-type]
+                    item = self._feed_item(entry)
+                    if item is not None:
+                        items.append(item)
+                        last = entry
+                segments_read += len(segments)
+                if segments_read >= TIMELINE_SEGMENTS_MAX:
+                    # Work bound reached: continue below this bucket on the next page.
+                    return items, encode_feed_cursor((timeline.bucket_floor(bucket), 0, 0))
+            return items, None
+        return self._read(read)
+
+    def thread(self, uri: str, above: int, below: int) -> list[str]:
+        """getThread: ancestors (root-most first), the post, then descendants breadth-first."""
+        def read() -> list[str]:
+            key = self._record_key(uri)
+            if key is None or self._coll_name(key[2]) != POST:
+                return []
+            links = self._links_of(*key)
+            if links is None:
+                return []
+            ancestors: list[str] = []
+            seen = {key}
+            for _ in range(above):
+                parent = self._link_target(links, POST, ".reply.parent.uri")
+                parts = key_record(parent) if parent is not None else None
+                if parts is None or parent is None or parts[0] in self.hidden:
+                    break
+                p_sk = parts[2] if isinstance(parts[2], int) else self._sort_key(parts[0], parts[1], parts[2])
+                p_key = None if p_sk is None else (p_sk, parts[0], parts[1])
+                if p_key is None or p_key in seen or self._coll_name(parts[1]) != POST:
+                    break
+                links = self._links_of(*p_key)
+                if links is None:
+                    break
+                seen.add(p_key)
+                ancestors.append(self._target_name(parent))
+            ancestors.reverse()
+            out = ancestors + [uri]
+            level = [uri]
+            found = 0
+            for _ in range(below):
+                next_level = []
+                for parent_uri in level:
+                    for sk, aid in self._live(self._keyed(self._target_key(parent_uri), POST, ".reply.parent.uri")):
+                        if found == THREAD_DESCENDANTS_MAX:
+                            return out
+                        child = self._uri(aid, POST, sk)
+                        out.append(child)
+                        next_level.append(child)
+                        found += 1
+                level = next_level
+                if not level:
+                    break
+            return out
+        return self._read(read)

@@ -106,7 +106,7 @@ class Reader:
         self._bodies = BodyDecompressor(self.conn)
         self._version = -1
         self._runs = "NULL"
-        self._run_gens = {}
+        self._run_gens: dict[int, int] = {}  # run -> gen, read at each new snapshot
         self._run_count = 0
         self.hidden = BitMap()
         self._sources: dict[tuple[str, str], int] = {}
@@ -135,7 +135,7 @@ class Reader:
         if version == self._version:
             return
         self._version = version
-        self._run_gens: dict[int, int] = dict(self.conn.execute("SELECT run, gen FROM run"))
+        self._run_gens = dict(self.conn.execute("SELECT run, gen FROM run"))
         runs = [str(r) for r in self._run_gens]
         self._run_count = len(runs)
         self._runs = ",".join(runs) or "NULL"  # inlined into queries: integers only

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -553,32 +554,63 @@ def test_dictionary_missing_at_start_is_fetched_again_later(tmp_path: Path, ref:
     ref.check(tmp_path / "live")
 
 
-def test_a_store_that_cannot_write_stops_ingest_with_an_error(tmp_path: Path, ref: Reference) -> None:
+def test_a_store_that_cannot_grow_pauses_ingest_until_it_can(tmp_path: Path, ref: Reference) -> None:
     """SQLite refuses to grow the file (a real SQLITE_FULL, from max_page_count): ingest
-    stops as failed, and what was committed before stays committed and consistent."""
-    from smalldp.ingest.live import LiveIngest, WriterFailed
+    pauses instead of failing, keeps the rolled-back batch and retries it; once the store
+    can grow again it resumes by itself, and nothing is lost or applied twice."""
+    from smalldp.ingest.diskguard import DiskGuard
+    from smalldp.ingest.live import LiveIngest
     from smalldp.ingest.metrics import IngestMetrics
     from smalldp.service import client_options, open_writer
+
+    grow = threading.Event()
 
     def small_writer(settings: Settings) -> Any:
         writer = open_writer(settings)
         pages = writer.conn.execute("PRAGMA page_count").fetchone()[0]
         writer.conn.execute(f"PRAGMA max_page_count={pages + 12}")
+
+        def pause() -> None:
+            # Runs on the ingest thread inside Writer.apply: "space returns".
+            if grow.is_set():
+                writer.conn.execute("PRAGMA max_page_count=1073741823")
+        writer.pause = pause
         return writer
 
-    async def main() -> LiveIngest:
+    async def main() -> tuple[LiveIngest, dict[str, Any], int]:
         async with FakeJetstream(ref.lines) as server:
             settings = live_settings(tmp_path / "live", [server.url])
             metrics = IngestMetrics()
+            # No free-space floor (this disk has room): only the failed commits pause.
+            guard = DiskGuard(tmp_path / "live", min_free_mb=0, min_free_percent=0, poll_s=0.05,
+                              retry_max_s=0.2)
             live = LiveIngest(lambda: small_writer(settings), client_options(settings), metrics,
-                              batch_events=200, batch_ms=50)
+                              batch_events=200, batch_ms=50, data_dir=tmp_path / "live", disk_guard=guard)
             live.start()
-            done = await asyncio.get_running_loop().run_in_executor(None, live.wait_done, 60)
-            assert done
-            return live
+            deadline = time.monotonic() + 60
+            while guard.full_failures < 3:  # several retries, each rolled back
+                assert not live.wait_done(0), live.error
+                assert time.monotonic() < deadline, metrics.health()
+                await asyncio.sleep(0.02)
+            paused = metrics.health()
+            committed = metrics.events_committed
+            assert _committed_cursor(tmp_path / "live") == metrics.cursor
+            grow.set()
+            last = last_op_time(ref.lines)
+            while not (metrics.cursor == last and live.pending() == 0):
+                assert not live.wait_done(0), live.error
+                assert time.monotonic() < deadline, metrics.health()
+                await asyncio.sleep(0.02)
+            live.stop()
+            assert await asyncio.get_running_loop().run_in_executor(None, live.wait_done, 30)
+            return live, paused, committed
 
-    live = asyncio.run(main())
-    assert isinstance(live.error, WriterFailed) and "full" in str(live.error)
-    assert live.metrics.state == "failed" and live.metrics.events_committed > 0
-    # The committed prefix is intact: the file opens, and its cursor is the last batch's.
-    assert _committed_cursor(tmp_path / "live") == live.metrics.cursor
+    live, paused, committed = asyncio.run(main())
+    assert paused["state"] == "paused" and paused["paused_reason"].startswith("disk full")
+    assert "database or disk is full" in paused["paused_reason"]
+    assert 0 < committed < live.metrics.events_committed
+    assert live.error is None and live.metrics.state == "stopped"
+    # Each event committed once: a rolled-back batch was not counted, and is not missing.
+    assert live.metrics.events_committed == ref.cap.valid_events
+    assert live.metrics.disk_full_failures >= 3 and live.metrics.paused_reason == ""
+    ref.check(tmp_path / "live")

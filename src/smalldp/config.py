@@ -22,6 +22,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 ENV_PREFIX = "SMALLDP_"
+MAX_BATCH_EVENTS = 100_000
+MAX_BATCH_MS = 60_000
 _TYPES = ("path", "str", "int", "bool", "list", "listen", "choice")
 _TRUE = ("true", "1", "yes")
 _FALSE = ("false", "0", "no")
@@ -72,10 +74,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cache_mb", "int", 64, "SQLite page cache per connection, in MiB.", 1, 65536),
     Setting("mmap_mb", "int", 0,
             "SQLite mmap size in MiB; 0 (off) is safest on SD cards.", 0, 65536),
+    # Upper bounds: a batch is held in memory and written to the WAL as one transaction,
+    # and live ingest reads nothing while it commits; 50,000 events already peaked at
+    # ~620 MB RSS (README), so 100,000 is the most a 4 GB Pi should be asked for. A minute
+    # bounds what a power cut costs (replayed from the cursor) and how long the card
+    # goes without a commit.
     Setting("batch_events", "int", 20000,
-            "Events per write transaction; live ingest stops reading while one commits.", 1, 1_000_000),
+            "Events per write transaction; live ingest stops reading while one commits.", 1, MAX_BATCH_EVENTS),
     Setting("batch_ms", "int", 1000,
-            "Max milliseconds before a partial batch is committed (live ingest).", 1, 600_000),
+            "Max milliseconds before a partial batch is committed (live ingest).", 1, MAX_BATCH_MS),
     Setting("compaction_fanout", "int", 8, "Runs of the backlink index merged into one once a level holds this many.", 2, 64),
     Setting("actor_cache", "int", 500_000,
             "Max DIDs kept in the in-memory ID cache.", 1000, 100_000_000),
@@ -114,6 +121,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_message_bytes", "int", 4 << 20,
             "Largest (decompressed) message accepted; bigger ones are counted and skipped.",
             4096, 1 << 30),
+    Setting("min_free_mb", "int", 256,
+            "Live ingest pauses (the API keeps answering) while the data directory's filesystem has "
+            "less free space than the larger of this and min_free_percent; it resumes by itself.",
+            0, 1 << 20),
+    Setting("min_free_percent", "int", 2,
+            "Free-space floor as a percentage of the filesystem's size (see min_free_mb).", 0, 50),
 )
 MAX_WANTED_DIDS = 10_000
 _BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -146,6 +159,8 @@ class Settings:
     liveness_s: int
     backoff_max_s: int
     max_message_bytes: int
+    min_free_mb: int
+    min_free_percent: int
 
     def listen_host_port(self) -> tuple[str, int]:
         """Return ``listen`` split into (host, port); IPv6 hosts come back without brackets."""

@@ -23,6 +23,7 @@ from aiohttp import web
 from smalldp.api.server import make_app
 from smalldp.config import ConfigError, Settings
 from smalldp.ingest import zdict
+from smalldp.ingest.diskguard import DiskGuard
 from smalldp.ingest.jetstream import ClientOptions, Filters
 from smalldp.ingest.live import LiveIngest
 from smalldp.ingest.metrics import IngestMetrics
@@ -108,7 +109,9 @@ class Service:
                 lambda: open_writer(settings), client_options(settings), self.metrics,
                 batch_events=settings.batch_events, batch_ms=settings.batch_ms,
                 v1_dictionary=lambda: load_v1_dictionary(settings), data_dir=Path(settings.data_dir),
-                query_gate=self.gate)
+                query_gate=self.gate,
+                disk_guard=DiskGuard(Path(settings.data_dir), min_free_mb=settings.min_free_mb,
+                                     min_free_percent=settings.min_free_percent))
             live.start()
             await loop.run_in_executor(None, live.wait_open)
             if live.error is not None:

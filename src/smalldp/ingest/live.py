@@ -13,24 +13,47 @@ like `import`, and leaves the main loop to HTTP.
 Each commit carries the cursor: the time_us of the batch's last event, the point this
 stream resumes from (it may step back after a failover to an instance whose clock is
 behind; replays are harmless).
+
+Disk space (ingest/diskguard.py): before each commit the guard compares the free space
+with the floor. Below it, or after a commit failed for lack of space (rolled back by
+SQLite, the batch kept), ingest pauses where it stands: the client's sink blocks this
+thread, so the socket is not read and TCP pushes back, exactly as during a long commit;
+the HTTP side, on the main thread, keeps answering. The thread wakes every
+PAUSE_TICK_S to notice a stop and to show the watchdog it is alive, and the guard
+looks at the disk every few seconds; once there is room again the kept batch commits
+and reading goes on. A stop while paused commits nothing more: what was received is
+replayed from the committed cursor at the next start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Callable
 
 from smalldp.events import Operation
+from smalldp.ingest import lograte
+from smalldp.ingest.diskguard import DiskGuard, is_disk_full
 from smalldp.ingest.jetstream import ClientOptions, Filters, JetstreamClient
 from smalldp.ingest.metrics import IngestMetrics
 from smalldp.priority import QueryGate
+from smalldp.store.schema import WAL_SIZE_LIMIT
 from smalldp.store.writer import Writer
 
 log = logging.getLogger(__name__)
+
+PAUSE_TICK_S = 0.5  # while paused: how often the thread checks for a stop and says it is alive
+# The WAL is truncated back to WAL_SIZE_LIMIT whenever SQLite restarts it (after a complete
+# checkpoint). If readers kept it from restarting (checkpoint starvation) it would grow
+# with every commit: past this size, force a TRUNCATE checkpoint (it waits up to the busy
+# timeout for readers to finish their short transactions), at most every WAL_RETRY_S.
+WAL_MAX_BYTES = 4 * WAL_SIZE_LIMIT
+WAL_RETRY_S = 60.0
 
 
 class WriterFailed(RuntimeError):
@@ -43,7 +66,8 @@ class LiveIngest:
     def __init__(self, open_writer: Callable[[], Writer], options: ClientOptions,
                  metrics: IngestMetrics, *, batch_events: int, batch_ms: int,
                  v1_dictionary: Callable[[], bytes | None] | None = None,
-                 data_dir: Path = Path("."), query_gate: QueryGate | None = None) -> None:
+                 data_dir: Path = Path("."), query_gate: QueryGate | None = None,
+                 disk_guard: DiskGuard | None = None) -> None:
         self._open_writer = open_writer
         self.options = options
         self.metrics = metrics
@@ -52,6 +76,9 @@ class LiveIngest:
         self._v1_dictionary = v1_dictionary
         self._data_dir = data_dir
         self._gate = query_gate
+        # Without settings (tests, tools): no floor, but a full disk still pauses, not fails.
+        self.guard = disk_guard or DiskGuard(data_dir, min_free_mb=0, min_free_percent=0)
+        self._next_wal_truncate = 0.0
         self.writer: Writer | None = None
         self.client: JetstreamClient | None = None
         self.error: BaseException | None = None
@@ -106,6 +133,7 @@ class LiveIngest:
     # ------------------------------------------------------------ the thread
 
     def _main(self) -> None:
+        lograte.install()
         try:
             asyncio.run(self._run())
             self.metrics.state = "stopped"
@@ -117,6 +145,7 @@ class LiveIngest:
         finally:
             self._opened.set()
             self._done.set()
+            lograte.REPEATS.flush(force=True)
 
     async def _run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -139,13 +168,28 @@ class LiveIngest:
                 flusher.cancel()
             if self._failure is not None:
                 raise self._failure
-            self._flush()  # what was received before the stop
+            if not self._flush(block=False):  # what was received before the stop
+                log.warning("stopped while paused (%s): %d received events not committed; they are "
+                            "received again from the committed cursor at the next start",
+                            self.guard.reason, len(self._batch))
         finally:
-            try:
-                writer.close()
-                log.info("cursor %s committed", self.metrics.cursor)
-            except Exception:
+            self._close(writer)
+
+    def _close(self, writer: Writer) -> None:
+        try:
+            writer.close()
+            log.info("cursor %s committed", self.metrics.cursor)
+        except Exception as exc:
+            if not is_disk_full(exc):
                 log.exception("closing the store failed")
+                return
+            # The final checkpoint (or purge) found no room: the WAL stays and SQLite reads
+            # it back at the next start; nothing committed is lost.
+            log.warning("store closed without its final checkpoint (disk full: %s)", exc)
+            try:
+                writer.conn.close()
+            except sqlite3.Error:
+                pass
 
     def _deliver(self, op: Operation) -> None:
         """The client's sink: add to the batch; apply it when full."""
@@ -157,29 +201,102 @@ class LiveIngest:
             self._batch_started = time.monotonic()
         batch.append(op)
         self.metrics.queue_depth = len(batch)
-        if len(batch) >= self.batch_events:
-            self._flush()
+        # Paused: block here, so that nothing more is read until there is room.
+        if len(batch) >= self.batch_events or self.guard.paused:
+            self._flush(block=True)
 
-    def _flush(self) -> None:
-        batch = self._batch
-        if not batch or self.writer is None:
-            return
-        cursor = batch[-1].time_us
-        try:
-            stats = self.writer.apply(batch, cursor=cursor)
-        except Exception as exc:
-            raise WriterFailed(f"{type(exc).__name__}: {exc}") from exc
+    def _flush(self, *, block: bool) -> bool:
+        """Commit the batch; returns False when it is still pending (no room yet, and
+        ``block`` is False or a stop came). A commit that fails for lack of space rolled
+        back: the batch is kept and committed again once the guard allows."""
+        writer = self.writer
+        while self._batch and writer is not None:
+            if not self._room(block):
+                return False
+            batch = self._batch
+            cursor = batch[-1].time_us
+            try:
+                stats = writer.apply(batch, cursor=cursor)
+            except Exception as exc:
+                if not is_disk_full(exc):
+                    raise WriterFailed(f"{type(exc).__name__}: {exc}") from exc
+                self.guard.commit_failed(exc)
+                self._show_guard()
+                # Writer.apply commits, then merges runs: a merge that found no room fails
+                # after the batch is in. Its cursor then says so; committing the batch again
+                # would be a harmless replay, but counted twice in the metrics.
+                if writer.cursor == cursor and self.metrics.cursor != cursor:
+                    self._committed(batch, cursor, 0, 0)
+                    return True
+                continue
+            self.guard.committed()
+            self._committed(batch, cursor, stats.links_added, stats.links_removed)
+            self._bound_wal(writer)
+            return True
+        return True
+
+    def _committed(self, batch: list[Operation], cursor: int, added: int, removed: int) -> None:
         self._batch = []
         self.metrics.queue_depth = 0
-        self.metrics.committed(len(batch), cursor, stats.links_added, stats.links_removed)
+        self.metrics.committed(len(batch), cursor, added, removed)
+
+    def _room(self, block: bool) -> bool:
+        """Whether the guard lets a commit go ahead; with ``block``, wait until it does
+        (or a stop is requested)."""
+        while True:
+            allowed = self.guard.check()
+            self._show_guard()
+            if allowed:
+                return True
+            if not block or self._stop_requested.is_set():
+                return False
+            self._stop_requested.wait(PAUSE_TICK_S)
+
+    def _show_guard(self) -> None:
+        """Copy the guard's state into the metrics (read by the HTTP side)."""
+        guard, metrics = self.guard, self.metrics
+        metrics.paused_tick = time.monotonic()
+        metrics.paused_reason = guard.reason
+        metrics.disk_pauses = guard.pauses
+        metrics.disk_full_failures = guard.full_failures
+        metrics.disk_floor_bytes = guard.floor
+        if guard.last is not None:
+            metrics.disk_free_bytes = guard.last.free
+            metrics.disk_total_bytes = guard.last.total
+
+    def _bound_wal(self, writer: Writer) -> None:
+        """Keep the WAL bounded even if readers starve checkpoints (see WAL_MAX_BYTES)."""
+        try:
+            size = os.stat(f"{writer.path}-wal").st_size
+        except OSError:
+            return
+        self.metrics.wal_bytes = size
+        now = time.monotonic()
+        if size <= WAL_MAX_BYTES or now < self._next_wal_truncate:
+            return
+        self._next_wal_truncate = now + WAL_RETRY_S
+        try:
+            busy = writer.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error as exc:  # e.g. no room to grow the database file: try later
+            log.warning("WAL of %d MB not checkpointed: %s", size >> 20, exc)
+            return
+        if busy:
+            log.warning("WAL of %d MB not truncated: readers kept it busy; trying again in %.0f s",
+                        size >> 20, WAL_RETRY_S)
+        else:
+            self.metrics.wal_bytes = 0
 
     async def _flush_when_old(self) -> None:
-        """Commit a partial batch once it is `batch_ms` old (a quiet or filtered stream)."""
+        """Commit a partial batch once it is `batch_ms` old (a quiet or filtered stream),
+        or, while paused, as soon as the guard sees room again (without blocking the
+        loop: nothing is being received that would need it to)."""
         while True:
-            await asyncio.sleep(max(0.01, self.batch_s / 4))
-            if self._batch and time.monotonic() - self._batch_started >= self.batch_s:
+            await asyncio.sleep(max(0.01, min(self.batch_s / 4, PAUSE_TICK_S)))
+            lograte.REPEATS.flush()
+            if self._batch and (self.guard.paused
+                                or time.monotonic() - self._batch_started >= self.batch_s):
                 try:
-                    self._flush()
+                    self._flush(block=False)
                 except WriterFailed as exc:
                     self._failure = exc
                     assert self._stop is not None

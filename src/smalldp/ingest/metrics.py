@@ -18,7 +18,10 @@ MERGE_GRACE_S = 1800.0  # a merge of the biggest runs may take minutes on a Pi; 
 class IngestMetrics:
     """Counters and gauges of one live ingest."""
 
-    state: str = "starting"  # starting, connecting, streaming, backoff, stopping, stopped, failed
+    # The connection's state: starting, connecting, streaming, backoff, stopping, stopped,
+    # failed. What health and STATUS= show is `shown_state()`: "paused" while the disk
+    # guard holds ingest back, whatever the connection does meanwhile.
+    state: str = "starting"
     endpoint: str = ""
     connected: bool = False
     reconnects: int = 0
@@ -34,6 +37,14 @@ class IngestMetrics:
     queue_depth: int = 0  # events received and not committed yet (the batch being filled)
     last_commit_monotonic: float = field(default_factory=time.monotonic)
     last_error: str = ""
+    paused_reason: str = ""  # why the disk guard holds ingest back; "" while it does not
+    paused_tick: float = 0.0  # time.monotonic() of the ingest thread's last look while paused
+    disk_pauses: int = 0  # times ingest paused for disk space
+    disk_full_failures: int = 0  # commits that failed for lack of space (and were retried)
+    disk_free_bytes: int | None = None  # of the data directory's filesystem, at the last look
+    disk_total_bytes: int | None = None
+    disk_floor_bytes: int | None = None
+    wal_bytes: int = 0  # size of the SQLite WAL file after the last commit
     _rate_points: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
 
     def committed(self, events: int, cursor: int | None, links_added: int, links_removed: int) -> None:
@@ -65,14 +76,26 @@ class IngestMetrics:
             return None
         return max(0.0, (time.time() if now is None else now) - self.cursor / 1e6)
 
+    def shown_state(self) -> str:
+        """The state to show: "paused" while the disk guard holds ingest back (unless it
+        is stopping or has stopped), else the connection's state."""
+        if self.paused_reason and self.state not in ("stopping", "stopped", "failed"):
+            return "paused"
+        return self.state
+
     def progressing(self, window_s: float, merging_since: float | None = None) -> bool:
         """Whether the writer keeps up: nothing waits for it, it committed within
-        ``window_s``, or it is in a merge (one big statement) younger than MERGE_GRACE_S."""
+        ``window_s``, it is in a merge (one big statement) younger than MERGE_GRACE_S, or it
+        is paused for disk space and its thread still looked at the disk within ``window_s``
+        (a pause is healthy: restarting would not make space, and the watchdog must not
+        kill it; a hung thread stops looking)."""
         now = time.monotonic()
         if self.state == "failed":
             return False
         if self.queue_depth == 0:
             return True
+        if self.shown_state() == "paused":
+            return now - self.paused_tick <= window_s
         if merging_since is not None and now - merging_since <= MERGE_GRACE_S:
             return True
         return now - self.last_commit_monotonic <= window_s
@@ -81,7 +104,10 @@ class IngestMetrics:
         """A short human summary (systemd STATUS=)."""
         lag = self.lag_s()
         lag_text = "no cursor yet" if lag is None else f"lag {lag:,.1f} s"
-        return (f"{self.state}: {lag_text}, {self.events_per_s():,.0f} events/s, "
+        state = self.shown_state()
+        if state == "paused":
+            state = f"paused ({self.paused_reason})"
+        return (f"{state}: {lag_text}, {self.events_per_s():,.0f} events/s, "
                 f"{self.events_committed:,} events, {self.reconnects} reconnects")
 
     def samples(self) -> list[tuple[str, str, str, float]]:
@@ -118,13 +144,36 @@ class IngestMetrics:
             ("smalldp_ingest_links_added_total", "counter", "Backlinks added.", float(self.links_added)),
             ("smalldp_ingest_links_removed_total", "counter", "Backlinks removed.",
              float(self.links_removed)),
+            ("smalldp_ingest_paused", "gauge",
+             "1 while ingest is paused for disk space (why: paused_reason in /xrpc/_health).",
+             1.0 if self.shown_state() == "paused" else 0.0),
+            ("smalldp_ingest_disk_pauses_total", "counter", "Times ingest paused for disk space.",
+             float(self.disk_pauses)),
+            ("smalldp_ingest_disk_full_failures_total", "counter",
+             "Commits that failed for lack of space (rolled back, retried later).",
+             float(self.disk_full_failures)),
+            ("smalldp_ingest_disk_free_bytes", "gauge",
+             "Free space of the data directory's filesystem (NaN before the first look).",
+             _or_nan(self.disk_free_bytes)),
+            ("smalldp_ingest_disk_floor_bytes", "gauge",
+             "Free space below which ingest pauses (min_free_mb, min_free_percent).",
+             _or_nan(self.disk_floor_bytes)),
+            ("smalldp_ingest_wal_bytes", "gauge", "Size of the SQLite WAL file.", float(self.wal_bytes)),
         ]
 
     def health(self) -> dict[str, object]:
         """The ingest part of /xrpc/_health."""
         lag = self.lag_s()
-        return {"state": self.state, "endpoint": self.endpoint, "connected": self.connected,
+        return {"state": self.shown_state(), "paused_reason": self.paused_reason,
+                "disk": {"free_bytes": self.disk_free_bytes, "total_bytes": self.disk_total_bytes,
+                         "floor_bytes": self.disk_floor_bytes, "pauses": self.disk_pauses,
+                         "wal_bytes": self.wal_bytes},
+                "endpoint": self.endpoint, "connected": self.connected,
                 "cursor": self.cursor, "lag_s": None if lag is None else round(lag, 3),
                 "events_per_s": round(self.events_per_s(), 1), "events": self.events_committed,
                 "reconnects": self.reconnects, "decode_errors": self.decode_errors,
                 "queue_depth": self.queue_depth, "last_error": self.last_error}
+
+
+def _or_nan(value: int | None) -> float:
+    return float("nan") if value is None else float(value)

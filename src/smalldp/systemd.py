@@ -27,6 +27,9 @@ class Notifier:
         self._sock: socket.socket | None = None
         if self.address:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Never block the caller (the event loop): a stalled systemd or a full queue
+            # loses a notification, which the next one replaces.
+            self._sock.setblocking(False)
 
     @property
     def enabled(self) -> bool:

@@ -60,7 +60,10 @@ RECORDS_DUTY = 100.0  # ...and at most once per this many times its own duration
 WINDOW_MINUTES = 60
 SLOTS_PER_MINUTE = 12  # a minute of the top-targets window is sampled in 5 s slots...
 ROWS_PER_SLOT = 50  # ...of at most this many records each (600 records a minute)
-FINAL_GRACE_US = 10_000_000  # a minute is final once the cursor is this far past its end
+FINAL_GRACE_US = 10_000_000  # a minute is final once the cursor is this far past its end...
+# ...and ingest is live: while it catches up, records of a past minute keep arriving (their
+# rkey time is older than the events around them), so minutes are read again each time.
+LIVE_LAG_US = 60_000_000
 KEEP_PER_MINUTE = 300  # (target, source) counts kept per minute (the heavy hitters)
 TOP_TARGETS = 10
 STATIC_FILES = {"status.css": "text/css", "status.js": "text/javascript"}
@@ -171,7 +174,8 @@ class TopTargets:
     @staticmethod
     def _read_minute(conn: sqlite3.Connection, minute: int, hidden: BitMap, derived_sids: set[int],
                      cursor: int) -> _Minute:
-        out = _Minute(final=cursor >= (minute + 1) * 60_000_000 + FINAL_GRACE_US)
+        live = time.time() * 1e6 - cursor < LIVE_LAG_US
+        out = _Minute(final=live and cursor >= (minute + 1) * 60_000_000 + FINAL_GRACE_US)
         slot_us = 60_000_000 // SLOTS_PER_MINUTE
         start_us = minute * 60_000_000
         for slot in range(SLOTS_PER_MINUTE):

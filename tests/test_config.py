@@ -34,7 +34,7 @@ def test_defaults() -> None:
     assert s.listen == "127.0.0.1:8080"
     assert s.listen_host_port() == ("127.0.0.1", 8080)
     assert (s.cache_mb, s.mmap_mb, s.batch_events, s.batch_ms) == (64, 0, 20000, 1000)
-    assert (s.compaction_fanout, s.actor_cache, s.read_threads) == (8, 500000, 4)
+    assert (s.compaction_fanout, s.actor_cache, s.read_threads) == (8, 500000, 1)
     assert s.log_level == "info"
     assert s.body_collections[0] == "app.bsky.feed.post"
     assert len(s.body_collections) == 8

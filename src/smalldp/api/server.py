@@ -71,7 +71,7 @@ async def health(request: web.Request) -> web.Response:
     return json_response(body)
 
 
-def make_app(db_path: Path, *, read_threads: int = 4, cache_mb: int = 64, mmap_mb: int = 0,
+def make_app(db_path: Path, *, read_threads: int = 1, cache_mb: int = 64, mmap_mb: int = 0,
              ingest_status: IngestStatus = _ingest_disabled,
              sample_sources: list[metrics.SampleSource] | None = None,
              query_gate: QueryGate | None = None) -> web.Application:

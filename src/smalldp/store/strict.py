@@ -78,8 +78,8 @@ def parse_segment(data: bytes) -> list[timeline.TimelineEntry]:
     if len(data) < 8:
         raise ValueError("shorter than its header")
     n, size = struct.unpack_from("<II", data, 0)
-    if len(data) != 8 + size + 13 * n:
-        raise ValueError(f"{len(data)} bytes, the header ({n} entries, bitmap {size}) says {8 + size + 13 * n}")
+    if len(data) != 8 + size + 17 * n:
+        raise ValueError(f"{len(data)} bytes, the header ({n} entries, bitmap {size}) says {8 + size + 17 * n}")
     segment = timeline.Segment(data)  # raises on a bitmap that does not deserialize
     entries = list(segment.all_entries())
     if segment.bitmap != BitMap(aid for _, aid, _ in entries):
@@ -89,6 +89,9 @@ def parse_segment(data: bytes) -> list[timeline.TimelineEntry]:
         raise ValueError("entries not sorted by author, then newest first, without repeats")
     if any(kind not in (timeline.KIND_POST, timeline.KIND_REPOST) for _, _, kind in entries):
         raise ValueError("unknown entry kind")
+    by_time = list(segment.by_time(segment.bitmap, None))
+    if by_time != sorted(entries, reverse=True):
+        raise ValueError("the time order does not list the entries newest first")
     return entries
 
 

@@ -380,7 +380,7 @@ def test_restore_refuses_a_source_that_fails_the_check(store: Path, tmp_path: Pa
 # ---------------------------------------------------------------- backup during live ingest
 
 def test_backup_while_serving_restores_to_a_consistent_prefix(tmp_path: Path) -> None:
-    """`smalldp replay` → `smalldp serve` at full speed; `smalldp backup` mid-stream; the
+    """`smalldp replay` → `smalldp serve` (10x real time); `smalldp backup` mid-stream; the
     restored copy passes `smalldp check` and equals a clean import up to its cursor."""
     capture = tmp_path / "capture.jsonl"
     lines = generate(capture, 60_000, seed=8)
@@ -391,8 +391,10 @@ def test_backup_while_serving_restores_to_a_consistent_prefix(tmp_path: Path) ->
     async def main() -> dict:
         rport, port = free_port(), free_port()
         replay = await asyncio.create_subprocess_exec(
+            # 10x real time (the capture spans 120 s): at full speed ingest could finish
+            # before the backup started on a fast, quiet machine.
             sys.executable, "-m", "smalldp.cli", "replay", str(capture), "--listen", f"127.0.0.1:{rport}",
-            env=_env(), stdout=asyncio.subprocess.DEVNULL)
+            "--speed", "10", env=_env(), stdout=asyncio.subprocess.DEVNULL)
         try:
             serve = await asyncio.create_subprocess_exec(
                 *_serve_cmd(data, port, f"ws://127.0.0.1:{rport}/subscribe"), env=_env())

@@ -406,7 +406,13 @@ def test_backup_while_serving_restores_to_a_consistent_prefix(tmp_path: Path) ->
             done = await asyncio.to_thread(cli, "backup", "--data-dir", str(data), str(backup),
                                            "--step-pages", "4", "--json")
             assert done.returncode == 0, done.stderr
+            snapshot = json.loads(done.stdout)["cursor"]
             after = await _health(port)
+            while after is None or after["cursor"] is None or after["cursor"] <= snapshot:
+                # serve goes on committing past the backup's snapshot (the writer was not blocked)
+                assert time.monotonic() < deadline + 60
+                await asyncio.sleep(0.05)
+                after = await _health(port)
             refused = await asyncio.to_thread(cli, "restore", "--data-dir", str(data), str(backup))
             await _until_caught_up(port, last, serve, timeout=120)
             await _terminate(serve)

@@ -16,3 +16,12 @@ from test_dataplane import test_get_author_feed, test_get_timeline, test_paging_
 def segment_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(timeline, "DENSE_FACTOR", request.param)
     yield
+
+
+@pytest.fixture(autouse=True, params=[4000, 1], ids=["unbounded", "one-segment-per-page"])
+def segments_per_page(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """With the per-page work bound at one segment, pages come back short with a cursor
+    below the bucket read: walking them must still give the model's whole timeline."""
+    import smalldp.store.dataplane.feeds as feeds
+    monkeypatch.setattr(feeds, "TIMELINE_SEGMENTS_MAX", request.param)
+    yield

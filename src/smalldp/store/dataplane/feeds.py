@@ -42,17 +42,23 @@ class FeedQueries(DataPlaneBase):
             streams = [self._feed_stream(self._of(aid, POST, post_path), timeline.KIND_POST, after)]
             if with_reposts:
                 streams.append(self._feed_stream(self._of(aid, REPOST, AUTHOR), timeline.KIND_REPOST, after))
-            items: list[dict[str, str]] = []
-            last: FeedEntry | None = None
-            for entry in heapq.merge(*streams, reverse=True):
-                if len(items) == limit:
-                    return items, encode_feed_cursor(last)  # type: ignore[arg-type]
-                item = self._feed_item(entry)
-                if item is not None:
-                    items.append(item)
-                    last = entry
-            return items, None
+            items, last = self._feed_page(heapq.merge(*streams, reverse=True), limit)
+            return items, None if last is None else encode_feed_cursor(last)
         return self._read(read)
+
+    def _feed_page(self, entries: Iterator[FeedEntry], limit: int) -> tuple[list[dict[str, str]], FeedEntry | None]:
+        """Items for entries (newest first) until ``limit`` live ones; with the last entry
+        shown when more follow, else None."""
+        items: list[dict[str, str]] = []
+        last: FeedEntry | None = None
+        for entry in entries:
+            if len(items) == limit:
+                return items, last
+            item = self._feed_item(entry)
+            if item is not None:
+                items.append(item)
+                last = entry
+        return items, None
 
     def _feed_stream(self, chunks: list[_Chunk], kind: int, after: FeedEntry | None) -> Iterator[FeedEntry]:
         # Derived author links: every entry's account is the author, so the cursor's sort
@@ -98,23 +104,27 @@ class FeedQueries(DataPlaneBase):
             authors = self._follow_set(aid)
             authors.add(aid)
             authors -= self.hidden
-            start = timeline.bucket_of(after[0]) if after is not None else 1 << 40
-            items: list[dict[str, str]] = []
-            last: FeedEntry | None = None
-            segments_read = 0
-            for bucket, segments in timeline.buckets_before(self.conn, start):
-                for entry in timeline.newest_first(segments, authors, after):
-                    if len(items) == limit:
-                        return items, encode_feed_cursor(last)  # type: ignore[arg-type]
-                    item = self._feed_item(entry)
-                    if item is not None:
-                        items.append(item)
-                        last = entry
-                segments_read += len(segments)
-                if segments_read >= TIMELINE_SEGMENTS_MAX:
-                    # Work bound reached: continue below this bucket on the next page.
-                    return items, encode_feed_cursor((timeline.bucket_floor(bucket), 0, 0))
-            return items, None
+            start = 1 << 40
+            if after is not None:
+                # A work-bound cursor (bucket floor, 0, 0) continues below that bucket:
+                # account IDs start at 1, so no entry of it can be older than the cursor.
+                start = timeline.bucket_of(after[0] - 1 if after[1:] == (0, 0) else after[0])
+            stopped: list[FeedEntry] = []  # where the work bound ended the walk, if it did
+
+            def entries() -> Iterator[FeedEntry]:
+                segments_read = 0
+                for bucket, segments in timeline.buckets_before(self.conn, start):
+                    yield from timeline.newest_first(segments, authors, after)
+                    segments_read += len(segments)
+                    if segments_read >= TIMELINE_SEGMENTS_MAX:
+                        # Work bound reached: the next page continues below this bucket.
+                        stopped.append((timeline.bucket_floor(bucket), 0, 0))
+                        return
+
+            items, last = self._feed_page(entries(), limit)
+            if last is None and stopped:
+                last = stopped[0]
+            return items, None if last is None else encode_feed_cursor(last)
         return self._read(read)
 
     def thread(self, uri: str, above: int, below: int) -> list[str]:

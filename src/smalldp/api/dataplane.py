@@ -45,6 +45,22 @@ def _paged(body: dict[str, Any], cursor: str | None) -> web.Response:
     return json_response(body)
 
 
+Fetch = Callable[[DataPlaneReader, str, int, "str | None"], tuple[list[Any], "str | None"]]
+
+
+async def _page(request: web.Request, subject: Callable[["DataPlaneParams"], str], fetch: Fetch, key: str,
+                shape: Callable[[list[Any]], list[Any]] = lambda items: items) -> web.Response:
+    """A paged method of one subject (an actor, viewer or list), ``limit`` and ``cursor``."""
+    p = DataPlaneParams(request)
+    value, limit, cursor = subject(p), p.limit(), p.cursor()
+    items, next_cursor = await _run(request, lambda r: fetch(r, value, limit, cursor))
+    return _paged({key: shape(items)}, next_cursor)
+
+
+def _actor(p: "DataPlaneParams") -> str:
+    return p.did("actor")
+
+
 class DataPlaneParams(Params):
     """Params with the DataPlane's value kinds."""
 
@@ -143,26 +159,19 @@ async def get_known_likers(request: web.Request) -> web.Response:
 
 @_route("getFollowers")
 async def get_followers(request: web.Request) -> web.Response:
-    p = DataPlaneParams(request)
-    actor, limit, cursor = p.did("actor"), p.limit(), p.cursor()
-    items, next_cursor = await _run(request, lambda r: r.followers(actor, limit, cursor))
-    return _paged({"followers": items}, next_cursor)
+    return await _page(request, _actor, lambda r, actor, limit, cursor: r.followers(actor, limit, cursor), "followers")
 
 
 @_route("getFollows")
 async def get_follows(request: web.Request) -> web.Response:
-    p = DataPlaneParams(request)
-    actor, limit, cursor = p.did("actor"), p.limit(), p.cursor()
-    items, next_cursor = await _run(request, lambda r: r.out_edges(actor, FOLLOW, limit, cursor))
-    return _paged({"follows": items}, next_cursor)
+    return await _page(request, _actor, lambda r, actor, limit, cursor: r.out_edges(actor, FOLLOW, limit, cursor),
+                       "follows")
 
 
 @_route("getBlocks")
 async def get_blocks(request: web.Request) -> web.Response:
-    p = DataPlaneParams(request)
-    actor, limit, cursor = p.did("actor"), p.limit(), p.cursor()
-    items, next_cursor = await _run(request, lambda r: r.out_edges(actor, BLOCK, limit, cursor))
-    return _paged({"blockUris": [item["uri"] for item in items]}, next_cursor)
+    return await _page(request, _actor, lambda r, actor, limit, cursor: r.out_edges(actor, BLOCK, limit, cursor),
+                       "blockUris", lambda items: [item["uri"] for item in items])
 
 
 @_route("getFollowsFollowing")
@@ -235,10 +244,8 @@ async def get_author_feed(request: web.Request) -> web.Response:
 
 @_route("getTimeline")
 async def get_timeline(request: web.Request) -> web.Response:
-    p = DataPlaneParams(request)
-    viewer, limit, cursor = p.did("viewer"), p.limit(), p.cursor()
-    items, next_cursor = await _run(request, lambda r: r.timeline(viewer, limit, cursor))
-    return _paged({"items": items}, next_cursor)
+    return await _page(request, lambda p: p.did("viewer"),
+                       lambda r, viewer, limit, cursor: r.timeline(viewer, limit, cursor), "items")
 
 
 @_route("getThread")
@@ -252,18 +259,14 @@ async def get_thread(request: web.Request) -> web.Response:
 
 @_route("getListMembers")
 async def get_list_members(request: web.Request) -> web.Response:
-    p = DataPlaneParams(request)
-    list_uri, limit, cursor = p.at_uri("list"), p.limit(), p.cursor()
-    items, next_cursor = await _run(request, lambda r: r.list_members(list_uri, limit, cursor))
-    return _paged({"listitems": items}, next_cursor)
+    return await _page(request, lambda p: p.at_uri("list"),
+                       lambda r, list_uri, limit, cursor: r.list_members(list_uri, limit, cursor), "listitems")
 
 
 @_route("getActorLists")
 async def get_actor_lists(request: web.Request) -> web.Response:
-    p = DataPlaneParams(request)
-    actor, limit, cursor = p.did("actor"), p.limit(), p.cursor()
-    uris, next_cursor = await _run(request, lambda r: r.actor_lists(actor, limit, cursor))
-    return _paged({"listUris": uris}, next_cursor)
+    return await _page(request, _actor, lambda r, actor, limit, cursor: r.actor_lists(actor, limit, cursor),
+                       "listUris")
 
 
 @_route("getListMembership")

@@ -531,13 +531,15 @@ class AppViewModel:
         if self.get_record(uri) is None or (split_uri(uri) or ("", "", ""))[1] != POST:
             return []
         ancestors: list[str] = []
+        seen = {uri}  # each post once: a reply cycle stops where it comes back
         current = uri
         for _ in range(above):
             parent = _get(self.get_record(current).value, "reply", "parent", "uri")  # type: ignore[union-attr]
-            if not isinstance(parent, str) or self.get_record(parent) is None \
+            if not isinstance(parent, str) or parent in seen or self.get_record(parent) is None \
                     or (split_uri(parent) or ("", "", ""))[1] != POST:
                 break
             ancestors.append(parent)
+            seen.add(parent)
             current = parent
         children: dict[str, list[RecordId]] = {}
         for rid, rec in self.live(POST):
@@ -549,7 +551,10 @@ class AppViewModel:
         for _ in range(below):
             nxt = []
             for node in level:
-                nxt += [uri_of(r) for r in self.newest_first(children.get(node, []))]
+                for child in (uri_of(r) for r in self.newest_first(children.get(node, []))):
+                    if child not in seen:
+                        seen.add(child)
+                        nxt.append(child)
             descendants += nxt
             level = nxt
         return ancestors[::-1] + [uri] + descendants[:1000]

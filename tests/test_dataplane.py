@@ -636,7 +636,7 @@ def test_get_thread(scenarios: list[Scenario]) -> None:
     async def check(client: Client, s: Scenario) -> None:
         deep = 0
         for uri in s.u.post_uris:
-            for above, below in [(None, None), (0, 0), (1, 1), (2, 3), (100, 20)]:
+            for above, below in [(None, None), (0, 0), (1, 1), (2, 3), (100, 20), (1000, 1000)]:
                 query = [("uri", uri)] + ([("above", str(above)), ("below", str(below))] if above is not None else [])
                 body = await call(client, "getThread", query)
                 want = s.model.get_thread(uri, *(() if above is None else (above, below)))
@@ -840,7 +840,7 @@ def bad_queries(good: Query, name: str, kind: str) -> list[Query]:
     base = kind.rstrip("[]")
     values = {"did": BAD_DIDS, "uri": BAD_URIS, "handle": BAD_HANDLES, "limit": BAD_LIMITS,
               "cursor": BAD_CURSORS, "filter": ["posts", "", "POSTS_WITH_MEDIA"],
-              "above": ["-1", "101", "x"], "below": ["-1", "21", "x"],
+              "above": ["-1", "1001", "x"], "below": ["-1", "1001", "x"],
               "pair": ["onlyone", f"{GOOD_DID}", f"{GOOD_DID},notadid", f"notadid,{GOOD_DID}",
                        f"{GOOD_DID},{GOOD_DID},{GOOD_DID}", ","]}[base]
     out = [rest + [(name, v)] for v in values]

@@ -16,7 +16,7 @@ from smalldp.api.xrpc import Params, XrpcError, json_response
 from smalldp.derived import BLOCK, FOLLOW, POST, REPOST
 from smalldp.events import valid_did, valid_handle
 from smalldp.links import is_link
-from smalldp.store.dataplane import FEED_FILTERS, LIKE, QUOTE_PATHS, DataPlaneReader
+from smalldp.store.dataplane import FEED_FILTERS, LIKE, QUOTE_PATHS, THREAD_LEVELS_MAX, DataPlaneReader
 from smalldp.store.encoding import split_target
 
 routes = web.RouteTableDef()
@@ -251,7 +251,8 @@ async def get_timeline(request: web.Request) -> web.Response:
 @_route("getThread")
 async def get_thread(request: web.Request) -> web.Response:
     p = DataPlaneParams(request)
-    uri, above, below = p.at_uri("uri"), p.integer("above", 10, 0, 100), p.integer("below", 6, 0, 20)
+    uri = p.at_uri("uri")
+    above, below = p.integer("above", 10, 0, THREAD_LEVELS_MAX), p.integer("below", 6, 0, THREAD_LEVELS_MAX)
     return json_response({"uris": await _run(request, lambda r: r.thread(uri, above, below))})
 
 

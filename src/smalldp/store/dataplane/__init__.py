@@ -25,14 +25,21 @@ One module per family of methods, each a mixin over the shared plumbing (base.py
 from __future__ import annotations
 
 from smalldp.store.dataplane.base import FeedEntry, decode_feed_cursor, encode_feed_cursor
-from smalldp.store.dataplane.feeds import FEED_FILTERS, TIMELINE_SEGMENTS_MAX, THREAD_DESCENDANTS_MAX, FeedQueries
+from smalldp.store.dataplane.feeds import (
+    FEED_FILTERS,
+    THREAD_DESCENDANTS_MAX,
+    THREAD_LEVELS_MAX,
+    TIMELINE_SEGMENTS_MAX,
+    FeedQueries,
+)
 from smalldp.store.dataplane.graph import LIST_BLOCKS_MAX, GraphQueries
 from smalldp.store.dataplane.interactions import LIKE, QUOTE_PATHS, InteractionQueries
 from smalldp.store.dataplane.lists import ListQueries
 from smalldp.store.dataplane.records import RecordQueries
 
 __all__ = [
-    "FEED_FILTERS", "LIKE", "LIST_BLOCKS_MAX", "QUOTE_PATHS", "THREAD_DESCENDANTS_MAX", "TIMELINE_SEGMENTS_MAX",
+    "FEED_FILTERS", "LIKE", "LIST_BLOCKS_MAX", "QUOTE_PATHS", "THREAD_DESCENDANTS_MAX", "THREAD_LEVELS_MAX",
+    "TIMELINE_SEGMENTS_MAX",
     "DataPlaneReader", "FeedEntry", "decode_feed_cursor", "encode_feed_cursor",
 ]
 

@@ -23,6 +23,10 @@ FEED_FILTERS = {  # filter -> post path, and whether reposts are in
     "posts_with_video": (VIDEO, False),
 }
 THREAD_DESCENDANTS_MAX = 1000
+# getThread's `above` and `below` go up to app.bsky.feed.getPostThread's parentHeight and depth
+# (both 0..1000), so an AppView passes them through; the work stays bounded by the
+# descendant cap and by one record lookup per ancestor level.
+THREAD_LEVELS_MAX = 1000
 TIMELINE_SEGMENTS_MAX = 4000  # segments read per timeline page (one per closed one-minute bucket)
 
 
@@ -156,12 +160,18 @@ class FeedQueries(DataPlaneBase):
             out = ancestors + [uri]
             level = [uri]
             found = 0
+            post = key[2]
             for _ in range(below):
                 next_level = []
                 for parent_uri in level:
                     for sk, aid in self._live(self._keyed(self._target_key(parent_uri), POST, ".reply.parent.uri")):
+                        if (sk, aid, post) in seen:
+                            # A reply cycle (a post replying to itself, or to one of its own
+                            # replies): list each post once, or a deep `below` repeats it.
+                            continue
                         if found == THREAD_DESCENDANTS_MAX:
                             return out
+                        seen.add((sk, aid, post))
                         child = self._uri(aid, POST, sk)
                         out.append(child)
                         next_level.append(child)

@@ -9,11 +9,15 @@ Replay rules (as the store applies them):
 
 * a commit applies only if its rev is newer than the last rev applied to that record
   (a delete of an unknown record still records its rev);
-* an account / identity event applies only if its seq is newer than the last one;
+* an account / identity event applies only if it happened later than the last one
+  applied: by its own ``time`` (or by ``time_us`` when it has none, when that does not
+  parse, or when it is more than MAX_TIME_AHEAD_US ahead of ``time_us``); at an equal
+  time a higher ``seq`` wins when both have one (an equal seq is the same event), and
+  without seqs the later delivery wins;
 * inactive means the latest applied account event said ``active: false``;
-* ``status: deleted`` purges the account's records with a rev up to
-  ``tid(time_us + PURGE_MARGIN_US, 1023)``; commits with a rev up to that are ignored
-  from then on.
+* ``status: deleted`` purges the account's records with a rev up to the newest rev of
+  any commit of that account delivered before it; commits with a rev up to that are
+  ignored from then on.
 
 Answers are plain JSON-like values; methods that page return the whole list (the
 tests walk every cursor and compare the concatenation).
@@ -28,8 +32,8 @@ from typing import Any, Iterable
 
 from smalldp.tid import int_to_tid, tid_from_time, tid_to_int
 
-# Same value as smalldp.store.writer.PURGE_MARGIN_US (test_dataplane checks it).
-PURGE_MARGIN_US = 600_000_000
+# Same value as smalldp.events.MAX_TIME_AHEAD_US (test_dataplane checks it).
+MAX_TIME_AHEAD_US = 300_000_000
 
 POST = "app.bsky.feed.post"
 LIKE = "app.bsky.feed.like"
@@ -142,8 +146,8 @@ class Actor:
     active: bool = True
     status: str | None = None
     handle: str | None = None
-    acct_seq: int | None = None
-    id_seq: int | None = None
+    acct: tuple[int, int | None] | None = None  # (when, seq) of the account event applied last
+    ident: tuple[int, int | None] | None = None  # (when, seq) of the identity event applied last
     purged_rev: int | None = None
     latest_rev: int | None = None
 
@@ -200,26 +204,23 @@ class AppViewModel:
                 self.records.pop(rid, None)
         elif kind == "account":
             account = event["account"]
-            seq = account.get("seq")
-            if seq is not None and actor.acct_seq is not None and seq <= actor.acct_seq:
+            when = _when(account, event["time_us"])
+            if not _later(when, account.get("seq"), actor.acct):
                 return
-            if seq is not None:
-                actor.acct_seq = seq
+            actor.acct = (when, account.get("seq"))
             actor.active = bool(account["active"])
             actor.status = account.get("status")
             if actor.status == "deleted":
-                limit = tid_from_time(event["time_us"] + PURGE_MARGIN_US, 1023)
-                actor.purged_rev = max(limit, actor.purged_rev or 0)
+                actor.purged_rev = max(actor.latest_rev or 0, actor.purged_rev or 0)
                 for rid in [r for r in self.revs if r[0] == did and self.revs[r] <= actor.purged_rev]:
                     self.records.pop(rid, None)
                     del self.revs[rid]
         elif kind == "identity":
             identity = event["identity"]
-            seq = identity.get("seq")
-            if seq is not None and actor.id_seq is not None and seq <= actor.id_seq:
+            when = _when(identity, event["time_us"])
+            if not _later(when, identity.get("seq"), actor.ident):
                 return
-            if seq is not None:
-                actor.id_seq = seq
+            actor.ident = (when, identity.get("seq"))
             if identity.get("handle") is not None:
                 actor.handle = identity["handle"].lower()
 
@@ -585,3 +586,25 @@ class AppViewModel:
                     if rec.value.get("list") == list_uri and rec.value.get("subject") == actor]
             out.append(uri_of(self.newest_first(rids)[0]) if rids else "")
         return out
+
+
+def _when(body: dict[str, Any], time_us: int) -> int:
+    """When an account or identity event happened: its ``time`` if usable, else ``time_us``."""
+    text = body.get("time")
+    if isinstance(text, str):
+        try:
+            moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return time_us
+        if moment.tzinfo is not None:
+            delta = moment - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+            when = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+            if when <= time_us + MAX_TIME_AHEAD_US:
+                return when
+    return time_us
+
+
+def _later(when: int, seq: int | None, last: tuple[int, int | None] | None) -> bool:
+    if last is None or when != last[0]:
+        return last is None or when > last[0]
+    return seq is None or last[1] is None or seq > last[1]

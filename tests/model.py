@@ -12,10 +12,24 @@ from typing import Any
 
 from smalldp.events import AccountStatus, DeleteRecord, Identity, Operation, PutRecord
 from smalldp.links import extract_links
-from smalldp.store.writer import ALIAS_BASE, PURGE_MARGIN_US
-from smalldp.tid import tid_from_time, tid_to_int
+from smalldp.store.writer import ALIAS_BASE
+from smalldp.tid import tid_to_int
 
 RecordId = tuple[str, str, str]  # (did, collection, rkey)
+
+
+def later(when_us: int, seq: int | None, last: tuple[int, int | None] | None) -> bool:
+    """The account-event rule of DATAPLANE.md, restated: an event replaces the last applied
+    one when it happened later; at the same moment a higher seq wins if both have one, an
+    equal seq is the same event; without seqs the later delivery wins."""
+    if last is None:
+        return True
+    last_us, last_seq = last
+    if when_us > last_us:
+        return True
+    if when_us < last_us:
+        return False
+    return seq is None or last_seq is None or seq > last_seq
 
 
 @dataclass
@@ -31,9 +45,10 @@ class ModelActor:
     active: bool = True
     status: str | None = None
     handle: str | None = None
-    acct_seq: int | None = None
-    id_seq: int | None = None
+    acct: tuple[int, int | None] | None = None  # (order time, seq) of the account event applied last
+    ident: tuple[int, int | None] | None = None  # the same for identity events
     purged_rev: int | None = None
+    latest_rev: int = 0  # the newest rev of any commit of this account delivered so far
 
 
 @dataclass
@@ -62,6 +77,7 @@ class Model:
         if isinstance(op, (PutRecord, DeleteRecord)):
             rid = (op.did, op.collection, op.rkey)
             self.sort_key(rid)  # first sight fixes the order of non-TID records
+            actor.latest_rev = max(actor.latest_rev, op.rev)
             if actor.purged_rev is not None and op.rev <= actor.purged_rev:
                 return
             if rid in self.revs and self.revs[rid] >= op.rev:
@@ -72,22 +88,21 @@ class Model:
             else:
                 self.records.pop(rid, None)
         elif isinstance(op, AccountStatus):
-            if op.seq is not None and actor.acct_seq is not None and op.seq <= actor.acct_seq:
+            if not later(op.order_us, op.seq, actor.acct):
                 return
-            if op.seq is not None:
-                actor.acct_seq = op.seq
+            actor.acct = (op.order_us, op.seq)
             actor.active = op.active
             actor.status = op.status
             if op.status == "deleted":
-                actor.purged_rev = max(tid_from_time(op.time_us + PURGE_MARGIN_US, 1023), actor.purged_rev or 0)
+                # everything the account committed before is gone, and stays gone
+                actor.purged_rev = max(actor.latest_rev, actor.purged_rev or 0)
                 for rid in [r for r in self.revs if r[0] == op.did and self.revs[r] <= actor.purged_rev]:
                     self.records.pop(rid, None)
                     del self.revs[rid]
         elif isinstance(op, Identity):
-            if op.seq is not None and actor.id_seq is not None and op.seq <= actor.id_seq:
+            if not later(op.order_us, op.seq, actor.ident):
                 return
-            if op.seq is not None:
-                actor.id_seq = op.seq
+            actor.ident = (op.order_us, op.seq)
             if op.handle is not None:
                 actor.handle = op.handle
 

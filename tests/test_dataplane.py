@@ -23,13 +23,13 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
-from smalldp.store.writer import PURGE_MARGIN_US as STORE_PURGE_MARGIN_US
+from smalldp.events import MAX_TIME_AHEAD_US
 from smalldp.store.writer import Writer
 from smalldp.tid import int_to_tid, tid_from_time
 
 import appview_model as am
 from appview_model import AppViewModel, split_uri
-from helpers_server import BASE_US, Client, apply, did, running
+from helpers_server import BASE_US, Client, apply, did, iso, running
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -148,13 +148,14 @@ class History:
 
     def __init__(self, seed: int, n_dids: int, n_events: int) -> None:
         self.rng = random.Random(seed)
+        self.stamp_rng = random.Random(seed + 1_000_003)
         self.u = Universe([did(f"s{seed}u{i}") for i in range(n_dids)], did(f"s{seed}ghost"),
                           did(f"s{seed}stranger"))
         self.n_events = n_events
         self.clock_us = BASE_US + 20_000_000_000
-        self.rev_offset = {d: 0 for d in self.u.dids}
         self.seq = {d: 10 for d in self.u.dids}
         self.id_seq = {d: 10 for d in self.u.dids}
+        self.last_time: dict[tuple[str, int], int] = {}  # (account, id of its seq table) -> last time
         self.revive: list[str] = []  # deleted accounts that come back later (their purge must hold)
 
     def _created(self) -> dict[str, Any]:
@@ -211,6 +212,44 @@ class History:
         rec.update(self._created())
         return rec
 
+    def _stamp(self, author: str, seq_table: dict[str, int], body: dict[str, Any]) -> None:
+        """``time`` and ``seq`` of an account or identity event, as a network of several
+        relays delivers them: mostly the moment it was made with the next seq; sometimes
+        stale (older than the account's last event: a replay or a late delivery), at the
+        same moment as the last one, with a seq of another relay's space (far lower or
+        higher), without seq, without time, with an unparseable time, or with a clock far
+        ahead (which the rule distrusts).  Its own random stream: the rest of the
+        history stays what the coverage checks below were tuned on."""
+        rng = self.stamp_rng
+        seq_table[author] += 1
+        roll = rng.random()
+        when = self.clock_us
+        last = self.last_time.get((author, id(seq_table)), self.clock_us)
+        if roll < 0.12:
+            when = last - rng.randrange(1, 5_000_000)
+        elif roll < 0.2:
+            when = last
+        self.last_time[(author, id(seq_table))] = max(last, when)
+        seq = seq_table[author]
+        roll = rng.random()
+        if roll < 0.1:
+            seq = rng.randrange(1, 1000)  # another relay, far lower
+        elif roll < 0.15:
+            seq = 10 ** 10 + rng.randrange(1000)  # another relay, far higher
+        elif roll < 0.2:
+            seq = seq_table[author] - 1  # the last event's seq again
+        if rng.random() >= 0.05:
+            body["seq"] = seq
+        roll = rng.random()
+        if roll < 0.04:
+            return  # no time: the receive time stands in
+        if roll < 0.06:
+            body["time"] = "not a time"
+        elif roll < 0.08:
+            body["time"] = iso(self.clock_us + 3_600_000_000)  # a clock an hour ahead
+        else:
+            body["time"] = iso(when)
+
     def _event(self) -> dict[str, Any]:
         rng, u = self.rng, self.u
         self.clock_us += rng.randrange(1000, 5000)
@@ -218,35 +257,29 @@ class History:
         roll = rng.random()
         if self.revive and rng.random() < 0.03:
             author = self.revive.pop(0)
-            self.seq[author] += 1
-            return {"did": author, "kind": "account",
-                    "account": {"active": True, "did": author, "seq": self.seq[author], "time": "2024-01-01T00:00:00Z"}}
+            back: dict[str, Any] = {"active": True, "did": author}
+            self._stamp(author, self.seq, back)
+            return {"did": author, "kind": "account", "account": back}
         if roll < 0.025:
             status = rng.choices([None, "deactivated", "takendown", "suspended", "deleted", "throttled",
                                   "desynchronized"], weights=[12, 2, 2, 1, 2, 1, 1])[0]
-            self.seq[author] += 1
-            seq = self.seq[author] if rng.random() < 0.85 else self.seq[author] - rng.randrange(1, 4)
-            account: dict[str, Any] = {"active": status is None, "did": author, "seq": seq,
-                                       "time": "2024-01-01T00:00:00Z"}
+            account: dict[str, Any] = {"active": status is None, "did": author}
+            self._stamp(author, self.seq, account)
             if status is not None:
                 account["status"] = status
-            if status == "deleted":
-                if rng.random() < 0.5:
-                    self.rev_offset[author] += 700_000_000  # its later commits are newer than the purge
-                if rng.random() < 0.7:
-                    self.revive.append(author)
+            if status == "deleted" and rng.random() < 0.7:
+                self.revive.append(author)  # it comes back, and writes again at once
             return {"did": author, "kind": "account", "account": account}
         if roll < 0.06:
-            self.id_seq[author] += 1
-            seq = self.id_seq[author] if rng.random() < 0.85 else self.id_seq[author] - 1
-            identity: dict[str, Any] = {"did": author, "seq": seq, "time": "2024-01-01T00:00:00Z"}
+            identity: dict[str, Any] = {"did": author}
+            self._stamp(author, self.id_seq, identity)
             if rng.random() < 0.9:
                 identity["handle"] = rng.choice(u.handles)
             return {"did": author, "kind": "identity", "identity": identity}
         collection, _, size, clock = rng.choices(COLLECTIONS, weights=[c[1] for c in COLLECTIONS])[0]
         k = rng.randrange(size)
         rkey = "self" if collection == am.PROFILE else tidk(k, clock)
-        rev = int_to_tid(tid_from_time(self.clock_us + self.rev_offset[author], 0))
+        rev = int_to_tid(tid_from_time(self.clock_us, 0))
         op = rng.choices(["create", "update", "delete"], weights=[6, 2, 2])[0]
         commit: dict[str, Any] = {"rev": rev, "operation": op, "collection": collection, "rkey": rkey}
         if op != "delete":
@@ -325,6 +358,10 @@ def scenarios(tmp_path_factory: pytest.TempPathFactory) -> list[Scenario]:
     everything = [s.model for s in out]
     statuses = {a.status for m in everything for a in m.actors.values()}
     assert {"deleted", "takendown", "deactivated"} <= statuses, statuses
+    # a deleted account came back and what it wrote afterwards is there (issue 10's case)
+    assert any(a.active and a.purged_rev is not None
+               and any(rid[0] == d and r.rev > a.purged_rev for rid, r in m.records.items())
+               for m in everything for d, a in m.actors.items())
     assert any(dids for s, m in zip(out, everything) for v in s.u.dids
                for _, dids in m.get_known_likers(v, s.u.post_uris))
     return out
@@ -344,9 +381,9 @@ def limit_choice(s: Scenario) -> int | None:
     return s.rng.choice([1, 1, 2, 3, 5, None, 100])
 
 
-def test_purge_margin_matches_store() -> None:
-    """The model's copy of the purge margin is the store's."""
-    assert am.PURGE_MARGIN_US == STORE_PURGE_MARGIN_US
+def test_clock_bound_matches_store() -> None:
+    """The model's copy of the bound on clocks running ahead is the decoder's."""
+    assert am.MAX_TIME_AHEAD_US == MAX_TIME_AHEAD_US
 
 
 # ---------------------------------------------------------------- Records
@@ -633,8 +670,10 @@ def test_get_timeline(scenarios: list[Scenario]) -> None:
 
 def test_get_thread(scenarios: list[Scenario]) -> None:
     """Ancestors root-most first, the post, descendants breadth-first newest first."""
+    deep = 0
+
     async def check(client: Client, s: Scenario) -> None:
-        deep = 0
+        nonlocal deep
         for uri in s.u.post_uris:
             for above, below in [(None, None), (0, 0), (1, 1), (2, 3), (100, 20), (1000, 1000)]:
                 query = [("uri", uri)] + ([("above", str(above)), ("below", str(below))] if above is not None else [])
@@ -642,8 +681,8 @@ def test_get_thread(scenarios: list[Scenario]) -> None:
                 want = s.model.get_thread(uri, *(() if above is None else (above, below)))
                 assert body["uris"] == want, (s.name, uri, above, below)
                 deep += len(want) > 2
-        assert deep > 0
     for_each(scenarios, check)
+    assert deep > 0  # some scenario has threads deeper than a post and its parent
 
 
 # ---------------------------------------------------------------- Lists

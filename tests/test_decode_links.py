@@ -136,13 +136,13 @@ def test_decode_place_stream_golden_line():
 def test_decode_identity_with_handle_lowercases():
     op = decode_event(json.dumps({"did": DID_A, "time_us": 5, "kind": "identity",
                                   "identity": {"handle": "Alice.Example.COM", "seq": 9}}))
-    assert op == Identity(DID_A, 5, 9, "alice.example.com")
+    assert op == Identity(DID_A, 5, 9, "alice.example.com", 5)  # no time: ordered by time_us
 
 
 def test_decode_account_deleted():
     op = decode_event(json.dumps({"did": DID_A, "time_us": 5, "kind": "account",
                                   "account": {"active": False, "status": "deleted", "seq": 3}}))
-    assert op == AccountStatus(DID_A, 5, 3, False, "deleted")
+    assert op == AccountStatus(DID_A, 5, 3, False, "deleted", 5)
 
 
 def test_unknown_kind_is_ignored():
@@ -466,4 +466,4 @@ def test_integers_beyond_64_bits_are_malformed(event: dict):
 def test_largest_64_bit_time_us_decodes():
     # the boundary of the bug above: 2**63 - 1 is a valid SQLite integer and is accepted
     op = decode_event(json.dumps({"did": DID_A, "time_us": 2**63 - 1, "kind": "identity", "identity": {}}))
-    assert op == Identity(DID_A, 2**63 - 1, None, None)
+    assert op == Identity(DID_A, 2**63 - 1, None, None, 2**63 - 1)

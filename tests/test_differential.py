@@ -20,6 +20,7 @@ from smalldp.store.reader import Reader
 from smalldp.store.writer import Writer
 from smalldp.tid import int_to_tid, tid_from_time, tid_to_int
 
+from helpers_server import iso
 from model import Model
 
 DIDS = [f"did:plc:{c * 24}" for c in "abcde"]
@@ -94,14 +95,31 @@ def events(draw: st.DrawFn) -> dict:
             "rev": draw(revs), "operation": "delete", "collection": collection, "rkey": rkey}}
     if kind == "account":
         status = draw(st.sampled_from([None, "deactivated", "takendown", "deleted"]))
-        # Jetstream always sends seq; duplicates and older ones are what replays look like.
-        account = {"active": status is None, "did": did, "seq": draw(st.integers(1, 6))}
+        account = {"active": status is None, "did": did, **draw(stamps())}
         if status:
             account["status"] = status
         return {"did": did, "time_us": time_us, "kind": "account", "account": account}
     return {"did": did, "time_us": time_us, "kind": "identity",
-            "identity": {"did": did, "handle": draw(st.sampled_from(["a.test", "b.test"])),
-                         "seq": draw(st.integers(1, 6))}}
+            "identity": {"did": did, "handle": draw(st.sampled_from(["a.test", "b.test"])), **draw(stamps())}}
+
+
+# The upstream `time` of account and identity events: a few moments (so equal times
+# happen), a clock far ahead of every time_us (distrusted), junk, or none at all.
+EVENT_TIMES = [iso(BASE_US + i * 2_000_000) for i in range(4)] + [iso(BASE_US + 10**12), "not a time"]
+
+
+@st.composite
+def stamps(draw: st.DrawFn) -> dict:
+    """`seq` and `time` of an account or identity event on a network of several relays:
+    seqs of two unrelated spaces (small, and far larger), duplicates, or none."""
+    out: dict = {}
+    seq = draw(st.one_of(st.none(), st.integers(1, 6), st.integers(10**10, 10**10 + 3)))
+    if seq is not None:
+        out["seq"] = seq
+    when = draw(st.one_of(st.none(), st.sampled_from(EVENT_TIMES)))
+    if when is not None:
+        out["time"] = when
+    return out
 
 
 @st.composite

@@ -298,12 +298,12 @@ def test_operations_from_hand_written_frames() -> None:
     delete = decode_frame_v2(frame(commit(operation="delete", record=DROP, cid=DROP)))
     assert isinstance(delete, OpFrame) and isinstance(delete.op, DeleteRecord)
     assert (delete.seq, delete.op.collection, delete.op.rkey) == (42, "app.bsky.feed.like", "3mptbyplj5d2a")
-    assert decode_frame_v2(frame(identity())) == OpFrame(43, Identity(DID, T_2026, 900, "alice.example.com"))
+    assert decode_frame_v2(frame(identity())) == OpFrame(43, Identity(DID, T_2026, 900, "alice.example.com", T_2026 - 10**6))
     no_handle = identity(identity={"did": DID, "seq": 902, "time": "2026-07-04T12:34:55Z"})
-    assert decode_frame_v2(frame(no_handle)) == OpFrame(43, Identity(DID, T_2026, 902, None))
-    assert decode_frame_v2(frame(account())) == OpFrame(44, AccountStatus(DID, T_2026, 901, False, "takendown"))
+    assert decode_frame_v2(frame(no_handle)) == OpFrame(43, Identity(DID, T_2026, 902, None, T_2026 - 10**6))
+    assert decode_frame_v2(frame(account())) == OpFrame(44, AccountStatus(DID, T_2026, 901, False, "takendown", T_2026 - 10**6))
     active = account(account={"did": DID, "seq": 903, "time": "2026-07-04T12:34:55Z", "active": True})
-    assert decode_frame_v2(frame(active)) == OpFrame(44, AccountStatus(DID, T_2026, 903, True, None))
+    assert decode_frame_v2(frame(active)) == OpFrame(44, AccountStatus(DID, T_2026, 903, True, None, T_2026 - 10**6))
 
 
 def test_info_error_sync_and_unknown_kinds() -> None:

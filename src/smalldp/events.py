@@ -15,6 +15,7 @@ import msgspec
 from smalldp.derived import derived_links
 from smalldp.links import extract_links
 from smalldp.tid import tid_to_int
+from smalldp.timestamps import datetime_us
 
 
 class _Commit(msgspec.Struct):
@@ -35,6 +36,7 @@ class IdentityBody(msgspec.Struct):
 
     handle: str | None = None
     seq: Int64 | None = None
+    time: str | None = None  # when the change happened, stamped upstream (kept as text: see order_time_us)
 
 
 class AccountBody(msgspec.Struct):
@@ -43,6 +45,7 @@ class AccountBody(msgspec.Struct):
     active: bool
     status: str | None = None
     seq: Int64 | None = None
+    time: str | None = None
 
 
 class _Event(msgspec.Struct):
@@ -90,22 +93,31 @@ class DeleteRecord(msgspec.Struct, frozen=True, gc=False):
 
 
 class AccountStatus(msgspec.Struct, frozen=True, gc=False):
-    """An account became active or inactive; status 'deleted' purges its data."""
+    """An account became active or inactive; status 'deleted' purges its data.
+
+    ``order_us`` places the event among the account's other account events
+    (``order_time_us``); ``seq`` is the relay's, comparable only within one relay.
+    """
 
     did: str
     time_us: int
     seq: int | None
     active: bool
     status: str | None
+    order_us: int
 
 
 class Identity(msgspec.Struct, frozen=True, gc=False):
-    """An identity change; ``handle`` is None when the event carried none."""
+    """An identity change; ``handle`` is None when the event carried none.
+
+    ``order_us`` and ``seq`` as for AccountStatus.
+    """
 
     did: str
     time_us: int
     seq: int | None
     handle: str | None
+    order_us: int
 
 
 Operation = Union[PutRecord, DeleteRecord, AccountStatus, Identity]
@@ -126,6 +138,9 @@ _HANDLE = re.compile(
 ACCOUNT_STATUSES = frozenset(
     {"takendown", "suspended", "deleted", "deactivated", "desynchronized", "throttled"}
 )
+# An account or identity event's own ``time`` further ahead of its receive time than this
+# comes from a wrong clock: trusted, it would freeze the account's state until that moment.
+MAX_TIME_AHEAD_US = 300_000_000
 _did_ok: dict[str, bool] = {}  # small memo: the same DIDs recur constantly
 _nsid_ok: dict[str, bool] = {}
 
@@ -162,6 +177,27 @@ def valid_handle(handle: str) -> bool:
     return len(handle) <= 253 and _HANDLE.match(handle) is not None
 
 
+def order_time_us(time_text: str | None, time_us: int) -> int:
+    """When an account or identity event happened, for ordering it among the account's others.
+
+    The event's own ``time`` is stamped where the change was made (the PDS, or the relay
+    for its own takedowns) and is carried unchanged by every relay and Jetstream instance,
+    so the same event has the same time everywhere and a replay keeps it: unlike the
+    relay's ``seq`` (one sequence per relay) and ``time_us`` (one clock per Jetstream
+    instance), it can be compared across failovers and rewinds.  Without a usable
+    ``time`` (absent, unparseable, or more than MAX_TIME_AHEAD_US ahead of the receive
+    time), the receive time ``time_us`` stands in.
+    """
+    if time_text is not None:
+        try:
+            when = datetime_us(time_text)
+        except ValueError:
+            return time_us
+        if when <= time_us + MAX_TIME_AHEAD_US:
+            return when
+    return time_us
+
+
 def decode_event(line: bytes | str) -> Operation | None:
     """Decode one Jetstream v1 event.
 
@@ -185,7 +221,8 @@ def decode_event(line: bytes | str) -> Operation | None:
         status = account.status
         if status is not None and status not in ACCOUNT_STATUSES:
             raise MalformedEvent(f"unknown account status {status[:40]!r}")
-        return AccountStatus(did, event.time_us, account.seq, account.active, status)
+        return AccountStatus(did, event.time_us, account.seq, account.active, status,
+                             order_time_us(account.time, event.time_us))
     if kind == "identity":
         identity = event.identity
         if identity is None:
@@ -193,7 +230,8 @@ def decode_event(line: bytes | str) -> Operation | None:
         handle = identity.handle
         if handle is not None and not valid_handle(handle):
             raise MalformedEvent(f"invalid handle {handle[:80]!r}")
-        return Identity(did, event.time_us, identity.seq, handle.lower() if handle else None)
+        return Identity(did, event.time_us, identity.seq, handle.lower() if handle else None,
+                        order_time_us(identity.time, event.time_us))
     return None
 
 

@@ -9,16 +9,15 @@ types are the v1 ones from ``events.py``.  ``decode_frame_v2`` returns one ``Fra
 
 from __future__ import annotations
 
-import re
-from datetime import date
 from typing import Any, Union
 
 import msgspec
 
 from smalldp.events import (
     ACCOUNT_STATUSES, AccountBody, AccountStatus, Identity, IdentityBody, Int64, MalformedEvent,
-    Operation, commit_operation, valid_did, valid_handle,
+    Operation, commit_operation, order_time_us, valid_did, valid_handle,
 )
+from smalldp.timestamps import datetime_us
 
 NS = "network.bsky.jetstream.subscribeEvents#"
 
@@ -113,49 +112,11 @@ _decoder = msgspec.json.Decoder(Union[_EventFrame, _ErrorFrame])
 _peek_decoder = msgspec.json.Decoder(_Peek)
 _ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
 
-# RFC 3339 as atproto writes it: uppercase T and Z, 0-9 fractional digits, +-HH:MM offsets;
-# no leap second (Go, which Jetstream is written in, rejects them too).
-_DATETIME = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([01][0-9]|2[0-3]):([0-5][0-9]):([0-5][0-9])"
-    r"(?:\.([0-9]{1,9}))?(?:Z|([+-])([01][0-9]|2[0-3]):([0-5][0-9]))\Z"
-)
-_EPOCH_DAY = date(1970, 1, 1).toordinal()
-# "YYYY-MM-DDTHH:MM:SS" -> its microseconds since the epoch (as UTC). A live stream's events
-# share their second by the thousand, so the usual "...SS.ffffffZ" costs a dict hit.
-_second_us: dict[str, int] = {}
-
-
 def _time_us(text: str) -> int:
-    base = _second_us.get(text[:19])
-    if (base is not None and len(text) == 27 and text[26] == "Z" and text[19] == "."
-            and text.isascii()):
-        frac = text[20:26]
-        if frac.isdigit():  # ASCII digits only (isascii above): int() would take "+1_234"
-            return base + int(frac)
-    return _time_us_slow(text)
-
-
-def _time_us_slow(text: str) -> int:
-    match = _DATETIME.match(text)
-    if match is None:
-        raise MalformedEvent(f"invalid datetime {text[:40]!r}")
-    year, month, day, hour, minute, second, frac, sign, off_h, off_m = match.groups()
     try:
-        days = date(int(year), int(month), int(day)).toordinal() - _EPOCH_DAY
-    except ValueError:
-        raise MalformedEvent(f"invalid datetime {text[:40]!r}") from None
-    local_us = (days * 86400 + int(hour) * 3600 + int(minute) * 60 + int(second)) * 1_000_000
-    if local_us >= 0:  # cached only when non-negative, so the fast path never yields < 0
-        if len(_second_us) >= 4096:
-            _second_us.clear()
-        _second_us[text[:19]] = local_us
-    us = local_us + (int(frac[:6].ljust(6, "0")) if frac else 0)  # truncated, like Go's UnixMicro
-    if sign:
-        offset_us = (int(off_h) * 60 + int(off_m)) * 60_000_000
-        us += -offset_us if sign == "+" else offset_us
-    if us < 0:
-        raise MalformedEvent(f"datetime before 1970 {text[:40]!r}")
-    return us
+        return datetime_us(text)
+    except ValueError as exc:
+        raise MalformedEvent(str(exc)) from None
 
 
 def decode_frame_v2(data: bytes | str) -> Frame:
@@ -189,12 +150,14 @@ def decode_frame_v2(data: bytes | str) -> Frame:
         status = account.status
         if status is not None and status not in ACCOUNT_STATUSES:
             raise MalformedEvent(f"unknown account status {status[:40]!r}")
-        return OpFrame(p.seq, AccountStatus(did, time_us, account.seq, account.active, status))
+        order_us = order_time_us(account.time or p.time, time_us)
+        return OpFrame(p.seq, AccountStatus(did, time_us, account.seq, account.active, status, order_us))
     handle = p.identity.handle
     if handle is not None and not valid_handle(handle):
         raise MalformedEvent(f"invalid handle {handle[:80]!r}")
     handle = handle.lower() if handle else None
-    return OpFrame(p.seq, Identity(did, time_us, p.identity.seq, handle))
+    order_us = order_time_us(p.identity.time or p.time, time_us)
+    return OpFrame(p.seq, Identity(did, time_us, p.identity.seq, handle, order_us))
 
 
 def _unknown_kind(data: bytes | str, reason: str) -> Frame:

@@ -28,7 +28,7 @@ from smalldp.ingest.jetstream import ClientOptions, Filters
 from smalldp.ingest.live import LiveIngest
 from smalldp.ingest.metrics import IngestMetrics
 from smalldp.priority import QueryGate
-from smalldp.store.schema import db_path
+from smalldp.store.schema import db_path, upgrade_in_place
 from smalldp.store.writer import Writer
 from smalldp.systemd import Notifier
 
@@ -120,6 +120,8 @@ class Service:
         elif not path.exists():
             raise ServiceError(f"no database in {settings.data_dir}: run `smalldp import` first, "
                                "or serve without --no-ingest")
+        else:
+            upgrade_in_place(path)  # a store from an earlier release: the queries need its new columns
         if self.ingest:
             app = make_app(path, read_threads=settings.read_threads, cache_mb=settings.cache_mb,
                            mmap_mb=settings.mmap_mb, ingest_status=self.metrics.health,

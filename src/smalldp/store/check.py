@@ -22,7 +22,7 @@ from smalldp.store import timeline
 from smalldp.store.check_report import CheckReport, Fact, Names
 from smalldp.store.encoding import chunk_floor, did_key, get_varint
 from smalldp.store.progress import Progress, Throttle
-from smalldp.store.schema import SCHEMA_VERSION
+from smalldp.store.schema import MIGRATIONS, SCHEMA_VERSION
 from smalldp.store.strict import ChunkError, decode_links_strict, parse_chunk, parse_segment
 
 # The forward and backward indexes are compared as multisets of link facts.  Each fact
@@ -119,7 +119,9 @@ def _schema(conn: sqlite3.Connection, report: CheckReport) -> bool:
         report.add("schema", f"not a smalldp database: missing tables {', '.join(missing)}")
         return False
     version = conn.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
-    if version is None or version[0] != SCHEMA_VERSION:
+    # An older version that smalldp migrates on opening (a backup from an earlier release)
+    # is fine: nothing checked here reads the columns a migration adds.
+    if version is None or (version[0] != SCHEMA_VERSION and version[0] not in MIGRATIONS):
         report.add("schema", f"schema version {version[0] if version else None}, this smalldp reads {SCHEMA_VERSION}")
         return False
     return True

@@ -2,7 +2,8 @@
 
 Tables (all integers are SQLite varints on disk):
   meta(k, v)                 cursor, counters, the inactive-actor bitmap, zstd dictionaries
-  actor(aid, did, ...)       DIDs as integer IDs, plus account state and handle
+  actor(aid, did, ...)       DIDs as integer IDs, plus account state and handle, and the
+                             (order time, seq) of the account and identity events applied last
   coll(cid, nsid)            collection NSIDs as small integers
   source(sid, coll, path)    (collection, path) pairs as small integers
   alias(aid, coll, rkey, sk) sort keys of records whose rkey is not a TID
@@ -29,7 +30,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 2  # 2: derived links, tl, actor_rev, run.gen
+SCHEMA_VERSION = 3  # 2: derived links, tl, actor_rev, run.gen; 3: actor.acct_us, actor.id_us
+# Older versions open_writer upgrades in place (a few ALTER TABLEs, no data rewritten).
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: ("ALTER TABLE actor ADD COLUMN acct_us INTEGER", "ALTER TABLE actor ADD COLUMN id_us INTEGER"),
+}
 DB_NAME = "smalldp.sqlite"
 PAGE_SIZE = 8192
 # Checkpoint every 8192 pages (64 MiB) rather than SQLite's 1000: with big batches the
@@ -45,7 +50,7 @@ CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS actor(
   aid INTEGER PRIMARY KEY, did TEXT NOT NULL UNIQUE,
   active INTEGER NOT NULL DEFAULT 1, status TEXT, handle TEXT,
-  acct_seq INTEGER, id_seq INTEGER, purged_rev INTEGER);
+  acct_seq INTEGER, id_seq INTEGER, purged_rev INTEGER, acct_us INTEGER, id_us INTEGER);
 CREATE INDEX IF NOT EXISTS actor_handle ON actor(handle) WHERE handle IS NOT NULL;
 CREATE TABLE IF NOT EXISTS coll(cid INTEGER PRIMARY KEY, nsid TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS source(
@@ -92,12 +97,40 @@ def open_writer(path: Path, cache_mb: int, mmap_mb: int) -> sqlite3.Connection:
     conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
     conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
     conn.executescript(SCHEMA)
+    migrate(conn, path)
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring a store written by an earlier smalldp to SCHEMA_VERSION, in one transaction
+    (a new file gets the version recorded); refuse a file from a newer smalldp."""
     version = conn.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
     if version is None:
         conn.execute("INSERT INTO meta VALUES('schema', ?)", (SCHEMA_VERSION,))
-    elif version[0] != SCHEMA_VERSION:
-        raise RuntimeError(f"{path}: schema version {version[0]}, this smalldp reads {SCHEMA_VERSION}")
-    return conn
+        return
+    current = int(version[0])
+    if current == SCHEMA_VERSION:
+        return
+    if current > SCHEMA_VERSION or current not in MIGRATIONS:
+        raise RuntimeError(f"{path}: schema version {current}, this smalldp reads {SCHEMA_VERSION}"
+                           + (" (written by a newer smalldp)" if current > SCHEMA_VERSION else ""))
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        while current != SCHEMA_VERSION:
+            for statement in MIGRATIONS[current]:
+                conn.execute(statement)
+            current += 1
+        conn.execute("UPDATE meta SET v=? WHERE k='schema'", (SCHEMA_VERSION,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def upgrade_in_place(path: Path) -> None:
+    """Migrate the store at ``path`` if it is from an earlier smalldp (for processes that
+    only read, such as `smalldp serve --no-ingest`: their queries expect this schema)."""
+    open_writer(path, cache_mb=8, mmap_mb=0).close()
 
 
 def open_reader(path: Path, cache_mb: int, mmap_mb: int) -> sqlite3.Connection:

@@ -45,19 +45,15 @@ from smalldp.store.encoding import (
     target_dids,
 )
 from smalldp.store.schema import open_writer
-from smalldp.tid import tid_from_time, tid_to_int
+from smalldp.tid import tid_to_int
 
 log = logging.getLogger(__name__)
 
 # Entries per backlink chunk.  Measured at 10M events: 128 made deletes cheaper (ingest
 # +4%) but popular counts and first pages slower (p99 3.1 -> 5.2 ms, 4.3 -> 6.7 ms).
 CHUNK_ENTRIES = 512
-PURGE_QUEUE_MAX = 64
-TARGET_CACHE_MAX = 200_000  # encoded target keys kept between batches  # deleted accounts queued before their rows are removed
-# Records of a deleted account with a rev older than the deletion's time plus this
-# margin are purged (and replays of them ignored).  PDS clocks run a little ahead
-# of Jetstream's sometimes; a deleted account makes no new commits.
-PURGE_MARGIN_US = 600_000_000
+PURGE_QUEUE_MAX = 64  # deleted accounts queued before their rows are removed
+TARGET_CACHE_MAX = 200_000  # encoded target keys kept between batches
 ALIAS_BASE = -(1 << 62)  # sort keys of non-TID rkeys: negative, in first-seen order
 
 DEFAULT_BODY_COLLECTIONS = (
@@ -91,7 +87,9 @@ class ActorState(msgspec.Struct, gc=False):
     handle: str | None = None
     acct_seq: int | None = None
     id_seq: int | None = None
-    purged_rev: int | None = None
+    purged_rev: int | None = None  # commits up to this rev were purged (a deletion): ignored
+    acct_us: int | None = None  # order time of the account event applied last (see supersedes)
+    id_us: int | None = None  # order time of the identity event applied last
     dirty: bool = False
 
 
@@ -290,7 +288,7 @@ class Writer:
             chunk = missing[start:start + 500]
             marks = ",".join("?" * len(chunk))
             for row in self.conn.execute(
-                    "SELECT did, aid, active, status, handle, acct_seq, id_seq, purged_rev "
+                    "SELECT did, aid, active, status, handle, acct_seq, id_seq, purged_rev, acct_us, id_us "
                     f"FROM actor WHERE did IN ({marks})", chunk):
                 self.actors[row[0]] = ActorState(row[1], bool(row[2]), *row[3:])
         for did in missing:
@@ -480,11 +478,10 @@ class Writer:
 
     def _apply_account(self, op: AccountStatus, batch: _Batch) -> None:
         actor = self.actors[op.did]
-        if op.seq is not None and actor.acct_seq is not None and op.seq <= actor.acct_seq:
-            batch.stats.replays += 1
+        if not supersedes(op.order_us, op.seq, actor.acct_us, actor.acct_seq):
+            batch.stats.replays += 1  # an older state than the one applied (a replay, or late)
             return
-        if op.seq is not None:
-            actor.acct_seq = op.seq
+        actor.acct_us, actor.acct_seq = op.order_us, op.seq
         actor.active = op.active
         actor.status = op.status
         if op.active:
@@ -492,20 +489,26 @@ class Writer:
         else:
             self.hidden.add(actor.aid)
         if op.status == "deleted":
-            rev = tid_from_time(op.time_us + PURGE_MARGIN_US, 1023)
-            actor.purged_rev = max(rev, actor.purged_rev or 0)
+            # Purge what the account had: every commit seen so far (replays of them stay
+            # ignored), not a clock window, so an account that comes back keeps what it
+            # writes from then on, however soon.
+            seen = max(self._latest_rev(actor.aid), batch.revs.get(actor.aid, 0))
+            actor.purged_rev = max(seen, actor.purged_rev or 0)
             self.purge_queue[actor.aid] = actor.purged_rev
             self.conn.execute("INSERT OR REPLACE INTO purge VALUES(?, ?)", (actor.aid, actor.purged_rev))
         actor.dirty = True
         batch.stats.applied += 1
 
+    def _latest_rev(self, aid: int) -> int:
+        row = self.conn.execute("SELECT rev FROM actor_rev WHERE aid=?", (aid,)).fetchone()
+        return 0 if row is None else int(row[0])
+
     def _apply_identity(self, op: Identity, batch: _Batch) -> None:
         actor = self.actors[op.did]
-        if op.seq is not None and actor.id_seq is not None and op.seq <= actor.id_seq:
+        if not supersedes(op.order_us, op.seq, actor.id_us, actor.id_seq):
             batch.stats.replays += 1
             return
-        if op.seq is not None:
-            actor.id_seq = op.seq
+        actor.id_us, actor.id_seq = op.order_us, op.seq
         if op.handle is not None:
             actor.handle = op.handle
         actor.dirty = True
@@ -520,8 +523,10 @@ class Writer:
         dirty = [a for a in self.actors.values() if a.dirty]
         if dirty:
             conn.executemany(
-                "UPDATE actor SET active=?, status=?, handle=?, acct_seq=?, id_seq=?, purged_rev=? WHERE aid=?",
-                [(int(a.active), a.status, a.handle, a.acct_seq, a.id_seq, a.purged_rev, a.aid) for a in dirty])
+                "UPDATE actor SET active=?, status=?, handle=?, acct_seq=?, id_seq=?, purged_rev=?, acct_us=?, "
+                "id_us=? WHERE aid=?",
+                [(int(a.active), a.status, a.handle, a.acct_seq, a.id_seq, a.purged_rev, a.acct_us, a.id_us, a.aid)
+                 for a in dirty])
             for a in dirty:
                 a.dirty = False
         rows = []
@@ -757,6 +762,24 @@ class Writer:
         for run in runs:
             del self.runs[run]
         self.runs[new] = level
+
+
+def supersedes(when_us: int, seq: int | None, last_us: int | None, last_seq: int | None) -> bool:
+    """Whether an account (or identity) event replaces the state the last applied one set.
+
+    Events order by when they happened (``order_us``: the event's own upstream ``time``,
+    see smalldp.events.order_time_us), so a failover to a Jetstream instance fed by another
+    relay, whose ``seq`` values are unrelated, orders them right, and a replayed older
+    event never undoes a newer one.  At the same moment the relay's ``seq`` decides when
+    both events have one (an equal seq is the same event again); without, the later
+    delivery wins.  A store from before order times were kept (``last_us`` None) takes
+    the next event as it comes.
+    """
+    if last_us is None or when_us != last_us:
+        return last_us is None or when_us > last_us
+    if seq is not None and last_seq is not None:
+        return seq > last_seq
+    return True
 
 
 def _entries_of(blocks: list[bytes]) -> Iterator[Entry]:

@@ -60,7 +60,8 @@ class RecordQueries(DataPlaneBase):
         def read() -> list[str]:
             out = []
             for handle in handles:
-                row = self.conn.execute("SELECT did FROM actor WHERE handle=? ORDER BY id_seq IS NULL, id_seq DESC, "
+                # The newest claim by order time (seqs of different relays don't compare).
+                row = self.conn.execute("SELECT did FROM actor WHERE handle=? ORDER BY id_us IS NULL, id_us DESC, "
                                         "aid DESC LIMIT 1", (handle.lower(),)).fetchone()
                 out.append(row[0] if row else "")
             return out

@@ -36,7 +36,7 @@ def offenders(paths: list[Path], forbidden: tuple[str, ...]) -> list[str]:
 
 
 def test_ingest_store_and_decoding_never_import_http_or_the_service() -> None:
-    lower = module_files("ingest", "store", "events", "events_v2", "links", "tid", "captures",
+    lower = module_files("ingest", "store", "events", "events_v2", "links", "tid", "timestamps", "captures",
                          "config", "systemd")
     assert offenders(lower, ("smalldp.api", "smalldp.service", "smalldp.cli")) == []
 
@@ -48,7 +48,7 @@ def test_store_never_imports_ingest_and_api_never_writes() -> None:
 
 
 def test_decoding_imports_nothing_above_it() -> None:
-    assert offenders(module_files("events", "events_v2", "links", "tid"),
+    assert offenders(module_files("events", "events_v2", "links", "tid", "timestamps"),
                      ("smalldp.store", "smalldp.ingest", "smalldp.api")) == []
 
 

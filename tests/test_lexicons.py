@@ -29,7 +29,10 @@ from smalldp.api.server import make_app
 from smalldp.store.writer import Writer
 
 from helpers_server import (
+    FOLLOW,
+    LIKE,
     LIST,
+    LISTITEM,
     POST,
     Events,
     Reply,
@@ -424,7 +427,8 @@ def corpus_events() -> list[dict[str, Any]]:
 
 # Valid values for each parameter name the lexicons use (a new name must be added here).
 VALID: dict[str, list[str]] = {
-    "actor": [ALICE], "viewer": [ALICE], "subject": [P1], "uri": [P1], "list": [LIST1],
+    "actor": [ALICE], "viewer": [ALICE], "subject": [P1], "list": [LIST1],
+    "uri": [REPLY],  # a post with links (getRecord lists them) and a parent (getThread walks it)
     "uris": [P1, REPLY, QUOTE1, UNKNOWN_POST], "subjects": [P1, REPLY, UNKNOWN_POST],
     "targets": [BOB, CAROL, DAVE, STRANGER], "dids": [ALICE, BOB, STRANGER],
     "handles": ["alice.test", "ALICE.test", "nobody.test"], "lists": [LIST1, LIST2],
@@ -795,3 +799,13 @@ def test_long_values_are_really_valid() -> None:
     for fmt, length in (("did", 2048), ("at-uri", 2048), ("handle", 253)):
         value = longer(many("x", {"format": fmt}, 1)[0], fmt, length)
         assert len(value) == length and _FORMAT_RE[fmt].match(value), (fmt, value[:80])
+
+
+def test_get_record_of_every_kind_follows_the_schema(live: Live) -> None:
+    """getRecord of a record without a kept body (a like, a follow, a listitem) is a 200
+    in the output schema too, with bodyKept false and no value; a post's has the value."""
+    for uri, kept in ((at_uri(BOB, LIKE, tid(10_000)), False), (at_uri(ALICE, FOLLOW, tid(14_000)), False),
+                      (at_uri(ALICE, LISTITEM, tid(20_000)), False), (REPLY, True)):
+        body = assert_ok("getRecord", [("uri", uri)], call(live, "getRecord", [("uri", uri)]))
+        assert body["bodyKept"] is kept and ("value" in body) is kept, (uri, body)
+        assert body["links"], (uri, body)

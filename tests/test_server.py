@@ -466,6 +466,8 @@ def test_many_to_many_counts(tmp_path: Path) -> None:
 
 
 def test_get_record(tmp_path: Path) -> None:
+    """A record with a kept body: uri, cid, indexedAt and value as received, plus its rev,
+    its own links (not smalldp's derived ones) and bodyKept; what is not live is RecordNotFound."""
     path = tmp_path / "smalldp.sqlite"
     writer = Writer(path)
     ev = Events()
@@ -480,29 +482,35 @@ def test_get_record(tmp_path: Path) -> None:
         async with running(path) as client:
             body = await client.ok(GET_RECORD, {"uri": uri})
             assert body == {"uri": uri, "cid": "bafyreihelloone", "indexedAt": iso(created["time_us"]),
-                            "value": created["commit"]["record"]}
-            body = await client.ok(GET_RECORD, {"uri": at_uri(author, POST, tid(2))})
-            assert body["value"] == other["commit"]["record"]
-            assert body["value"]["reply"]["parent"]["uri"] == uri
+                            "value": created["commit"]["record"], "rev": created["commit"]["rev"],
+                            "links": [], "bodyKept": True}  # a post's author links are derived: not listed
+            second = at_uri(author, POST, tid(2))
+            body = await client.ok(GET_RECORD, {"uri": second})
+            assert body == {"uri": second, "cid": other["commit"]["cid"], "indexedAt": iso(other["time_us"]),
+                            "value": other["commit"]["record"], "rev": other["commit"]["rev"],
+                            "links": [{"path": ".reply.parent.uri", "target": uri},
+                                      {"path": ".reply.root.uri", "target": uri}], "bodyKept": True}
 
-            # an update replaces value, cid and indexedAt
+            # an update replaces value, cid, indexedAt and rev
             updated = ev.post(author, tid(1), "hello again", operation="update", cid="bafyreihellotwo")
             apply(writer, [updated])
             body = await client.ok(GET_RECORD, {"uri": uri})
             assert body == {"uri": uri, "cid": "bafyreihellotwo", "indexedAt": iso(updated["time_us"]),
-                            "value": updated["commit"]["record"]}
+                            "value": updated["commit"]["record"], "rev": updated["commit"]["rev"],
+                            "links": [], "bodyKept": True}
 
             not_found = [
                 at_uri(author, POST, tid(99)),  # never created
-                at_uri(author, LIKE, tid(3)),  # likes keep no body
+                at_uri(author, LIKE, tid(99)),  # never created, in a collection without bodies
                 at_uri(did("nobody"), POST, tid(1)),  # unknown account
                 at_uri(author, "com.example.nothing", tid(1)),  # unknown collection
                 at_uri(author, POST, "self"),  # non-TID rkey never seen
                 f"at://{author}/{POST}",  # no rkey
                 f"at://{author}",
             ]
-            apply(writer, [ev.delete(author, POST, tid(2))])
+            apply(writer, [ev.delete(author, POST, tid(2)), ev.delete(author, LIKE, tid(3))])
             not_found.append(at_uri(author, POST, tid(2)))  # deleted
+            not_found.append(at_uri(author, LIKE, tid(3)))  # deleted (a tombstone in the forward index)
             for missing in not_found:
                 reply = await client.get(GET_RECORD, {"uri": missing})
                 assert reply.status == 400, missing
@@ -932,3 +940,82 @@ def test_junk_query_strings_never_500(tmp_path: Path) -> None:
         # the server is still answering correctly after all that junk
         assert server.get(GET_COUNT, BL).json == {"total": 8}
     assert 200 in seen_statuses and 400 in seen_statuses
+
+
+def test_get_record_without_body(tmp_path: Path) -> None:
+    """A live record whose body smalldp does not keep (likes, follows, listitems, any
+    collection outside body_collections) answers what the forward index holds: uri, rev
+    and its links, bodyKept false, no cid, indexedAt or value. Rkeys that are not TIDs,
+    updates, deletes and inactive accounts behave as for records with bodies."""
+    path = tmp_path / "smalldp.sqlite"
+    writer = Writer(path)
+    ev = Events()
+    author, friend, other = did("nobody1"), did("nobody2"), did("nobody3")
+    post = at_uri(friend, POST, tid(1))
+    list_uri = at_uri(author, LIST, tid(2))
+    thing = {"$type": "com.example.thing", "homepage": "https://example.com/x", "owner": friend,
+             "refs": [{"uri": post}, {"$type": "com.example.ref", "uri": list_uri}], "note": "plain text"}
+    events = {
+        "post": ev.post(friend, tid(1), "liked"),
+        "like": ev.like(author, tid(10), post),
+        "follow": ev.follow(author, tid(11), friend),
+        "listitem": ev.listitem(author, tid(12), list_uri, other),
+        "thing": ev.put(author, "com.example.thing", "main", thing),  # a non-TID rkey
+        "bare": ev.put(author, "com.example.thing", tid(13), {"$type": "com.example.thing", "note": "no links"}),
+    }
+    nocid = ev.post(author, tid(14), "no cid")
+    del nocid["commit"]["cid"]  # Jetstream may send none
+    apply(writer, [*events.values(), nocid])
+    uri = {name: at_uri(e["did"], e["commit"]["collection"], e["commit"]["rkey"]) for name, e in events.items()}
+    want_links = {
+        "like": [{"path": ".subject.uri", "target": post}],
+        "follow": [{"path": ".subject", "target": friend}],  # its reverse '<.subject' link is smalldp's own
+        "listitem": [{"path": ".list", "target": list_uri}, {"path": ".subject", "target": other}],
+        "thing": [{"path": ".homepage", "target": "https://example.com/x"}, {"path": ".owner", "target": friend},
+                  {"path": ".refs[].uri", "target": post}, {"path": ".refs[com.example.ref].uri", "target": list_uri}],
+        "bare": [],
+    }
+
+    def bodyless(name: str, event: dict[str, Any]) -> dict[str, Any]:
+        return {"uri": uri[name], "rev": event["commit"]["rev"], "links": want_links[name], "bodyKept": False}
+
+    async def main() -> None:
+        async with running(path) as client:
+            for name in want_links:
+                assert await client.ok(GET_RECORD, {"uri": uri[name]}) == bodyless(name, events[name]), name
+            nocid_uri = at_uri(author, POST, tid(14))
+            assert await client.ok(GET_RECORD, {"uri": nocid_uri}) == {
+                "uri": nocid_uri, "indexedAt": iso(nocid["time_us"]), "value": nocid["commit"]["record"],
+                "rev": nocid["commit"]["rev"], "links": [], "bodyKept": True}
+
+            # an update: the new rev and links
+            moved = ev.follow(author, tid(11), other)
+            moved["commit"]["operation"] = "update"
+            changed = dict(thing, owner=other, homepage="https://example.org/y")
+            thing_update = ev.put(author, "com.example.thing", "main", changed, operation="update")
+            apply(writer, [moved, thing_update])
+            want_links["follow"] = [{"path": ".subject", "target": other}]
+            want_links["thing"][:2] = [{"path": ".homepage", "target": "https://example.org/y"},
+                                       {"path": ".owner", "target": other}]
+            assert await client.ok(GET_RECORD, {"uri": uri["follow"]}) == bodyless("follow", moved)
+            assert await client.ok(GET_RECORD, {"uri": uri["thing"]}) == bodyless("thing", thing_update)
+
+            async def not_found(target: str) -> None:
+                reply = await client.get(GET_RECORD, {"uri": target})
+                assert reply.status == 400 and reply.json["error"] == "RecordNotFound", (target, reply.body[:200])
+
+            # an inactive account's records are not found, and come back on reactivation
+            apply(writer, [ev.account(author, False, 5, "deactivated")])
+            for name in ("like", "follow", "thing"):
+                await not_found(uri[name])
+            apply(writer, [ev.account(author, True, 6)])
+            assert await client.ok(GET_RECORD, {"uri": uri["like"]}) == bodyless("like", events["like"])
+
+            # deleted: not found, the non-TID rkey too
+            apply(writer, [ev.delete(author, LIKE, tid(10)), ev.delete(author, "com.example.thing", "main")])
+            await not_found(uri["like"])
+            await not_found(uri["thing"])
+            assert await client.ok(GET_RECORD, {"uri": uri["listitem"]}) == bodyless("listitem", events["listitem"])
+
+    run(main())
+    writer.close()

@@ -435,7 +435,12 @@ class Reader:
     # ------------------------------------------------------------ records and state
 
     def record(self, uri: str) -> dict[str, Any] | None:
-        """A stored record by at-uri: {uri, cid, indexedAt, value}, or None."""
+        """A live record by at-uri, or None (unknown, deleted, or its account inactive).
+
+        Always {uri, rev, links, bodyKept}: the forward index holds every record's rev and
+        links. With the body (the body_collections setting) also cid, indexedAt and value;
+        those are stored only with bodies (a CID for every like would cost ~36 bytes each).
+        """
         parts = split_target(uri)
         if parts is None:
             return None
@@ -453,13 +458,26 @@ class Reader:
             if row is None:
                 return None
             sk = row[0]
-        row = self.conn.execute("SELECT cid, indexed_us, data FROM body WHERE sk=? AND aid=? AND coll=?",
+        row = self.conn.execute("SELECT rev, links FROM fwd WHERE sk=? AND aid=? AND coll=?",
                                 (sk, aid, coll)).fetchone()
-        if row is None:
+        if row is None or row[1] is None:  # never seen, or a tombstone (deleted)
             return None
-        cid, indexed_us, data = row
-        return {"uri": uri, "cid": cid, "indexedAt": _iso(indexed_us),
-                "value": orjson.loads(self._bodies.decompress(data))}
+        rev, links = row
+        out: dict[str, Any] = {"uri": uri}
+        body = self.conn.execute("SELECT cid, indexed_us, data FROM body WHERE sk=? AND aid=? AND coll=?",
+                                 (sk, aid, coll)).fetchone()
+        if body is not None:
+            cid, indexed_us, data = body
+            if cid is not None:  # the lexicon: absent when Jetstream sent none
+                out["cid"] = cid
+            out["indexedAt"] = _iso(indexed_us)
+            out["value"] = orjson.loads(self._bodies.decompress(data))
+        out["rev"] = int_to_tid(rev + sk)  # stored relative to the sort key (store/writer.py)
+        out["links"] = [{"path": path, "target": self._target_name(tkey)}
+                        for path, tkey in ((self._source_name(sid)[1], tkey) for sid, tkey in decode_links(links))
+                        if not is_derived(path)]  # smalldp's own views, not fields of the record
+        out["bodyKept"] = body is not None
+        return out
 
     def actor_state(self, did: str) -> dict[str, Any] | None:
         """Account state of a DID: {did, active, status, handle}, or None if never seen."""

@@ -17,6 +17,7 @@ import os
 import random
 import resource
 import shutil
+import signal
 import socket
 import sqlite3
 import statistics
@@ -30,6 +31,7 @@ import psutil
 import zstandard
 
 from smalldp.cli import tune_gc
+from smalldp.derived import is_derived
 from smalldp.ingest.importer import ImportSummary, Progress, import_files
 from smalldp.store.reader import Reader
 from smalldp.store.schema import db_path
@@ -128,15 +130,22 @@ def storage(data_dir: Path) -> dict[str, object]:
 
 
 def pick_targets(data_dir: Path) -> dict[str, list[tuple[str, str, str]]]:
-    """Popular and unpopular (target, collection, path) triples, read from the index itself."""
+    """Popular and unpopular (target, collection, path) triples, read from the index itself.
+
+    Only the records' own links: the DataPlane's derived links (``@`` author views,
+    ``<.subject`` reverse edges, smalldp.derived) have no Constellation source to ask for.
+    """
     path = db_path(data_dir)
     conn = sqlite3.connect(path)
     reader = Reader(path)
     reader.conn.execute("BEGIN")
     reader._refresh()
+    derived = {sid for sid, p in conn.execute("SELECT sid, path FROM source") if is_derived(p)}
     sizes: dict[tuple[bytes, int], int] = {}
-    for tkey, sid, size in conn.execute("SELECT tkey, sid, sum(length(data)) FROM bl GROUP BY tkey, sid"):
-        sizes[(tkey, sid)] = size
+    for tkey, sid, size in conn.execute("SELECT tkey, sid, sum(length(data)) FROM bl "
+                                        "WHERE run IN (SELECT run FROM run) GROUP BY tkey, sid"):
+        if sid not in derived:
+            sizes[(tkey, sid)] = size
     ordered = sorted(sizes, key=sizes.get, reverse=True)  # type: ignore[arg-type]
     rng = random.Random(7)
     popular = ordered[:20]
@@ -285,6 +294,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=400, help="requests per query kind and popularity")
     parser.add_argument("--skip-import", action="store_true", help="reuse the data dir of an earlier run")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally that stops `serve`
     tune_gc()  # as `smalldp import` does
     args.out_dir.mkdir(parents=True, exist_ok=True)
     events_file = ensure_events(args.out_dir, args.events, args.seed)

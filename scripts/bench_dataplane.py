@@ -362,6 +362,9 @@ class RequestMaker:
         self.rng = random.Random(seed)
 
     def _c(self, key: str) -> Any:
+        if not self.p[key]:  # a store too small to hold this kind of parameter
+            raise RuntimeError(f"no {key} among the events: too few for the DataPlane benchmark "
+                               f"(--events 2000 or more)")
         return self.rng.choice(self.p[key])
 
     def _some(self, keys: list[str], n: int) -> list[str]:
@@ -911,6 +914,9 @@ def main(argv: list[str] | None = None) -> int:
         result["serve_exit"] = serve.stop()
         if result["serve_exit"] != 0:
             result["problems"].append(f"serve exited with {result['serve_exit']}: {serve.log_tail(5)}")
+    except BaseException as exc:  # the JSON must not say "no problems" about a run that crashed
+        result["problems"].append(f"the run failed: {exc!r}")
+        raise
     finally:
         Child.stop_all()
         if live is not None and not args.keep_data:

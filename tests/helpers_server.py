@@ -94,11 +94,16 @@ class Events:
         return {"did": repo, "time_us": self._tick(), "kind": "commit", "commit": {
             "rev": self._next_rev(), "operation": "delete", "collection": collection, "rkey": rkey}}
 
-    def account(self, repo: str, active: bool, seq: int, status: str | None = None) -> dict[str, Any]:
-        account: dict[str, Any] = {"active": active, "did": repo, "seq": seq, "time": "2024-01-01T00:00:00Z"}
+    def account(self, repo: str, active: bool, seq: int, status: str | None = None,
+                happened_us: int | None = None) -> dict[str, Any]:
+        """An account event that happened upstream at ``happened_us`` (default: 300 ms
+        before it is received): its ``time``, by which account events are ordered."""
+        time_us = self._tick()
+        when = iso(time_us - 300_000 if happened_us is None else happened_us)
+        account: dict[str, Any] = {"active": active, "did": repo, "seq": seq, "time": when}
         if status is not None:
             account["status"] = status
-        return {"did": repo, "time_us": self._tick(), "kind": "account", "account": account}
+        return {"did": repo, "time_us": time_us, "kind": "account", "account": account}
 
     # record shapes
 

@@ -614,8 +614,10 @@ def test_inactive_accounts_vanish_and_return(tmp_path: Path) -> None:
             await expect(client, True)
             apply(corpus.writer, [ev.account(gone, False, 10, "deactivated")])
             await expect(client, False)
-            # an older account event (seq 9) saying active is a replay: still hidden
-            apply(corpus.writer, [ev.account(gone, True, 9)])
+            # an account event that happened before the deactivation (seq 9), delivered
+            # after it, saying active: a replay, still hidden
+            before = ev.now - 10_000_000
+            apply(corpus.writer, [ev.account(gone, True, 9, happened_us=before)])
             await expect(client, False)
             apply(corpus.writer, [ev.account(gone, True, 11)])
             await expect(client, True)

@@ -20,7 +20,7 @@ from smalldp.events import (
     PutRecord,
     decode_event,
 )
-from smalldp.links import extract_links, is_link
+from smalldp.links import extract_links, is_link, link_form
 from smalldp.store.reader import LinkRecord, Reader
 from smalldp.store.writer import Writer
 
@@ -326,16 +326,19 @@ def test_values_that_are_not_strings_are_not_links():
 
 
 NOT_LINKS = [
-    "", "hello", "hello world", "plain text with did:plc:abc inside",
+    "", "hello", "hello world", "plain text with did:plc:abc inside", "Note: not a link", "lol :)",
     "bafyreiaxf7tgbfydx3465sckitq6v564thxe2wwydbi7cwxbxvgssje3em",  # CID
     "bafkreieajxclqzwk2mczx7hxmoboqpuiveqlbm35gsda5xlaqfmlryu4ri",  # blob CID
     "app.bsky.feed.post",  # NSID
     "app.bsky.richtext.facet#mention",
-    "2026-05-25T14:23:29.807Z",
-    "at:/x", "at:", "at://", "at:// spaced", "at://did:plc:abc/app.bsky.feed.post/x y",
-    "did:", "did:plc", "did:plc:", "did:plc:abc:", "did:PLC:abc", "did:plc:ab cd", "did:plc:abc\n",
-    "https://exa mple.com", "https://", "http:/example.com", "://example.com",
-    "example.com", "www.example.com/path", "mailto:someone@example.com",
+    "2026-05-25T14:23:29.807Z", "12:30", "1a:b",
+    "at:// spaced", "at://did:plc:abc/app.bsky.feed.post/x y", "at://did:plc:abc/app.bsky.feed.post/é",
+    "did:plc:ab cd", "did:plc:abc\n",
+    "https://exa mple.com", "://example.com", "example.com", "www.example.com/path",
+    "https://例え.jp/", "https://example.com/café",  # not ASCII: an IRI, not a URI (as Constellation)
+    "https://example.com/" + "a" * 2100,  # longer than MAX_LINK_LENGTH
+    "http://a:b:c/", "http://a@b@c", "x:%zz", "x:%4", "https:\\bad-example.com", "http://[::1", "http://[1:2]/",
+    "http://[::1]x", "http://h:80x/", "http://exa<mple>.com", 'http://"quoted"', "mailto:a b@example.com",
 ]
 
 
@@ -358,6 +361,61 @@ LINKS = [
 def test_links(value: str):
     assert is_link(value)
     assert extract_links({"v": value}) == [(".v", value)]
+
+
+# Any RFC 3986 absolute URI is a link, as in Constellation, stored normalized as fluent-uri
+# normalizes (the stored forms worked out by hand from RFC 3986 section 6.2.2 and 5.2.4).
+URIS = [
+    ("mailto:someone@example.com", "mailto:someone@example.com"),
+    ("urn:isbn:0451450523", "urn:isbn:0451450523"),
+    ("oracle:6f1c2a84-7d6b-4f1e-9a1b-0c2d3e4f5a6b", "oracle:6f1c2a84-7d6b-4f1e-9a1b-0c2d3e4f5a6b"),
+    ("lol:)", "lol:)"), ("a:", "a:"), ("at:/x", "at:/x"), ("https://", "https://"),
+    ("at://", "at://"),  # no authority: not an at-uri, but a URI
+    ("http:/example.com", "http:/example.com"),
+    ("did:plc:", "did:plc:"), ("did:plc:abc:", "did:plc:abc:"),  # not DIDs, but URIs
+    ("did:PLC:abc", "did:PLC:abc"), ("DID:plc:abc", "did:plc:abc"),  # the scheme in lower case
+    ("HTTPS://example.com/../", "https://example.com/"),
+    ("HTTP://www.Example.com/", "http://www.example.com/"),
+    ("http://example.com/%7Efoo", "http://example.com/~foo"),
+    ("http://example.com/%7efoo%2f%3a", "http://example.com/~foo%2F%3A"),
+    ("http://Ex%41MPLE.com/", "http://example.com/"),  # a decoded host letter in lower case too
+    ("http://a/b/c/./../../g", "http://a/g"), ("http://a/b/c/d;p?q/../g", "http://a/b/c/d;p?q/../g"),
+    ("http://a/..", "http://a/"), ("http://a/b/%2E%2E/c", "http://a/c"),
+    ("mid:content=5/../6", "mid:content=5/../6"),  # a rootless path keeps its dots
+    ("foo:/a/..//bar", "foo:/.//bar"),  # "/." so the path cannot read as an authority
+    ("http://example.com:/x", "http://example.com/x"), ("http://example.com:8080", "http://example.com:8080"),
+    ("http://User@Example.com/", "http://User@example.com/"),
+    ("http://[::FFFF:1.2.3.4]/", "http://[::ffff:1.2.3.4]/"),
+    ("http://[2001:DB8:0:0:0:0:0:1]:80/", "http://[2001:db8::1]:80/"),
+    ("http://[v7.ABC]/", "http://[v7.abc]/"), ("http://127.0.0.1/", "http://127.0.0.1/"),
+    ("HTTPS://Example.COM/%7Efoo/./bar/../baz?Q=%7a#Frag", "https://example.com/~foo/baz?Q=z#Frag"),
+]
+
+
+@pytest.mark.parametrize("value, stored", URIS)
+def test_any_absolute_uri_is_a_link_in_its_normal_form(value: str, stored: str):
+    assert is_link(value)
+    assert link_form(value) == stored
+    assert link_form(stored) == stored
+    assert extract_links({"v": value, "w": [stored]}) == [(".v", stored), (".w[]", stored)]
+
+
+def test_one_link_per_path_whatever_the_spelling():
+    record = {"refs": ["HTTPS://Example.com/a", "https://example.com/a", "https://example.com/./a"]}
+    assert extract_links(record) == [(".refs[]", "https://example.com/a")]
+
+
+_URI_PIECES = st.sampled_from(["http", "HTTPS", "x", "://", ":", "/", "//", "?", "#", "@", "[", "]", "::1", "%41",
+                               "%7e", "%2F", "%2e", ".", "..", "./", "../", "Ex", "a", "0", ":80", "v1.x", "!", "~"])
+
+
+@settings(max_examples=500)
+@given(st.lists(_URI_PIECES, min_size=1, max_size=10).map("".join))
+def test_stored_forms_are_links_and_stay_as_they_are(value: str):
+    stored = link_form(value)
+    if stored is not None:
+        assert link_form(stored) == stored
+        assert extract_links({"v": value}) == [(".v", stored)]
 
 
 # ---------------------------------------------------------------- property
@@ -423,9 +481,9 @@ def test_extract_links_property(record: dict):
     strings = _strings(record)
     for path, target in links:
         assert isinstance(path, str) and isinstance(target, str)
-        assert target in strings
+        assert target in {link_form(s) for s in strings}
         assert is_link(target)
-        assert target in _resolve(record, path), (path, target)
+        assert target in {link_form(v) for v in _resolve(record, path) if isinstance(v, str)}, (path, target)
     # every link-shaped string reachable outside "$type" is found (the records are shallow)
     def reachable(value: Any) -> set[str]:
         if isinstance(value, str):
@@ -435,7 +493,7 @@ def test_extract_links_property(record: dict):
         if isinstance(value, list):
             return {s for v in value for s in reachable(v)}
         return set()
-    assert {t for _, t in links} == {s for s in reachable(record) if is_link(s)}
+    assert {t for _, t in links} == {link_form(s) for s in reachable(record) if is_link(s)}
 
 
 # ---------------------------------------------------------------- inputs that once crashed the import

@@ -152,6 +152,26 @@ class Model:
                     groups[t] = (n + 1, dids | {rid[0]})
         return sorted((t, n, len(d)) for t, (n, d) in groups.items())
 
+    def many_to_many_items(self, subject: str, collection: str, path: str, other_path: str,
+                           dids: set[str] | None = None,
+                           others: set[str] | None = None) -> list[tuple[int, RecordId, list[str]]]:
+        """getManyToMany by brute force: (sort key, record, its targets at other_path in
+        the record's order) for each live record linking to subject from (collection,
+        path) that has any, newest first; ``dids`` / ``others``, when given, keep only
+        those accounts' records / those targets. Records sharing a sort key may come in
+        either order (the store breaks the tie by account ID)."""
+        out = []
+        for rid, rec in self.records.items():
+            if rid[1] != collection or (path, subject) not in rec.links or not self.visible(rid[0]):
+                continue
+            if dids is not None and rid[0] not in dids:
+                continue
+            targets = [t for p, t in rec.links if p == other_path and (others is None or t in others)]
+            if targets:
+                out.append((self.sort_key(rid), rid, targets))
+        out.sort(key=lambda x: x[0], reverse=True)
+        return out
+
     def record(self, did: str, collection: str, rkey: str) -> dict[str, Any] | None:
         rec = self.records.get((did, collection, rkey))
         if rec is None or collection not in self.body_collections or not self.visible(did):

@@ -29,7 +29,12 @@ TIDS = [int_to_tid(tid_from_time(BASE_US + i * 1000, i)) for i in range(4)]
 RKEYS = TIDS + ["self", "key-1"]
 REVS = [int_to_tid(tid_from_time(BASE_US + r * 10, 0)) for r in range(8)]
 POSTS = [f"at://{d}/app.bsky.feed.post/{t}" for d in DIDS[:3] for t in TIDS[:3]]
-URLS = ["https://example.com/a", "https://example.com/b?x=1"]
+URLS = ["https://example.com/a", "https://example.com/b?x=1", "mailto:someone@example.com",
+        "oracle:6f1c2a84-7d6b-4f1e-9a1b-0c2d3e4f5a6b"]
+# Other spellings of URLS, as records may hold them: stored (and queried) normalized, so
+# each is the same target as the URL it stands for.
+SPELLINGS = {"HTTPS://Example.COM/a": URLS[0], "https://example.com/./x/../b?x=1": URLS[1],
+             "MAILTO:someone@example.com": URLS[2], "oracle:6f1c2a84-7d6b-4f1e-9a1b-0c2d3e4f5a6b": URLS[3]}
 TARGETS = POSTS + DIDS + URLS
 SOURCES = [
     ("app.bsky.feed.like", ".subject.uri"),
@@ -71,9 +76,10 @@ def records(draw: st.DrawFn) -> tuple[str, str, dict]:
     if kind == "thing":
         items = draw(st.lists(st.one_of(
             st.builds(lambda d: {"$type": "com.example.item", "ref": d}, dids),
-            st.sampled_from(URLS)), max_size=3))
+            st.sampled_from(URLS + list(SPELLINGS))), max_size=3))
         return "com.example.thing", draw(st.sampled_from(RKEYS)), {
-            "$type": "com.example.thing", "subject": {"uri": draw(st.sampled_from(TARGETS))}, "items": items}
+            "$type": "com.example.thing", "subject": {"uri": draw(st.sampled_from(TARGETS + list(SPELLINGS)))},
+            "items": items}
     return "app.bsky.actor.profile", "self", {"$type": "app.bsky.actor.profile",
                                               "pinnedPost": {"uri": draw(st.sampled_from(POSTS))}}
 

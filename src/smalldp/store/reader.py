@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import datetime
 import heapq
+import itertools
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,6 @@ import orjson
 from pyroaring import BitMap
 
 from smalldp.derived import is_derived
-from smalldp.links import is_link
 from smalldp.store.bodies import BodyDecompressor
 from smalldp.store.encoding import (
     BlockHeader,
@@ -37,6 +37,8 @@ from smalldp.tid import int_to_tid, tid_to_int
 
 T = TypeVar("T")
 _CURSOR = struct.Struct(">qI")
+_ITEM_CURSOR = struct.Struct(">qII")  # getManyToMany: 16 bytes, so no other cursor passes for one
+FETCH_BATCH = 256  # linking records whose forward links are read in one query
 
 
 class BadCursor(ValueError):
@@ -288,6 +290,8 @@ class Reader:
                    after: Entry | None, reverse: bool) -> Page:
         chunks = self._locate(target, collection, path)
         wanted = self._did_filter(dids)
+        if wanted is not None and not wanted:
+            return Page(0, [], None)  # only accounts never seen (or not DIDs): nothing to walk
         total, _ = self._count_chunks(chunks, wanted)
         picked: list[Entry] = []
         more = False
@@ -429,6 +433,74 @@ class Reader:
             next_cursor = base64.urlsafe_b64encode(page[-1][0].encode()).decode().rstrip("=")
         return page, next_cursor
 
+    def many_to_many_items(self, subject: str, collection: str, path: str, path_to_other: str, *,
+                           dids: Iterable[str] = (), other_subjects: Iterable[str] = (), limit: int = 100,
+                           cursor: str | None = None) -> tuple[list[tuple[LinkRecord, str]], str | None]:
+        """The records linking to ``subject`` at ``path``, each with what it links to at
+        ``path_to_other``: [(linking record, other subject)] and the next page's cursor.
+
+        Records newest first by rkey time (as ``backlinks``), a record's other links in
+        the record's own order; records of inactive accounts are left out. The cursor
+        is (sort key, account, index of the last link given) packed, so a page may end
+        inside a record with several other links and the next one resumes there.
+        """
+        after = _decode_item_cursor(cursor) if cursor else None
+        return self._read(lambda: self._many_to_many_items(subject, collection, path, path_to_other, list(dids),
+                                                            list(other_subjects), limit, after))
+
+    def _many_to_many_items(self, subject: str, collection: str, path: str, path_to_other: str,
+                            dids: list[str], others: list[str], limit: int,
+                            after: tuple[int, int, int] | None) -> tuple[list[tuple[LinkRecord, str]], str | None]:
+        chunks = self._locate(subject, collection, path)
+        other_sid = self._source_id(collection, path_to_other)
+        coll = self._coll_id(collection)
+        if not chunks or other_sid is None or coll is None or limit == 0:
+            return [], None
+        wanted = self._did_filter(dids)
+        wanted_keys = {k for k in map(self._target_key, others) if k is not None} if others else None
+        if (wanted is not None and not wanted) or (wanted_keys is not None and not wanted_keys):
+            return [], None  # a filter nothing can pass: no need to walk
+        # (sk, aid + 1) as the walk's bound: the walk gives entries strictly past it, so the
+        # cursor's own record comes first, and its links up to the cursor's index are skipped.
+        walk = self._walk(chunks, None if after is None else (after[0], after[1] + 1), False)
+        hits: list[tuple[Entry, int, bytes]] = []  # (entry, index in its record's links, other key)
+        while len(hits) <= limit:  # one hit past the page says whether there is a next page
+            batch = list(itertools.islice(walk, FETCH_BATCH))
+            if not batch:
+                break
+            live = [e for e in batch if e[1] not in self.hidden and (wanted is None or e[1] in wanted)]
+            links = self._forward_links(coll, live)
+            for entry in live:
+                for index, (sid, tkey) in enumerate(links.get(entry, ())):
+                    if sid != other_sid or (wanted_keys is not None and tkey not in wanted_keys):
+                        continue
+                    if after is not None and entry == after[:2] and index <= after[2]:
+                        continue
+                    hits.append((entry, index, tkey))
+        page = hits[:limit]
+        self._load_dids(aid for (_, aid), _, _ in page)
+        rkeys = self._rkeys(coll, [entry for entry, _, _ in page])
+        items = [(LinkRecord(self._dids[entry[1]], collection, rkey), self._target_name(tkey))
+                 for (entry, _, tkey), rkey in zip(page, rkeys)]
+        next_cursor = None
+        if len(hits) > limit:
+            (sk, aid), index, _ = page[-1]
+            next_cursor = base64.urlsafe_b64encode(_ITEM_CURSOR.pack(sk, aid, index)).decode().rstrip("=")
+        return items, next_cursor
+
+    def _forward_links(self, coll: int, entries: list[Entry]) -> dict[Entry, list[tuple[int, bytes]]]:
+        """The forward links of some records of one collection, by (sort key, account)."""
+        out: dict[Entry, list[tuple[int, bytes]]] = {}
+        for start in range(0, len(entries), 300):
+            part = entries[start:start + 300]
+            values = ",".join("(?,?,?)" for _ in part)
+            params = [x for sk, aid in part for x in (sk, aid, coll)]
+            for sk, aid, links in self.conn.execute(
+                    f"SELECT sk, aid, links FROM fwd WHERE (sk, aid, coll) IN (VALUES {values})", params):
+                if links is not None:
+                    out[(sk, aid)] = decode_links(links)
+        return out
+
     def _target_name(self, tkey: bytes) -> str:
         return decode_target(tkey, self._did, self._coll_name)
 
@@ -501,6 +573,25 @@ class Reader:
         return self._read(read)
 
 
+    def overview(self) -> dict[str, int | None]:
+        """Cheap store-wide figures (for the JSON hello at /): accounts (max account ID),
+        live records and links (the writer's counters), backlink chunks over all runs,
+        runs, inactive accounts, and the first and last committed event's time_us."""
+        def read() -> dict[str, int | None]:
+            meta: dict[str, Any] = dict(self.conn.execute(
+                "SELECT k, v FROM meta WHERE k IN ('cursor', 'links', 'records', 'started_at')"))
+            accounts = self.conn.execute("SELECT max(aid) FROM actor").fetchone()[0]
+            blocks = self.conn.execute("SELECT sum(blocks) FROM run").fetchone()[0]
+
+            def number(value: Any) -> int | None:
+                return None if value is None else int(value)
+            return {"accounts": accounts or 0, "records": number(meta.get("records")),
+                    "links": number(meta.get("links")) or 0, "blocks": blocks or 0, "runs": self._run_count,
+                    "inactive_accounts": len(self.hidden), "started_at": number(meta.get("started_at")),
+                    "cursor": number(meta.get("cursor"))}
+        return self._read(read)
+
+
 def _decode_text_cursor(cursor: str) -> str:
     """Inverse of the many-to-many cursor (the last subject, base64url); raises BadCursor."""
     try:
@@ -508,9 +599,21 @@ def _decode_text_cursor(cursor: str) -> str:
                                    altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeError):
         raise BadCursor("invalid cursor") from None
-    if not is_link(subject):
+    # Any text orders the groups; only what no group can be named is refused. (Not "is a
+    # link": a store written before URI normalization may hold targets that no longer are.)
+    if not subject or "\x00" in subject:
         raise BadCursor("invalid cursor")
     return subject
+
+
+def _decode_item_cursor(cursor: str) -> tuple[int, int, int]:
+    """Inverse of the getManyToMany cursor: (sort key, account, link index); raises BadCursor."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        sk, aid, index = _ITEM_CURSOR.unpack(raw)
+    except (ValueError, struct.error):
+        raise BadCursor("invalid cursor") from None
+    return sk, aid, index
 
 
 def _iso(time_us: int) -> str:

@@ -344,6 +344,8 @@ class Writer:
             values = dict(meta or {})
             if cursor is not None:
                 values["cursor"] = cursor
+            if ops:  # when indexing began (the JSON hello's started_at): set once, by the first batch
+                conn.execute("INSERT OR IGNORE INTO meta VALUES('started_at', ?)", (ops[0].time_us,))
             self._write_meta(values)
             conn.execute("COMMIT")
         except BaseException:

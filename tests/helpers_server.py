@@ -34,6 +34,7 @@ GET_BACKLINKS = XRPC + "getBacklinks"
 GET_COUNT = XRPC + "getBacklinksCount"
 GET_DIDS = XRPC + "getBacklinkDids"
 GET_M2M = XRPC + "getManyToManyCounts"
+GET_MANY = XRPC + "getManyToMany"
 GET_RECORD = "/xrpc/dev.smalldp.getRecord"
 HEALTH = "/xrpc/_health"
 

@@ -24,6 +24,7 @@ from helpers_server import (
     GET_COUNT,
     GET_DIDS,
     GET_M2M,
+    GET_MANY,
     GET_RECORD,
     HEALTH,
     LIKE,
@@ -701,70 +702,121 @@ POST_OK = POST_URI
 BL = {"subject": POST_OK, "source": LIKE_SOURCE}
 M2M = {"subject": POST_OK, "source": LISTITEM_SOURCE, "pathToOther": "subject"}
 LEG = {"target": POST_OK, "collection": LIKE, "path": ".subject.uri"}
-LIMITED = [GET_BACKLINKS, GET_DIDS, GET_M2M, "/links", "/links/distinct-dids"]
-BASES = {GET_BACKLINKS: BL, GET_COUNT: BL, GET_DIDS: BL, GET_M2M: M2M, "/links": LEG, "/links/count": LEG,
-         "/links/distinct-dids": LEG, "/links/count/distinct-dids": LEG}
+LIMITED = [GET_BACKLINKS, GET_DIDS, GET_M2M, GET_MANY, "/links", "/links/distinct-dids"]
+BASES = {GET_BACKLINKS: BL, GET_COUNT: BL, GET_DIDS: BL, GET_M2M: M2M, GET_MANY: M2M, "/links": LEG,
+         "/links/count": LEG, "/links/distinct-dids": LEG, "/links/count/distinct-dids": LEG}
 SUBJECT_PARAM = {GET_BACKLINKS: "subject", GET_COUNT: "subject", GET_DIDS: "subject", GET_M2M: "subject",
-                 "/links": "target", "/links/count": "target", "/links/distinct-dids": "target",
+                 GET_MANY: "subject", "/links": "target", "/links/count": "target", "/links/distinct-dids": "target",
                  "/links/count/distinct-dids": "target", "/links/all": "target", "/links/all/count": "target"}
+DID_FILTER = {GET_BACKLINKS: "did", GET_COUNT: "did", GET_M2M: "did", GET_MANY: "linkDid", "/links": "did"}
+# What each route answers when nothing matches (Constellation's empty shapes)
+NOTHING: dict[str, Any] = {
+    GET_BACKLINKS: {"total": 0, "records": [], "cursor": None}, GET_COUNT: {"total": 0},
+    GET_DIDS: {"total": 0, "linking_dids": [], "cursor": None},
+    GET_M2M: {"counts_by_other_subject": [], "cursor": None}, GET_MANY: {"items": [], "cursor": None},
+    "/links": {"total": 0, "linking_records": [], "cursor": None}, "/links/count": {"total": 0},
+    "/links/distinct-dids": {"total": 0, "linking_dids": [], "cursor": None},
+    "/links/count/distinct-dids": {"total": 0}, "/links/all": {"links": {}}, "/links/all/count": {"links": {}},
+}
 
 
 def bad_cases() -> list[tuple[str, Any]]:
+    """What really is malformed, on every route: a 400 InvalidRequest (as Constellation)."""
     cases: list[tuple[str, Any]] = []
-    bad_subjects = ["", "notalink", "did:plc:", "DID:plc:abc", "at://", "at://has space/x", "example.com/x",
-                    "http://", "did:plc:abc:", "x" * 5000]
     for route, name in SUBJECT_PARAM.items():
         base = BASES.get(route, {"target": POST_OK})
         cases.append((route, {}))
         cases.append((route, {k: v for k, v in base.items() if k != name}))
-        for bad in bad_subjects:
-            cases.append((route, {**base, name: bad}))
         cases.append((route, [*base.items(), (name, POST_OK)]))  # given twice
-    for route in (GET_BACKLINKS, GET_COUNT, GET_DIDS, GET_M2M):
+    for route in (GET_BACKLINKS, GET_COUNT, GET_DIDS, GET_M2M, GET_MANY):
         base = BASES[route]
         cases.append((route, {k: v for k, v in base.items() if k != "source"}))
-        for source in ["app.bsky.feed.like", "app.bsky.feed.like:", ":subject.uri", "app.bsky.feed.like:.subject.uri",
-                       "not an nsid:subject.uri", "like:subject.uri", "", "app.bsky.feed.like.subject.uri"]:
+        for source in ["app.bsky.feed.like", "", "app.bsky.feed.like.subject.uri"]:  # no ':'
             cases.append((route, {**base, "source": source}))
-    for route in (GET_BACKLINKS, GET_COUNT, GET_M2M, "/links"):
-        base = BASES[route]
-        for bad_did in ["alice", "did:", "did:plc:", "@alice.test", "did:PLC:abc", POST_OK, ""]:
-            cases.append((route, {**base, "did": bad_did}))
-        cases.append((route, [*base.items(), *[("did", did(f"d{i}")) for i in range(101)]]))  # too many
+        cases.append((route, [*base.items(), ("source", LIKE_SOURCE)]))
+    for route, name in DID_FILTER.items():
+        cases.append((route, [*BASES[route].items(), *[(name, did(f"d{i}")) for i in range(1001)]]))  # too many
     for route in LIMITED:
         base = BASES[route]
-        for limit in ["0", "1001", "abc", "-1", "", "1.5", "1e3", "99999999999999999999999"]:
+        for limit in ["1001", "abc", "-1", "", "1.5", "1e3", "99999999999999999999999", " 5"]:
             cases.append((route, {**base, "limit": limit}))
         for cursor in ["!!!!", "abc", "a", "zzzzzzzzzzzzzzzzz", "é", "AAAA"]:
             cases.append((route, {**base, "cursor": cursor}))
         cases.append((route, [*base.items(), ("limit", "5"), ("limit", "6")]))
+        cases.append((route, [*base.items(), ("cursor", "AAAA"), ("cursor", "AAAA")]))
     for reverse in ["maybe", "yes", "TRUE", "", "2"]:
         cases.append((GET_BACKLINKS, {**BL, "reverse": reverse}))
-    # pathToOther: missing, with a leading dot, empty
-    cases.append((GET_M2M, {k: v for k, v in M2M.items() if k != "pathToOther"}))
-    for bad_path in [".subject", "", "."]:
-        cases.append((GET_M2M, {**M2M, "pathToOther": bad_path}))
-    for other in ["nope", "", "did:"]:
-        cases.append((GET_M2M, {**M2M, "otherSubject": other}))
-    # legacy: path needs its leading dot, collection must be an NSID
+    for route in (GET_M2M, GET_MANY):  # pathToOther: missing, twice
+        cases.append((route, {k: v for k, v in M2M.items() if k != "pathToOther"}))
+        cases.append((route, [*M2M.items(), ("pathToOther", "subject")]))
     for route in ("/links", "/links/count", "/links/distinct-dids", "/links/count/distinct-dids"):
-        cases.append((route, {k: v for k, v in LEG.items() if k != "collection"}))
-        cases.append((route, {k: v for k, v in LEG.items() if k != "path"}))
-        for bad_path in ["subject.uri", ".", ""]:
-            cases.append((route, {**LEG, "path": bad_path}))
-        for bad_coll in ["like", "app.bsky.feed.like:subject.uri", "", "app..bsky", "a" * 400]:
-            cases.append((route, {**LEG, "collection": bad_coll}))
-    # getRecord: only at-uris
+        for name in ("collection", "path"):
+            cases.append((route, {k: v for k, v in LEG.items() if k != name}))
+            cases.append((route, [*LEG.items(), (name, LEG[name])]))
+    # /links: `did` and the deprecated `from_dids` together
+    cases.append(("/links", {**LEG, "did": LIKERS[0], "from_dids": LIKERS[1]}))
+    cases.append(("/links", [*LEG.items(), ("from_dids", LIKERS[0]), ("from_dids", LIKERS[1])]))
+    # getRecord (a DataPlane method, strict): only at-uris
     for uri in [None, "", "did:plc:abc", "https://example.com/x", "at://", "not a uri", "at://a b/c/d"]:
         cases.append((GET_RECORD, {} if uri is None else {"uri": uri}))
     cases.append((GET_RECORD, [("uri", POST_OK), ("uri", POST_OK)]))
     return cases
 
 
-def test_bad_parameters_are_400_invalid_request(tmp_path: Path) -> None:
+def harmless_cases() -> list[tuple[str, Any, bool]]:
+    """Odd but harmless values, which Constellation answers with 200: (route, params,
+    finds nothing). False means the odd value is dropped and the answer is the base one."""
+    cases: list[tuple[str, Any, bool]] = []
+    not_links = ["", "notalink", "not a link", "example.com/x", "at://has space/x", "x" * 5000,
+                 "https://" + "a" * 2100, "2026-05-25T14:23:29.807Z"]
+    links_of_nothing = ["did:plc:", "DID:plc:abc", "at://", "http://", "did:plc:abc:", "mailto:nobody@example.com"]
+    for route, name in SUBJECT_PARAM.items():
+        base = BASES.get(route, {"target": POST_OK})
+        for value in not_links + links_of_nothing:
+            cases.append((route, {**base, name: value}, True))
+    for route in (GET_BACKLINKS, GET_COUNT, GET_DIDS, GET_M2M, GET_MANY):
+        for source in ["app.bsky.feed.like:", ":subject.uri", "app.bsky.feed.like:.subject.uri",
+                       "not an nsid:subject.uri", "like:subject.uri", f"{LIKE}:subject.uri:x", ":"]:
+            cases.append((route, {**BASES[route], "source": source}, True))
+    for route, name in DID_FILTER.items():
+        base = BASES[route]
+        for value in ["alice", "did:", "did:plc:", "@alice.test", "did:PLC:abc", POST_OK, STRANGER]:
+            cases.append((route, {**base, name: value}, True))  # a filter no record passes
+        for value in ["", " ", "\t"]:
+            cases.append((route, {**base, name: value}, False))  # dropped: no filter
+        cases.append((route, [*base.items(), (name, ""), (name, "alice")], True))
+    for route in (GET_M2M, GET_MANY):
+        for value in [".subject", "", ".", "nothing.here", "subject[]"]:
+            cases.append((route, {**M2M, "pathToOther": value}, True))
+        for value in ["nope", "did:", STRANGER, "x" * 3000]:
+            cases.append((route, {**M2M, "otherSubject": value}, True))
+        for value in ["", "  "]:
+            cases.append((route, {**M2M, "otherSubject": value}, False))
+    for route in ("/links", "/links/count", "/links/distinct-dids", "/links/count/distinct-dids"):
+        for value in ["subject.uri", ".", "", "..subject.uri"]:
+            cases.append((route, {**LEG, "path": value}, True))
+        for value in ["like", "app.bsky.feed.like:subject.uri", "", "app..bsky", "a" * 400]:
+            cases.append((route, {**LEG, "collection": value}, True))
+    for value in ["alice", STRANGER, f"{STRANGER},alice"]:
+        cases.append(("/links", {**LEG, "from_dids": value}, True))
+    for value in ["", ",", " , "]:
+        cases.append(("/links", {**LEG, "from_dids": value}, False))
+    cases.append(("/links", {**LEG, "did": "", "from_dids": ""}, False))
+    return cases
+
+
+def _harmless_corpus(tmp_path: Path) -> Corpus:
+    """build_corpus plus a listitem naming POST_OK as its list, so the many-to-many
+    routes have something to find with the base parameters too."""
     corpus = build_corpus(tmp_path)
+    apply(corpus.writer, [corpus.events.listitem(LIKERS[0], tid(30_000), POST_URI, AUTHOR)])
+    return corpus
+
+
+def test_bad_parameters_are_400_invalid_request(tmp_path: Path) -> None:
+    corpus = _harmless_corpus(tmp_path)
     cases = bad_cases()
-    assert len(cases) > 200
+    assert len(cases) > 150
 
     async def main() -> list[str]:
         failures = []
@@ -783,6 +835,38 @@ def test_bad_parameters_are_400_invalid_request(tmp_path: Path) -> None:
             # sanity: the base parameters themselves are fine
             for route, base in BASES.items():
                 await client.ok(route, base)
+        return failures
+
+    failures = run(main())
+    assert not failures, "\n".join(failures)
+
+
+def test_harmless_parameters_answer_200_with_zeros(tmp_path: Path) -> None:
+    """What Constellation answers 200 for: an empty did=/otherSubject= is dropped, a
+    subject that is no link (or no known one), a collection that is not an NSID, a path
+    nobody uses, a DID filter no record passes all find nothing; limit=0 is an empty page."""
+    corpus = _harmless_corpus(tmp_path)
+    cases = harmless_cases()
+
+    async def main() -> list[str]:
+        failures = []
+        async with running(corpus.path) as client:
+            bases = {route: await client.ok(route, base) for route, base in
+                     [*BASES.items(), ("/links/all", {"target": POST_OK}), ("/links/all/count", {"target": POST_OK})]}
+            for route, body in bases.items():  # the base answers find something: zeros mean something
+                assert body != NOTHING[route], route
+            for route, params, nothing in cases:
+                reply = await client.get(route, params)
+                want = NOTHING[route] if nothing else bases[route]
+                if reply.status != 200 or reply.content_type != "application/json" or reply.json != want:
+                    failures.append(f"{route} {params!r:.200} -> {reply.status} {reply.body[:200]!r}")
+            # limit=0: an empty page (and no cursor), the totals as usual
+            for route in LIMITED:
+                body = await client.ok(route, {**BASES[route], "limit": "0"})
+                items = {k: v for k, v in body.items() if isinstance(v, list)}
+                assert list(items.values()) == [[]] and body["cursor"] is None, (route, body)
+                if "total" in body:
+                    assert body["total"] == bases[route]["total"], route
         return failures
 
     failures = run(main())
@@ -851,7 +935,8 @@ ROUTE_PARAMS: dict[str, list[str]] = {
     GET_COUNT: ["subject", "source", "did"],
     GET_DIDS: ["subject", "source", "limit", "cursor"],
     GET_M2M: ["subject", "source", "pathToOther", "did", "otherSubject", "limit", "cursor"],
-    "/links": ["target", "collection", "path", "did", "limit", "cursor"],
+    GET_MANY: ["subject", "source", "pathToOther", "linkDid", "otherSubject", "limit", "cursor"],
+    "/links": ["target", "collection", "path", "did", "from_dids", "limit", "cursor"],
     "/links/count": ["target", "collection", "path"],
     "/links/distinct-dids": ["target", "collection", "path", "limit", "cursor"],
     "/links/count/distinct-dids": ["target", "collection", "path"],
@@ -865,6 +950,8 @@ VALID_VALUES: dict[str, list[str]] = {
     "target": [POST_URI, AUTHOR],
     "source": [LIKE_SOURCE, f"{FOLLOW}:subject", LISTITEM_SOURCE],
     "did": [LIKERS[0], LIKERS[2], STRANGER],
+    "linkDid": [LIKERS[0], STRANGER],
+    "from_dids": [f"{LIKERS[0]},{LIKERS[2]}", STRANGER],
     "otherSubject": [AUTHOR, POST_URI],
     "limit": ["1", "2", "1000"],
     "reverse": ["true", "false"],
@@ -875,7 +962,7 @@ VALID_VALUES: dict[str, list[str]] = {
     "uri": [POST_URI, at_uri(AUTHOR, POST, tid(1))],
 }
 NO_JUNK: set[tuple[str, str]] = set()  # (route, parameter) pairs the junk generator leaves valid
-OPTIONAL = {"did", "limit", "reverse", "cursor", "otherSubject"}
+OPTIONAL = {"did", "linkDid", "from_dids", "limit", "reverse", "cursor", "otherSubject"}
 
 
 def test_junk_query_strings_never_500(tmp_path: Path) -> None:
@@ -886,7 +973,8 @@ def test_junk_query_strings_never_500(tmp_path: Path) -> None:
 
     with ServerThread(corpus.path) as server:
         cursors = {}
-        for route, base in ((GET_BACKLINKS, BL), (GET_DIDS, BL), ("/links", LEG), ("/links/distinct-dids", LEG)):
+        for route, base in ((GET_BACKLINKS, BL), (GET_DIDS, BL), ("/links", LEG), ("/links/distinct-dids", LEG),
+                            (GET_MANY, {**BL, "pathToOther": "subject.uri"})):
             body = server.get(route, {**base, "limit": "1"}).json
             cursors[route] = body["cursor"]
             assert isinstance(body["cursor"], str)
@@ -916,7 +1004,7 @@ def test_junk_query_strings_never_500(tmp_path: Path) -> None:
                     if valid and (name not in OPTIONAL or draw(st.integers(0, 2))):
                         query.append((name, draw(st.sampled_from(valid))))
                     continue
-                repeat = draw(st.integers(1, 3)) if name in ("did", "otherSubject") else 1
+                repeat = draw(st.integers(1, 3)) if name in ("did", "linkDid", "otherSubject") else 1
                 query.extend((name, draw(junk)) for _ in range(repeat))
             extra = draw(st.lists(st.tuples(junk, junk), max_size=2))  # unknown parameters
             return query + extra

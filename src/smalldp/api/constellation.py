@@ -1,8 +1,9 @@
 """Constellation's API, same parameters and JSON shapes: XRPC methods and legacy routes.
 
-Differences from Constellation, on purpose: `total` counts live links only (links of
-inactive accounts are not counted), and distinct DIDs are listed by account, newest
-seen first.
+Parameters are read as Constellation reads them (smalldp.api.xrpc.LenientParams): odd
+but harmless values find nothing rather than fail. Differences from Constellation, on
+purpose, are listed in the README ("Where smalldp differs from Constellation"): `total`
+counts live links only, lists are in rkey-time order, distinct DIDs by account.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from smalldp.api.readers import READERS, ReaderPool
-from smalldp.api.xrpc import Params, json_response
+from smalldp.api.xrpc import MAX_VALUES, LenientParams, XrpcError, json_response
+from smalldp.store.reader import LinkRecord
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -21,17 +23,21 @@ def _pool(request: web.Request) -> ReaderPool:
     return request.app[READERS]
 
 
-def _records(items: list) -> list[dict[str, str]]:
-    return [{"did": r.did, "collection": r.collection, "rkey": r.rkey} for r in items]
+def _record(r: LinkRecord) -> dict[str, str]:
+    return {"did": r.did, "collection": r.collection, "rkey": r.rkey}
+
+
+def _records(items: list[LinkRecord]) -> list[dict[str, str]]:
+    return [_record(r) for r in items]
 
 
 @routes.get("/xrpc/blue.microcosm.links.getBacklinks")
 async def get_backlinks(request: web.Request) -> web.Response:
-    p = Params(request)
-    subject = p.subject("subject")
+    p = LenientParams(request)
+    subject = p.target("subject")
     collection, path = p.source()
-    dids = p.dids("did")
-    limit = p.integer("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    dids = p.values("did")
+    limit = p.limit(DEFAULT_LIMIT, MAX_LIMIT)
     reverse = p.boolean("reverse")
     cursor = p.string("cursor", required=False)
     page = await _pool(request).run(lambda r: r.backlinks(
@@ -41,20 +47,20 @@ async def get_backlinks(request: web.Request) -> web.Response:
 
 @routes.get("/xrpc/blue.microcosm.links.getBacklinksCount")
 async def get_backlinks_count(request: web.Request) -> web.Response:
-    p = Params(request)
-    subject = p.subject("subject")
+    p = LenientParams(request)
+    subject = p.target("subject")
     collection, path = p.source()
-    dids = p.dids("did")
+    dids = p.values("did")
     total = await _pool(request).run(lambda r: r.count(subject, collection, path, dids))
     return json_response({"total": total})
 
 
 @routes.get("/xrpc/blue.microcosm.links.getBacklinkDids")
 async def get_backlink_dids(request: web.Request) -> web.Response:
-    p = Params(request)
-    subject = p.subject("subject")
+    p = LenientParams(request)
+    subject = p.target("subject")
     collection, path = p.source()
-    limit = p.integer("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    limit = p.limit(DEFAULT_LIMIT, MAX_LIMIT)
     cursor = p.string("cursor", required=False)
     page = await _pool(request).run(lambda r: r.distinct_dids(subject, collection, path, limit=limit, cursor=cursor))
     return json_response({"total": page.total, "linking_dids": page.items, "cursor": page.cursor})
@@ -62,13 +68,13 @@ async def get_backlink_dids(request: web.Request) -> web.Response:
 
 @routes.get("/xrpc/blue.microcosm.links.getManyToManyCounts")
 async def get_many_to_many_counts(request: web.Request) -> web.Response:
-    p = Params(request)
-    subject = p.subject("subject")
+    p = LenientParams(request)
+    subject = p.target("subject")
     collection, path = p.source()
-    path_to_other = p.path("pathToOther", leading_dot=False)
-    dids = p.dids("did")
-    others = p.subjects("otherSubject")
-    limit = p.integer("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    path_to_other = "." + p.anything("pathToOther")
+    dids = p.values("did")
+    others = p.targets("otherSubject")
+    limit = p.limit(DEFAULT_LIMIT, MAX_LIMIT)
     cursor = p.string("cursor", required=False)
     counts, next_cursor = await _pool(request).run(lambda r: r.many_to_many(
         subject, collection, path, path_to_other, dids=dids, other_subjects=others, limit=limit, cursor=cursor))
@@ -77,16 +83,40 @@ async def get_many_to_many_counts(request: web.Request) -> web.Response:
         "cursor": next_cursor})
 
 
-def _legacy(p: Params) -> tuple[str, str, str]:
-    return p.subject("target"), p.nsid("collection"), p.path("path", leading_dot=True)
+@routes.get("/xrpc/blue.microcosm.links.getManyToMany")
+async def get_many_to_many(request: web.Request) -> web.Response:
+    p = LenientParams(request)
+    subject = p.target("subject")
+    collection, path = p.source()
+    path_to_other = "." + p.anything("pathToOther")
+    dids = p.values("linkDid")
+    others = p.targets("otherSubject")
+    limit = p.limit(DEFAULT_LIMIT, MAX_LIMIT)
+    cursor = p.string("cursor", required=False)
+    items, next_cursor = await _pool(request).run(lambda r: r.many_to_many_items(
+        subject, collection, path, path_to_other, dids=dids, other_subjects=others, limit=limit, cursor=cursor))
+    return json_response({"items": [{"linkRecord": _record(record), "otherSubject": other}
+                                    for record, other in items], "cursor": next_cursor})
+
+
+def _legacy(p: LenientParams) -> tuple[str, str, str]:
+    """target, collection, path (with its leading dot, as given: Constellation adds none)."""
+    return p.target("target"), p.anything("collection"), p.anything("path")
 
 
 @routes.get("/links")
 async def links(request: web.Request) -> web.Response:
-    p = Params(request)
+    p = LenientParams(request)
     target, collection, path = _legacy(p)
-    dids = p.dids("did")
-    limit = p.integer("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    dids = p.values("did")
+    from_dids = p.string("from_dids", required=False, max_length=64 * 1024)
+    if from_dids is not None:  # the deprecated comma-joined form of `did`
+        if dids:
+            raise XrpcError("give either 'did' or 'from_dids', not both")
+        dids = [d.strip() for d in from_dids.split(",") if d.strip()]
+        if len(dids) > MAX_VALUES:
+            raise XrpcError(f"parameter 'from_dids' accepts at most {MAX_VALUES} values")
+    limit = p.limit(DEFAULT_LIMIT, MAX_LIMIT)
     cursor = p.string("cursor", required=False)
     page = await _pool(request).run(lambda r: r.backlinks(
         target, collection, path, dids=dids, limit=limit, cursor=cursor))
@@ -95,7 +125,7 @@ async def links(request: web.Request) -> web.Response:
 
 @routes.get("/links/count")
 async def links_count(request: web.Request) -> web.Response:
-    p = Params(request)
+    p = LenientParams(request)
     target, collection, path = _legacy(p)
     total = await _pool(request).run(lambda r: r.count(target, collection, path))
     return json_response({"total": total})
@@ -103,9 +133,9 @@ async def links_count(request: web.Request) -> web.Response:
 
 @routes.get("/links/distinct-dids")
 async def links_distinct_dids(request: web.Request) -> web.Response:
-    p = Params(request)
+    p = LenientParams(request)
     target, collection, path = _legacy(p)
-    limit = p.integer("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    limit = p.limit(DEFAULT_LIMIT, MAX_LIMIT)
     cursor = p.string("cursor", required=False)
     page = await _pool(request).run(lambda r: r.distinct_dids(target, collection, path, limit=limit, cursor=cursor))
     return json_response({"total": page.total, "linking_dids": page.items, "cursor": page.cursor})
@@ -113,7 +143,7 @@ async def links_distinct_dids(request: web.Request) -> web.Response:
 
 @routes.get("/links/count/distinct-dids")
 async def links_count_distinct_dids(request: web.Request) -> web.Response:
-    p = Params(request)
+    p = LenientParams(request)
     target, collection, path = _legacy(p)
     total = await _pool(request).run(lambda r: r.distinct_count(target, collection, path))
     return json_response({"total": total})
@@ -121,7 +151,7 @@ async def links_count_distinct_dids(request: web.Request) -> web.Response:
 
 @routes.get("/links/all")
 async def links_all(request: web.Request) -> web.Response:
-    target = Params(request).subject("target")
+    target = LenientParams(request).target("target")
     found = await _pool(request).run(lambda r: r.all_links(target))
     return json_response({"links": {
         coll: {path: {"records": n, "distinct_dids": d} for path, (n, d) in paths.items()}
@@ -130,7 +160,7 @@ async def links_all(request: web.Request) -> web.Response:
 
 @routes.get("/links/all/count")
 async def links_all_count(request: web.Request) -> web.Response:
-    target = Params(request).subject("target")
+    target = LenientParams(request).target("target")
     found = await _pool(request).run(lambda r: r.all_links(target))
     return json_response({"links": {coll: {path: n for path, (n, _) in paths.items()}
                                     for coll, paths in found.items()}})

@@ -13,7 +13,7 @@ from smalldp import __version__
 from smalldp.api import NAMESPACE, constellation, dataplane, metrics, status
 from smalldp.api.readers import READERS, ReaderPool
 from smalldp.api.xrpc import Handler, Params, XrpcError, json_response, xrpc_errors
-from smalldp.links import is_link
+from smalldp.links import is_at_uri
 from smalldp.priority import QueryGate
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,38 @@ async def queries_first(request: web.Request, handler: Handler) -> web.StreamRes
         gate.leave()
 
 
+# CORS: the read API is public and takes no credentials, so any page may call it with
+# fetch() (Constellation answers the same way: every route, any origin).
+CORS_METHODS = "GET, HEAD, OPTIONS"
+CORS_MAX_AGE_S = 86400
+
+
+@web.middleware
+async def cors_preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer OPTIONS on any path as a CORS preflight; other methods go on as usual."""
+    if request.method != "OPTIONS":
+        return await handler(request)
+    asked = request.headers.get("Access-Control-Request-Headers", "").strip()
+    return web.Response(status=204, headers={
+        "Access-Control-Allow-Methods": CORS_METHODS,
+        # The headers the page asks for (they cannot widen anything: nothing is read
+        # from them but Accept), else any.
+        "Access-Control-Allow-Headers": asked[:1000] or "*",
+        "Access-Control-Max-Age": str(CORS_MAX_AGE_S),
+        "Allow": CORS_METHODS})
+
+
+async def allow_any_origin(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every response, error JSON, 500s and the status page included,
+    carries ``Access-Control-Allow-Origin: *`` (a signal, not a middleware, so that
+    responses made outside the handlers get it too)."""
+    response.headers["Access-Control-Allow-Origin"] = "*"
+
+
 @routes.get(f"/xrpc/{NAMESPACE}.getRecord")
 async def get_record(request: web.Request) -> web.Response:
     uri = Params(request).required("uri", 2048)
-    if not uri.startswith("at://") or not is_link(uri):
+    if not is_at_uri(uri):
         raise XrpcError("parameter 'uri' must be an at-uri")
     record = await request.app[READERS].run(lambda r: r.record(uri))
     if record is None:
@@ -81,13 +109,14 @@ def make_app(db_path: Path, *, read_threads: int = 1, cache_mb: int = 64, mmap_m
     ``sample_sources`` add Prometheus samples to /metrics; with a ``query_gate`` every
     request marks itself in flight so that live ingest lets it go first.
     """
-    middlewares = [xrpc_errors] if query_gate is None else [queries_first, xrpc_errors]
+    middlewares = [cors_preflight, xrpc_errors] if query_gate is None else [cors_preflight, queries_first, xrpc_errors]
     # 100 at-uris in one query string are ~12 KB: above aiohttp's default 8 KB request line.
     app = web.Application(middlewares=middlewares, handler_args={"max_line_size": MAX_REQUEST_LINE})
     if query_gate is not None:
         app[QUERY_GATE] = query_gate
     app[READERS] = ReaderPool(db_path, threads=read_threads, cache_mb=cache_mb, mmap_mb=mmap_mb)
     app[INGEST_STATUS] = ingest_status
+    app.on_response_prepare.append(allow_any_origin)
     app[metrics.SAMPLE_SOURCES] = list(sample_sources or [])
     app.add_routes(constellation.routes)
     app.add_routes(dataplane.routes)

@@ -44,6 +44,7 @@ import orjson
 from aiohttp import web
 from pyroaring import BitMap
 
+from smalldp.api import hello
 from smalldp.derived import is_derived
 from smalldp.store.encoding import decode_links, decode_target
 from smalldp.store.schema import open_reader
@@ -405,9 +406,14 @@ def _static(name: str) -> bytes:
 
 @routes.get("/")
 async def page(request: web.Request) -> web.Response:
+    """The status page for browsers; Constellation's JSON hello for everything else."""
+    if not hello.prefers_html(request.headers.get("Accept")):
+        response = await hello.hello(request)
+        response.headers["Vary"] = "Accept"
+        return response
     return web.Response(body=_static("status.html"), content_type="text/html", charset="utf-8",
                         headers={"Content-Security-Policy": CSP, "Cache-Control": "no-cache",
-                                 "X-Content-Type-Options": "nosniff"})
+                                 "X-Content-Type-Options": "nosniff", "Vary": "Accept"})
 
 
 @routes.get("/static/{name}")

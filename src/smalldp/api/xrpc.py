@@ -9,13 +9,20 @@ from typing import Awaitable, Callable
 import orjson
 from aiohttp import web
 
-from smalldp.events import valid_did, valid_nsid
-from smalldp.links import is_link
+from smalldp.events import valid_did
+from smalldp.links import link_form
 from smalldp.store.reader import BadCursor
 
 log = logging.getLogger(__name__)
 _INTEGER = re.compile(r"-?[0-9]{1,18}\Z")
+_COUNT = re.compile(r"[0-9]{1,18}\Z")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# Lenient parameters take values as long as the request line allows (server.MAX_REQUEST_LINE);
+# repeated ones at most this many, so one request's work stays bounded.
+MAX_REQUEST_VALUE = 64 * 1024
+MAX_VALUES = 1000
 
 
 class XrpcError(Exception):
@@ -84,42 +91,8 @@ class Params:
         assert value is not None
         return value
 
-    def subject(self, name: str) -> str:
-        value = self.required(name)
-        if not is_link(value):
-            raise XrpcError(f"parameter {name!r} must be an at-uri, a DID or an absolute URL")
-        return value
-
-    def nsid(self, name: str) -> str:
-        value = self.required(name, 317)
-        if not valid_nsid(value):
-            raise XrpcError(f"parameter {name!r} must be an NSID")
-        return value
-
-    def path(self, name: str, leading_dot: bool) -> str:
-        """A Constellation path; returned with its leading dot."""
-        value = self.required(name, 1024)
-        if leading_dot:
-            if not value.startswith(".") or len(value) < 2:
-                raise XrpcError(f"parameter {name!r} must be a path starting with '.'")
-            return value
-        if value.startswith(".") or not value:
-            raise XrpcError(f"parameter {name!r} must be a path without a leading '.'")
-        return "." + value
-
-    def source(self, name: str = "source") -> tuple[str, str]:
-        """`collection:path` (path without its leading dot) -> (collection, '.path')."""
-        value = self.required(name, 1400)
-        collection, sep, path = value.partition(":")
-        if not sep or not valid_nsid(collection) or not path or path.startswith("."):
-            raise XrpcError(f"parameter {name!r} must be 'collection:path', e.g. 'app.bsky.feed.like:subject.uri'")
-        return collection, "." + path
-
     def dids(self, name: str, max_items: int = 100) -> list[str]:
         return self._many(name, max_items, valid_did, "DIDs")
-
-    def subjects(self, name: str, max_items: int = 100) -> list[str]:
-        return self._many(name, max_items, is_link, "at-uris, DIDs or URLs")
 
     def _many(self, name: str, max_items: int, valid: Callable[[str], bool], what: str) -> list[str]:
         """A repeatable parameter; every value must pass ``valid``."""
@@ -151,3 +124,59 @@ class Params:
         if raw in ("false", "0"):
             return False
         raise XrpcError(f"parameter {name!r} must be true or false")
+
+
+class LenientParams(Params):
+    """Query parameters the way Constellation reads them, for its routes only.
+
+    Constellation answers odd but harmless values with zero results, so its clients
+    send them: a value that names nothing (a subject that is not a link, a collection
+    that is not an NSID, a path nobody uses, a DID that is not one) finds nothing, an
+    empty repeated value is dropped. What cannot be read at all stays a 400: a missing
+    required parameter, one given twice that is not repeatable, a ``source`` without
+    ':', a limit that is not an integer in 0..max, an unparseable cursor (the reader's
+    BadCursor). The DataPlane methods keep Params' strict checks.
+    """
+
+    def anything(self, name: str) -> str:
+        """A required parameter, any string (the request line bounds its length)."""
+        return self.required(name, MAX_REQUEST_VALUE)
+
+    def target(self, name: str) -> str:
+        """A link target in its stored form (``link_form``: generic URIs normalized).
+
+        A value that is not a link comes back as it is: no stored target equals it, so
+        it finds nothing, as in Constellation.
+        """
+        value = self.anything(name)
+        return link_form(value) or value
+
+    def source(self, name: str = "source") -> tuple[str, str]:
+        """``collection:path`` -> (collection, '.path'), split at the first ':' and not
+        checked further: an unknown collection or path finds nothing."""
+        collection, sep, path = self.anything(name).partition(":")
+        if not sep:
+            raise XrpcError(f"parameter {name!r} must be 'collection:path', e.g. 'app.bsky.feed.like:subject.uri'")
+        return collection, "." + path
+
+    def values(self, name: str, max_items: int = MAX_VALUES) -> list[str]:
+        """A repeatable parameter: each value trimmed, empty ones dropped. A value that
+        names nothing is kept, so ``did=foo`` alone is a filter that matches nothing."""
+        values = [v.strip() for v in self.query.getall(name, [])]
+        values = [v for v in values if v]
+        if len(values) > max_items:
+            raise XrpcError(f"parameter {name!r} accepts at most {max_items} values")
+        return values
+
+    def targets(self, name: str, max_items: int = MAX_VALUES) -> list[str]:
+        """Like ``values``, each in its stored form when it is a link (see ``target``)."""
+        return [link_form(v) or v for v in self.values(name, max_items)]
+
+    def limit(self, default: int, maximum: int) -> int:
+        """0..maximum (0: an empty page); anything else is a 400, as in Constellation."""
+        raw = self.string("limit", required=False, max_length=20)
+        if raw is None:
+            return default
+        if not _COUNT.match(raw) or int(raw) > maximum:
+            raise XrpcError(f"parameter 'limit' must be an integer between 0 and {maximum}")
+        return int(raw)

@@ -1,5 +1,8 @@
 """The status page at `/` and the figures it shows, which /xrpc/_health carries.
 
+`/` is the page for browsers (an Accept header that prefers HTML); other clients get
+Constellation's JSON hello from api/hello.py.
+
 The page (static/status.html, .css, .js: plain files, no build step, nothing from another
 origin) fetches /xrpc/_health every few seconds and draws what it finds there, so
 everything it shows can be had as JSON too. This module adds to _health what the page

@@ -8,6 +8,8 @@ counts live links only, lists are in rkey-time order, distinct DIDs by account.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from smalldp.api.readers import READERS, ReaderPool
@@ -66,18 +68,21 @@ async def get_backlink_dids(request: web.Request) -> web.Response:
     return json_response({"total": page.total, "linking_dids": page.items, "cursor": page.cursor})
 
 
-@routes.get("/xrpc/blue.microcosm.links.getManyToManyCounts")
-async def get_many_to_many_counts(request: web.Request) -> web.Response:
+def _many_to_many_query(request: web.Request, did_param: str) -> dict[str, Any]:
+    """The parameters both many-to-many routes take (their DID filter is named apart)."""
     p = LenientParams(request)
     subject = p.target("subject")
     collection, path = p.source()
-    path_to_other = "." + p.anything("pathToOther")
-    dids = p.values("did")
-    others = p.targets("otherSubject")
-    limit = p.limit(DEFAULT_LIMIT, MAX_LIMIT)
-    cursor = p.string("cursor", required=False)
-    counts, next_cursor = await _pool(request).run(lambda r: r.many_to_many(
-        subject, collection, path, path_to_other, dids=dids, other_subjects=others, limit=limit, cursor=cursor))
+    return {"subject": subject, "collection": collection, "path": path,
+            "path_to_other": "." + p.anything("pathToOther"), "dids": p.values(did_param),
+            "other_subjects": p.targets("otherSubject"), "limit": p.limit(DEFAULT_LIMIT, MAX_LIMIT),
+            "cursor": p.string("cursor", required=False)}
+
+
+@routes.get("/xrpc/blue.microcosm.links.getManyToManyCounts")
+async def get_many_to_many_counts(request: web.Request) -> web.Response:
+    query = _many_to_many_query(request, "did")
+    counts, next_cursor = await _pool(request).run(lambda r: r.many_to_many(**query))
     return json_response({"counts_by_other_subject": [
         {"subject": s, "total": total, "distinct": distinct} for s, total, distinct in counts],
         "cursor": next_cursor})
@@ -85,16 +90,8 @@ async def get_many_to_many_counts(request: web.Request) -> web.Response:
 
 @routes.get("/xrpc/blue.microcosm.links.getManyToMany")
 async def get_many_to_many(request: web.Request) -> web.Response:
-    p = LenientParams(request)
-    subject = p.target("subject")
-    collection, path = p.source()
-    path_to_other = "." + p.anything("pathToOther")
-    dids = p.values("linkDid")
-    others = p.targets("otherSubject")
-    limit = p.limit(DEFAULT_LIMIT, MAX_LIMIT)
-    cursor = p.string("cursor", required=False)
-    items, next_cursor = await _pool(request).run(lambda r: r.many_to_many_items(
-        subject, collection, path, path_to_other, dids=dids, other_subjects=others, limit=limit, cursor=cursor))
+    query = _many_to_many_query(request, "linkDid")
+    items, next_cursor = await _pool(request).run(lambda r: r.many_to_many_items(**query))
     return json_response({"items": [{"linkRecord": _record(record), "otherSubject": other}
                                     for record, other in items], "cursor": next_cursor})
 

@@ -411,19 +411,12 @@ class Reader:
         groups: dict[bytes, tuple[list[int], BitMap]] = {}
         entries = [e for c in chunks for e in c.entries()
                    if e[1] not in self.hidden and (wanted is None or e[1] in wanted)]
-        for start in range(0, len(entries), 300):
-            part = entries[start:start + 300]
-            values = ",".join("(?,?,?)" for _ in part)
-            params = [x for sk, aid in part for x in (sk, aid, coll)]
-            for aid, links in self.conn.execute(
-                    f"SELECT aid, links FROM fwd WHERE (sk, aid, coll) IN (VALUES {values})", params):
-                if links is None:
-                    continue
-                for sid, tkey in decode_links(links):
-                    if sid == other_sid and (wanted_keys is None or tkey in wanted_keys):
-                        group = groups.setdefault(tkey, ([0], BitMap()))
-                        group[0][0] += 1
-                        group[1].add(aid)
+        for (_, aid), links in self._forward_links(coll, entries).items():
+            for sid, tkey in links:
+                if sid == other_sid and (wanted_keys is None or tkey in wanted_keys):
+                    group = groups.setdefault(tkey, ([0], BitMap()))
+                    group[0][0] += 1
+                    group[1].add(aid)
         named = sorted((self._target_name(tkey), g[0][0], len(g[1])) for tkey, g in groups.items())
         if after is not None:
             named = [n for n in named if n[0] > after]
@@ -571,7 +564,6 @@ class Reader:
                 "inactive_accounts": len(self.hidden),
             }
         return self._read(read)
-
 
     def overview(self) -> dict[str, int | None]:
         """Cheap store-wide figures (for the JSON hello at /): accounts (max account ID),

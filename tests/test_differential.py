@@ -199,13 +199,17 @@ def compare(model: Model, reader: Reader, page_size: int) -> None:
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(history=histories(), page_size=st.integers(1, 3), fanout=st.integers(2, 3), chunk=st.integers(1, 3))
-def test_store_equals_model(tmp_path_factory, history, page_size: int, fanout: int, chunk: int) -> None:
+@given(history=histories(), page_size=st.integers(1, 3), fanout=st.integers(2, 3), chunk=st.integers(1, 3),
+       slices=st.sampled_from([None, 1]), slice_rows=st.integers(1, 4))
+def test_store_equals_model(tmp_path_factory, history, page_size: int, fanout: int, chunk: int,
+                            slices: int | None, slice_rows: int) -> None:
     stream, cuts = history
     path = Path(tmp_path_factory.mktemp("diff")) / "db.sqlite"
     model = Model()
-    # Tiny chunks and fanouts, so splitting and merging happen in small examples too.
-    writer = Writer(path, fanout=fanout, chunk_entries=chunk, body_collections=sorted(model.body_collections))
+    # Tiny chunks and fanouts, so splitting and merging happen in small examples too; with
+    # one slice of a few rows per batch, merges stay under way while answers are compared.
+    writer = Writer(path, fanout=fanout, chunk_entries=chunk, body_collections=sorted(model.body_collections),
+                    merge_slices=slices, merge_slice_rows=slice_rows)
     reader = Reader(path)
     ops = [decode_event(json.dumps(e)) for e in stream]
     bounds = [0, *cuts, len(ops)]
@@ -306,7 +310,7 @@ def test_many_links_in_small_chunks(tmp_path: Path) -> None:
 @given(st.lists(st.tuples(st.integers(-5, 60), st.integers(1, 9)), max_size=300), st.integers(1, 12))
 def test_streamed_chunks_equal_listed_chunks(raw: list[tuple[int, int]], size: int) -> None:
     """Compaction chunks a lazy merge; the write path chunks a list: same chunks."""
-    from smalldp.store.writer import _chunks, _stream_chunks
+    from smalldp.store.backlinks import _chunks, _stream_chunks
     entries = sorted(set(raw), reverse=True)
     assert list(_stream_chunks(iter(entries), size)) == list(_chunks(entries, size))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from smalldp import __version__
 from smalldp.config import ConfigError, Settings, add_arguments, load_settings
 
-INGEST_SETTINGS = ["batch_events", "batch_ms", "jetstream", "jetstream_wire", "wanted_collections",
+INGEST_SETTINGS = ["batch_events", "batch_ms", "merge_ms", "jetstream", "jetstream_wire", "wanted_collections",
                    "wanted_dids", "compress", "zstd_dictionary", "zstd_dictionary_url", "rewind_s",
                    "liveness_s", "backoff_max_s", "max_message_bytes", "min_free_mb", "min_free_percent"]
 STORE_SETTINGS = ["data_dir", "cache_mb", "mmap_mb", "compaction_fanout", "actor_cache",
@@ -135,10 +135,10 @@ def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:
     """Merge all runs into one."""
     writer = _writer(settings)
     try:
-        merges = writer.compact(full=True)
+        slices = writer.compact(full=True)
     finally:
         writer.close()
-    print(f"compacted ({merges} merge)")
+    print(f"compacted into one run ({slices} merge slice{'' if slices == 1 else 's'})")
     return 0
 
 

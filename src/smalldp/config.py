@@ -84,6 +84,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch_ms", "int", 1000,
             "Max milliseconds before a partial batch is committed (live ingest).", 1, MAX_BATCH_MS),
     Setting("compaction_fanout", "int", 8, "Runs of the backlink index merged into one once a level holds this many.", 2, 64),
+    Setting("merge_ms", "int", 250,
+            "Milliseconds live ingest gives merge slices after each commit; a merge of any size goes on over many batches.",
+            10, 60000),
     Setting("actor_cache", "int", 500_000,
             "Max DIDs kept in the in-memory ID cache.", 1000, 100_000_000),
     Setting("body_collections", "list",
@@ -147,6 +150,7 @@ class Settings:
     batch_events: int
     batch_ms: int
     compaction_fanout: int
+    merge_ms: int
     actor_cache: int
     body_collections: tuple[str, ...]
     log_level: str

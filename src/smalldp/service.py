@@ -44,10 +44,11 @@ class ServiceError(RuntimeError):
 
 
 def open_writer(settings: Settings) -> Writer:
-    """The store's writer with the settings' tuning."""
+    """The store's writer with the settings' tuning, for live ingest: it runs merge slices
+    itself, between batches (LiveIngest's merge_ms)."""
     return Writer(db_path(settings.data_dir), cache_mb=settings.cache_mb, mmap_mb=settings.mmap_mb,
                   actor_cache=settings.actor_cache, fanout=settings.compaction_fanout,
-                  body_collections=settings.body_collections)
+                  body_collections=settings.body_collections, merge_slices=0)
 
 
 def client_options(settings: Settings) -> ClientOptions:
@@ -107,7 +108,7 @@ class Service:
         if self.ingest:
             live = self._live = LiveIngest(
                 lambda: open_writer(settings), client_options(settings), self.metrics,
-                batch_events=settings.batch_events, batch_ms=settings.batch_ms,
+                batch_events=settings.batch_events, batch_ms=settings.batch_ms, merge_ms=settings.merge_ms,
                 v1_dictionary=lambda: load_v1_dictionary(settings), data_dir=Path(settings.data_dir),
                 query_gate=self.gate,
                 disk_guard=DiskGuard(Path(settings.data_dir), min_free_mb=settings.min_free_mb,

@@ -64,7 +64,7 @@ class LiveIngest:
     """The ingest thread: owns the Writer and the Jetstream client for one `smalldp serve`."""
 
     def __init__(self, open_writer: Callable[[], Writer], options: ClientOptions,
-                 metrics: IngestMetrics, *, batch_events: int, batch_ms: int,
+                 metrics: IngestMetrics, *, batch_events: int, batch_ms: int, merge_ms: int = 250,
                  v1_dictionary: Callable[[], bytes | None] | None = None,
                  data_dir: Path = Path("."), query_gate: QueryGate | None = None,
                  disk_guard: DiskGuard | None = None) -> None:
@@ -73,6 +73,7 @@ class LiveIngest:
         self.metrics = metrics
         self.batch_events = batch_events
         self.batch_s = batch_ms / 1000
+        self.merge_s = merge_ms / 1000
         self._v1_dictionary = v1_dictionary
         self._data_dir = data_dir
         self._gate = query_gate
@@ -231,9 +232,24 @@ class LiveIngest:
                 continue
             self.guard.committed()
             self._committed(batch, cursor, stats.links_added, stats.links_removed)
+            self._merge(writer)
             self._bound_wal(writer)
             return True
         return True
+
+    def _merge(self, writer: Writer) -> None:
+        """Merge slices between batches, for at most merge_ms: a merge of any size goes on
+        over many batches, so no commit waits long behind one.  A slice that finds no room
+        rolls back and is done again later; the disk guard pauses ingest meanwhile."""
+        if writer.merge_slices != 0:
+            return  # this writer merges inside apply()
+        try:
+            writer.merge_steps(budget_s=self.merge_s)
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise WriterFailed(f"merge: {type(exc).__name__}: {exc}") from exc
+            self.guard.commit_failed(exc)
+            self._show_guard()
 
     def _committed(self, batch: list[Operation], cursor: int, added: int, removed: int) -> None:
         self._batch = []
@@ -289,19 +305,22 @@ class LiveIngest:
     async def _flush_when_old(self) -> None:
         """Commit a partial batch once it is `batch_ms` old (a quiet or filtered stream),
         or, while paused, as soon as the guard sees room again (without blocking the
-        loop: nothing is being received that would need it to)."""
+        loop: nothing is being received that would need it to); with nothing to commit,
+        go on with merges."""
         while True:
             await asyncio.sleep(max(0.01, min(self.batch_s / 4, PAUSE_TICK_S)))
             lograte.REPEATS.flush()
-            if self._batch and (self.guard.paused
-                                or time.monotonic() - self._batch_started >= self.batch_s):
-                try:
+            try:
+                if self._batch and (self.guard.paused
+                                    or time.monotonic() - self._batch_started >= self.batch_s):
                     self._flush(block=False)
-                except WriterFailed as exc:
-                    self._failure = exc
-                    assert self._stop is not None
-                    self._stop.set()
-                    return
+                elif not self._batch and self.writer is not None and not self.guard.paused:
+                    self._merge(self.writer)  # a quiet stream: merges go on between ticks
+            except WriterFailed as exc:
+                self._failure = exc
+                assert self._stop is not None
+                self._stop.set()
+                return
 
 
 def _log_failure(future: object) -> None:

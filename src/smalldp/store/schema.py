@@ -16,6 +16,8 @@ Tables (all integers are SQLite varints on disk):
   bl(run, tkey, sid, lo, data)  backlink chunks: per run and (target, source), entries
                              newest first, split into chunks keyed by their lowest sort key
                              (0 for a run's oldest chunk, which is most keys' only one)
+  merge(output, level, inputs, next)  merges of runs under way, done in slices: keys with
+                             target keys below next have moved to the output run
   purge(aid, rev)            deleted accounts whose rows are still to be removed
   tl(bucket, seg, data)      the timeline index: per time bucket, who posted (store/timeline.py)
   actor_rev(aid, rev)        the rev of each account's newest commit seen
@@ -30,10 +32,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 3  # 2: derived links, tl, actor_rev, run.gen; 3: actor.acct_us, actor.id_us
+SCHEMA_VERSION = 4  # 2: derived links, tl, actor_rev, run.gen; 3: actor.acct_us, actor.id_us; 4: merge
 # Older versions open_writer upgrades in place (a few ALTER TABLEs, no data rewritten).
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE actor ADD COLUMN acct_us INTEGER", "ALTER TABLE actor ADD COLUMN id_us INTEGER"),
+    3: (),  # the merge table, which SCHEMA creates; no merge is under way in a store of version 3
 }
 DB_NAME = "smalldp.sqlite"
 PAGE_SIZE = 8192
@@ -69,6 +72,8 @@ CREATE TABLE IF NOT EXISTS run(run INTEGER PRIMARY KEY, level INTEGER NOT NULL, 
 CREATE TABLE IF NOT EXISTS bl(
   run INTEGER, tkey BLOB, sid INTEGER, lo INTEGER, data BLOB NOT NULL,
   PRIMARY KEY(run, tkey, sid, lo)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS merge(output INTEGER PRIMARY KEY, level INTEGER NOT NULL, inputs TEXT NOT NULL,
+  next BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS purge(aid INTEGER PRIMARY KEY, rev INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS tl(bucket INTEGER, seg INTEGER, data BLOB NOT NULL,
   PRIMARY KEY(bucket, seg)) WITHOUT ROWID;

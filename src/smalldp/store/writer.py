@@ -16,14 +16,12 @@ key order.  Only deletes and updates read and rewrite existing chunks.
 
 from __future__ import annotations
 
-import heapq
 import itertools
-import sqlite3
 import time
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import msgspec
 from pyroaring import BitMap
@@ -31,13 +29,11 @@ from pyroaring import BitMap
 from smalldp.derived import POST, REPOST, is_derived, is_reverse
 from smalldp.events import AccountStatus, DeleteRecord, Identity, Operation, PutRecord
 from smalldp.store import timeline
+from smalldp.store.backlinks import SLICE_ROWS, SqliteBacklinks
 from smalldp.store.bodies import BodyCompressor
 from smalldp.store.encoding import (
     Entry,
-    chunk_floor,
-    decode_block,
     decode_links,
-    encode_block,
     encode_links,
     encode_target,
     get_varint,
@@ -67,7 +63,6 @@ LinkList = list[tuple[int, bytes]]  # [(source id, target key)]
 
 
 PAUSE_EVERY = 255  # items between pause points (a mask: every 256th)
-MERGE_SLICE = 2000  # merged chunks written to the temp table at a time
 
 
 def _no_pause() -> None:
@@ -152,22 +147,37 @@ class Writer:
 
     def __init__(self, path: Path, *, cache_mb: int = 64, mmap_mb: int = 0,
                  actor_cache: int = 500_000, fanout: int = 8, chunk_entries: int = CHUNK_ENTRIES,
-                 body_collections: Sequence[str] = DEFAULT_BODY_COLLECTIONS) -> None:
+                 body_collections: Sequence[str] = DEFAULT_BODY_COLLECTIONS,
+                 merge_slices: int | None = None, merge_slice_rows: int = SLICE_ROWS) -> None:
         self.path = path
         self.conn = open_writer(path, cache_mb, mmap_mb)
         self.actor_cache_max = actor_cache
-        self.fanout = fanout
         self.chunk_entries = chunk_entries
+        # Merge slices apply() runs after its commit: None, until no merge is due (import,
+        # tools); 0, none: live ingest runs them itself between batches (merge_steps).
+        self.merge_slices = merge_slices
+        self.backlinks = SqliteBacklinks(self.conn, fanout=fanout, chunk_entries=chunk_entries,
+                                         slice_rows=merge_slice_rows)
         self._body_exact = {c for c in body_collections if not c.endswith(".*")}
         self._body_prefixes = tuple(c[:-1] for c in body_collections if c.endswith(".*"))
         self._keeps_body: dict[int, bool] = {}
-        self._merges_stopped = False
-        self._in_merge = False
-        self.merging_since: float | None = None  # time.monotonic() when the running merge began
-        # Called every few hundred items of work, between statements: live ingest uses it
-        # to step aside while queries are answered (see smalldp.priority).
-        self.pause: Callable[[], None] = _no_pause
+        self._pause: Callable[[], None] = _no_pause
         self._load()
+
+    @property
+    def pause(self) -> Callable[[], None]:
+        """Called every few hundred items of work, between statements: live ingest uses it
+        to step aside while queries are answered (see smalldp.priority)."""
+        return self._pause
+
+    @pause.setter
+    def pause(self, pause: Callable[[], None]) -> None:
+        self._pause = self.backlinks.pause = pause
+
+    @property
+    def merging_since(self) -> float | None:
+        """time.monotonic() when the running merge slice began (None: none is running)."""
+        return self.backlinks.merging_since
 
     # ------------------------------------------------------------ state
 
@@ -188,16 +198,12 @@ class Writer:
         self.records_live = self._meta("records", 0)  # live records (forward rows that are not tombstones)
         hidden = self._meta("hidden", None)
         self.hidden = BitMap.deserialize(hidden) if hidden else BitMap()
-        self.runs: dict[int, int] = dict(conn.execute("SELECT run, level FROM run"))
-        self.next_run = max(self.runs, default=0) + 1
+        self.backlinks.load()
         self.purge_queue: dict[int, int] = dict(conn.execute("SELECT aid, rev FROM purge"))
         self.actors: dict[str, ActorState] = {}
         self._tkeys: dict[str, bytes] = {}  # target string -> key: hot targets recur constantly
         self.bodies = BodyCompressor(conn)
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS q(sk INTEGER, aid INTEGER, coll INTEGER)")
-        conn.execute("CREATE TEMP TABLE IF NOT EXISTS mdup(tkey BLOB, sid INTEGER, PRIMARY KEY(tkey, sid)) "
-                     "WITHOUT ROWID")
-        conn.execute("CREATE TEMP TABLE IF NOT EXISTS mrow(tkey BLOB, sid INTEGER, lo INTEGER, data BLOB)")
 
     def _meta(self, key: str, default: Any) -> Any:
         row = self.conn.execute("SELECT v FROM meta WHERE k=?", (key,)).fetchone()
@@ -325,7 +331,8 @@ class Writer:
 
     def apply(self, ops: Iterable[Operation], cursor: int | None = None,
               meta: dict[str, object] | None = None) -> BatchStats:
-        """Apply operations in order, in one transaction with the cursor and ``meta``."""
+        """Apply operations in order, in one transaction with the cursor and ``meta``; then
+        run ``merge_slices`` merge slices (see merge_steps)."""
         ops = list(ops)
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
@@ -354,7 +361,8 @@ class Writer:
             self._load()  # drop caches that may hold uncommitted state
             raise
         self._trim_actor_cache()
-        self.compact()
+        if self.merge_slices != 0:
+            self.merge_steps(slices=self.merge_slices)
         return batch.stats
 
     def _purge_now(self) -> list[int]:
@@ -556,22 +564,9 @@ class Writer:
             conn.executemany("DELETE FROM body WHERE sk=? AND aid=? AND coll=?", deletes)
 
     def _write_backlinks(self, batch: _Batch) -> None:
-        self._remove_entries(batch.removes)
-        adds = {key: entries for key, entries in batch.adds.items() if entries}
-        if adds:
-            run = self.next_run
-            self.next_run += 1
-            rows = []
-            pause = self.pause
-            for i, (sid, tkey) in enumerate(sorted(adds, key=lambda k: (k[1], k[0]))):  # key order: appends
-                if not i & PAUSE_EVERY:
-                    pause()
-                entries = sorted(adds[(sid, tkey)], reverse=True)
-                for lo, chunk in _chunks(entries, self.chunk_entries):
-                    rows.append((run, tkey, sid, lo, encode_block(chunk)))
-            self.conn.executemany("INSERT INTO bl VALUES(?, ?, ?, ?, ?)", rows)
-            self.conn.execute("INSERT INTO run(run, level, blocks) VALUES(?, 0, ?)", (run, len(rows)))
-            self.runs[run] = 0
+        self.backlinks.remove(batch.removes)
+        adds = batch.adds
+        self.backlinks.write_run(adds)
         self.records_live += batch.records_delta
         batch.records_delta = 0
         derived = self.derived_sids  # the DataPlane's views are not counted as links
@@ -579,52 +574,6 @@ class Writer:
                             - sum(len(e) for k, e in batch.removes.items() if k[0] not in derived))
         batch.adds.clear()
         batch.removes.clear()
-
-    def _remove_entries(self, removes: dict[tuple[int, bytes], set[Entry]]) -> None:
-        conn = self.conn
-        run_list = ",".join(str(r) for r in self.runs) or "NULL"
-        pause = self.pause
-        rewritten: dict[int, int] = {}  # run -> chunks it lost (emptied by the removals)
-        for i, ((sid, tkey), gone) in enumerate(removes.items()):
-            if not i & 63:
-                pause()
-            if not gone:
-                continue
-            gone = set(gone)
-            # Chunk keys of this (target, source) in every run; an entry lives in the
-            # chunk of its run with the largest lo <= its sort key (lo 0: the oldest chunk).
-            by_run: dict[int, list[int]] = {}
-            for run, lo in conn.execute(
-                    f"SELECT run, lo FROM bl WHERE run IN ({run_list}) AND tkey=? AND sid=?", (tkey, sid)):
-                by_run.setdefault(run, []).append(lo)
-            wanted: set[tuple[int, int]] = set()
-            for sk, _ in gone:
-                for run, los in by_run.items():
-                    candidates = [lo for lo in los if chunk_floor(lo) <= sk]
-                    if candidates:
-                        wanted.add((run, max(candidates, key=chunk_floor)))
-            for run, lo in sorted(wanted):
-                if not gone:
-                    break
-                data = conn.execute("SELECT data FROM bl WHERE run=? AND tkey=? AND sid=? AND lo=?",
-                                    (run, tkey, sid, lo)).fetchone()[0]
-                entries = decode_block(data)
-                kept = [e for e in entries if e not in gone]
-                if len(kept) == len(entries):
-                    continue
-                gone.difference_update(entries)
-                conn.execute("DELETE FROM bl WHERE run=? AND tkey=? AND sid=? AND lo=?", (run, tkey, sid, lo))
-                rewritten[run] = rewritten.get(run, 0) + (0 if kept else 1)
-                if kept:
-                    # Entries only leave, so the chunk's lo can only rise: still unique in its run.
-                    new_lo = 0 if lo == 0 else kept[-1][0]
-                    conn.execute("INSERT INTO bl VALUES(?, ?, ?, ?, ?)",
-                                 (run, tkey, sid, new_lo, encode_block(kept)))
-            if gone:
-                raise RuntimeError(f"backlink entries missing from the index: {sorted(gone)[:5]}")
-        # A new generation tells readers that cached summaries of this run are stale.
-        conn.executemany("UPDATE run SET gen = gen + 1, blocks = blocks - ? WHERE run = ?",
-                         [(lost, run) for run, lost in rewritten.items()])
 
     def _write_meta(self, values: dict[str, object]) -> None:
         values = dict(values)
@@ -672,98 +621,28 @@ class Writer:
     # ------------------------------------------------------------ compaction
 
     def stop_merging(self) -> None:
-        """At shutdown, from any thread: start no merge, and abort a running one (its own
-        transaction rolls back; nothing committed is lost, the runs merge next time)."""
-        self._merges_stopped = True
-        if self._in_merge:
-            self.conn.interrupt()
+        """At shutdown, from any thread: start no merge slice, and abort a running one (its
+        own transaction rolls back; nothing committed is lost, the merge goes on next time)."""
+        self.backlinks.stop()
+
+    def merge_steps(self, budget_s: float | None = None, slices: int | None = None) -> int:
+        """Run merge slices (store/compaction.py picks them) until none is due, ``budget_s``
+        seconds have gone or ``slices`` have run; returns the slices run.  Each slice is its
+        own short transaction, so a merge of any size never holds the writer for long."""
+        deadline = None if budget_s is None else time.monotonic() + budget_s
+        done = 0
+        while (slices is None or done < slices) and self.backlinks.merge_step():
+            done += 1
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        return done
 
     def compact(self, full: bool = False) -> int:
-        """Merge full levels of runs (or, with ``full``, every run into one); returns merges done."""
-        merges = 0
-        while not self._merges_stopped:
-            levels: dict[int, list[int]] = {}
-            for run, level in sorted(self.runs.items()):
-                levels.setdefault(level, []).append(run)
-            if full:
-                target = sorted(self.runs) if len(self.runs) > 1 else []
-                level = max(self.runs.values(), default=0) + 1
-            else:
-                full_levels = [lv for lv, runs in levels.items() if len(runs) >= self.fanout]
-                target = levels[min(full_levels)] if full_levels else []
-                level = min(full_levels) + 1 if full_levels else 0
-            if not target:
-                return merges
-            try:
-                self._merge(target, level)
-            except sqlite3.OperationalError:
-                if self._merges_stopped:
-                    return merges  # interrupted by stop_merging
-                raise
-            merges += 1
-            if full:
-                return merges
-        return merges
-
-    def _merge(self, runs: list[int], level: int) -> None:
-        """Merge runs into one new run.  Keys found in one run only (most of them) are
-        copied by SQLite itself; Python merges the chunks of keys found in several."""
-        conn = self.conn
-        new = self.next_run
-        self.next_run += 1
-        marks = ",".join(str(r) for r in runs)
-        conn.execute("BEGIN IMMEDIATE")
-        self._in_merge = True
-        self.merging_since = time.monotonic()
-        try:
-            conn.execute("DELETE FROM mdup")
-            conn.execute("DELETE FROM mrow")
-            conn.execute(f"INSERT INTO mdup SELECT tkey, sid FROM bl WHERE run IN ({marks}) "
-                         "GROUP BY tkey, sid HAVING count(DISTINCT run) > 1")
-            # Keys found in several runs: a lazy k-way merge of their chunks, written in
-            # slices, so memory stays bounded by a few chunks per run whatever the key's size
-            # (building whole lists made RSS step up at every big merge, measured).  Chunks
-            # newest first: lo 0 marks a run's oldest chunk, below negative (alias) keys too.
-            rows = conn.execute(
-                f"SELECT b.tkey, b.sid, b.run, b.data FROM mdup JOIN bl b ON b.run IN ({marks}) "
-                "AND b.tkey = mdup.tkey AND b.sid = mdup.sid ORDER BY b.tkey, b.sid, b.run, b.lo = 0, b.lo DESC")
-            merged: list[tuple[bytes, int, int, bytes]] = []
-            pause = self.pause
-            for i, ((tkey, sid), group) in enumerate(itertools.groupby(rows, key=lambda row: (row[0], row[1]))):
-                if not i & PAUSE_EVERY:
-                    pause()
-                by_run = [[row[3] for row in chunks] for _, chunks in itertools.groupby(group, key=lambda row: row[2])]
-                entries = heapq.merge(*(_entries_of(blocks) for blocks in by_run), reverse=True)
-                for lo, chunk in _stream_chunks(entries, self.chunk_entries):
-                    merged.append((tkey, sid, lo, encode_block(chunk)))
-                    if len(merged) >= MERGE_SLICE:
-                        conn.executemany("INSERT INTO mrow VALUES(?, ?, ?, ?)", merged)
-                        merged.clear()
-            conn.executemany("INSERT INTO mrow VALUES(?, ?, ?, ?)", merged)
-            merged.clear()
-            # One insert in key order, so the new run is appended, not scattered.
-            conn.execute(
-                f"INSERT INTO bl SELECT {new}, tkey, sid, lo, data FROM ("
-                f"SELECT tkey, sid, lo, data FROM bl WHERE run IN ({marks}) AND NOT EXISTS "
-                "(SELECT 1 FROM mdup WHERE mdup.tkey = bl.tkey AND mdup.sid = bl.sid) "
-                "UNION ALL SELECT tkey, sid, lo, data FROM mrow) ORDER BY tkey, sid, lo")
-            count = conn.execute(f"SELECT count(*) FROM bl WHERE run={new}").fetchone()[0]
-            conn.execute(f"DELETE FROM bl WHERE run IN ({marks})")
-            conn.execute(f"DELETE FROM run WHERE run IN ({marks})")
-            conn.execute("INSERT INTO run(run, level, blocks) VALUES(?, ?, ?)", (new, level, count))
-            conn.execute("DELETE FROM mrow")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:  # an interrupt may have rolled it back already
-                conn.execute("ROLLBACK")
-            self._load()
-            raise
-        finally:
-            self._in_merge = False
-            self.merging_since = None
-        for run in runs:
-            del self.runs[run]
-        self.runs[new] = level
+        """Run every merge that is due (or, with ``full``, merge every run into one);
+        returns the merge slices run."""
+        if full:
+            return self.backlinks.compact_all()
+        return self.merge_steps()
 
 
 def supersedes(when_us: int, seq: int | None, last_us: int | None, last_seq: int | None) -> bool:
@@ -782,39 +661,3 @@ def supersedes(when_us: int, seq: int | None, last_us: int | None, last_seq: int
     if seq is not None and last_seq is not None:
         return seq > last_seq
     return True
-
-
-def _entries_of(blocks: list[bytes]) -> Iterator[Entry]:
-    """The entries of one run's chunks of a key, newest first, decoded one chunk at a time."""
-    for block in blocks:
-        yield from decode_block(block)
-
-
-def _stream_chunks(entries: Iterator[Entry], size: int) -> Iterator[tuple[int, list[Entry]]]:
-    """`_chunks` over an iterator: the same chunks, without holding all entries."""
-    chunk: list[Entry] = []
-    for entry in entries:
-        # Close a full chunk, but never between equal sort keys (keys stay unique in a run).
-        if len(chunk) >= size and entry[0] != chunk[-1][0]:
-            yield chunk[-1][0], chunk
-            chunk = []
-        chunk.append(entry)
-    if chunk:
-        yield 0, chunk  # the oldest chunk is keyed 0
-
-
-def _chunks(entries: list[Entry], size: int) -> Iterator[tuple[int, list[Entry]]]:
-    """Split entries sorted newest first into (lo, chunk) of about CHUNK_ENTRIES each.
-
-    A chunk is keyed by its lowest sort key, except the oldest, keyed 0: most keys have
-    one chunk, and SQLite stores the integer 0 in no bytes.  Chunks never split equal
-    sort keys, so keys stay unique within a run.
-    """
-    start = 0
-    n = len(entries)
-    while start < n:
-        end = min(start + size, n)
-        while end < n and entries[end][0] == entries[end - 1][0]:
-            end += 1
-        yield (0 if end == n else entries[end - 1][0]), entries[start:end]
-        start = end

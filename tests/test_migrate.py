@@ -1,8 +1,9 @@
-"""A store written by the previous release (schema 2) is upgraded in place, never refused.
+"""Stores written by earlier releases (schema 2 and 3) are upgraded in place, never refused.
 
-The previous layout is made by taking a current store back to it (dropping the columns
-schema 3 added and writing version 2), which is exactly what the release before this one
-wrote: its actor table had `acct_seq, id_seq, purged_rev` and nothing after them.
+An earlier layout is made by taking a current store back to it: dropping the columns
+schema 3 added and writing version 2 (the release before issue 10: its actor table had
+`acct_seq, id_seq, purged_rev` and nothing after them), or dropping the merge table
+schema 4 added and writing version 3 (the release before merges in slices).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from smalldp.store.schema import SCHEMA_VERSION, db_path, upgrade_in_place
 from smalldp.store.writer import Writer
 from smalldp.systemd import Notifier
 
-from helpers_server import BASE_US, did, iso
+from helpers_server import BASE_US, did, iso, tid
 from test_live import free_port
 
 A, B = did("alpha"), did("beta")
@@ -81,6 +82,40 @@ def test_writer_upgrades_a_schema_2_store_in_place(tmp_path: Path) -> None:
     assert check_store(path).ok
     Writer(path).close()  # opening again changes nothing
     assert schema_of(path)[0] == SCHEMA_VERSION
+
+
+def test_writer_upgrades_a_schema_3_store_and_merges_its_runs_in_slices(tmp_path: Path) -> None:
+    path = db_path(tmp_path)
+    post = f"at://{A}/app.bsky.feed.post/{tid(0, 1)}"
+    writer = Writer(path, fanout=64)  # the runs stay unmerged, as a big store of the release has them
+    likers = [did(f"liker{i}") for i in range(40)]
+    for batch in range(8):
+        lines = [json.dumps({"did": liker, "time_us": BASE_US + batch * 100 + i, "kind": "commit", "commit": {
+            "rev": tid(batch * 100 + i), "operation": "create",
+            "collection": "app.bsky.feed.like", "rkey": tid(batch * 100 + i),
+            "record": {"subject": {"uri": post, "cid": "bafyreib"}}}})
+            for i, liker in enumerate(likers[batch * 5:batch * 5 + 5])]
+        writer.apply([decode_event(line) for line in lines], cursor=BASE_US + batch * 100 + 99)
+    writer.close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE merge")
+    conn.execute("UPDATE meta SET v=3 WHERE k='schema'")
+    conn.commit()
+    assert conn.execute("SELECT count(*) FROM run").fetchone()[0] == 8
+    conn.close()
+    assert check_store(path).ok
+    writer = Writer(path, fanout=2, merge_slice_rows=1)  # opening upgrades it; the next batch merges
+    assert schema_of(path)[0] == SCHEMA_VERSION
+    reader = DataPlaneReader(path)
+    assert reader.count(post, "app.bsky.feed.like", ".subject.uri") == 40
+    writer.apply([], cursor=BASE_US + 1000)
+    assert writer.backlinks.runs() and len(writer.backlinks.runs()) == 1
+    assert reader.count(post, "app.bsky.feed.like", ".subject.uri") == 40
+    assert {r.did for r in reader.backlinks(post, "app.bsky.feed.like", ".subject.uri", limit=100).items} \
+        == set(likers)
+    reader.close()
+    writer.close()
+    assert check_store(path).ok
 
 
 def test_a_store_from_a_newer_smalldp_is_refused_with_a_clear_error(tmp_path: Path) -> None:

@@ -177,3 +177,86 @@ class Model:
         if rec is None or collection not in self.body_collections or not self.visible(did):
             return None
         return {"cid": rec.cid, "body": rec.body}
+
+
+# ---------------------------------------------------------------- backlink index
+
+from typing import Collection, Mapping  # noqa: E402
+
+from smalldp.store.compaction import CompactionConfig, choose  # noqa: E402
+
+BacklinkKey = tuple[int, bytes]  # (source id, target key), as store/backlinks.py's Key
+BacklinkEntry = tuple[int, int]  # (sort key, actor id)
+
+
+class ModelBacklinks:
+    """The BacklinkIndex Protocol (store/backlinks.py) by brute force, for
+    tests/test_storage.py: each run a plain dict of sets, a whole merge done at once."""
+
+    def __init__(self, fanout: int = 8) -> None:
+        self.config = CompactionConfig(fanout=fanout)
+        self.runs_: dict[int, tuple[int, dict[BacklinkKey, set[BacklinkEntry]]]] = {}
+        self.next_run = 1
+
+    def _new_run(self, level: int, keys: dict[BacklinkKey, set[BacklinkEntry]]) -> int:
+        run = self.next_run
+        self.next_run += 1
+        self.runs_[run] = (level, keys)
+        return run
+
+    def write_run(self, adds: Mapping[BacklinkKey, Collection[BacklinkEntry]]) -> int | None:
+        keys = {key: set(entries) for key, entries in adds.items() if entries}
+        if not keys:
+            return None
+        return self._new_run(0, keys)
+
+    def remove(self, removes: Mapping[BacklinkKey, Collection[BacklinkEntry]]) -> None:
+        # All or nothing: check every entry first.
+        missing = [(key, entry) for key, entries in removes.items() for entry in entries
+                   if not any(entry in keys.get(key, ()) for _, keys in self.runs_.values())]
+        if missing:
+            raise RuntimeError(f"backlink entries missing from the index: {missing[:5]}")
+        for key, entries in removes.items():
+            for entry in entries:
+                for _, keys in self.runs_.values():
+                    if entry in keys.get(key, ()):
+                        keys[key].discard(entry)
+                        if not keys[key]:
+                            del keys[key]
+
+    def entries(self, key: BacklinkKey) -> list[BacklinkEntry]:
+        out: set[BacklinkEntry] = set()
+        for _, keys in self.runs_.values():
+            out |= keys.get(key, set())
+        return sorted(out, reverse=True)
+
+    def keys(self) -> list[BacklinkKey]:
+        found = {key for _, keys in self.runs_.values() for key in keys}
+        return sorted(found, key=lambda k: (k[1], k[0]))
+
+    def runs(self) -> dict[int, int]:
+        return {run: level for run, (level, _) in self.runs_.items()}
+
+    def _step(self, full: bool) -> bool:
+        levels: dict[int, list[int]] = {}
+        for run in sorted(self.runs_):  # run ids grow: oldest first
+            levels.setdefault(self.runs_[run][0], []).append(run)
+        plan = choose(levels, [], self.config, full=full)
+        if plan is None:
+            return False
+        merged: dict[BacklinkKey, set[BacklinkEntry]] = {}
+        for run in plan.inputs:
+            _, keys = self.runs_.pop(run)
+            for key, entries in keys.items():
+                merged.setdefault(key, set()).update(entries)
+        self._new_run(plan.level, merged)
+        return True
+
+    def merge_step(self) -> bool:
+        return self._step(full=False)
+
+    def compact_all(self) -> int:
+        merges = 0
+        while self._step(full=True):
+            merges += 1
+        return merges

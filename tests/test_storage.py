@@ -383,7 +383,7 @@ def test_compact_all_leaves_one_run(make: Make) -> None:
 
 KEY_POOL = [(sid, tkey) for tkey in (b"\x01", b"\x03\x05", b"\x03\x05\x00", b"\x03\x06", b"\xff\x00")
             for sid in (1, 2)] + [(7, b"\x02")]
-SORT_KEYS = [1, 2, 3, 10, 11, 50, 1 << 50, (1 << 50) + 1, ALIAS, ALIAS + 1, ALIAS + 2]
+SORT_KEYS = [0, 1, 2, 3, 10, 11, 50, 1 << 50, (1 << 50) + 1, ALIAS, ALIAS + 1, ALIAS + 2]  # 0: rkey 2222222222222
 
 
 def _compare(model: ModelBacklinks, store: Store, where: str) -> None:
@@ -415,7 +415,8 @@ def _check_tables(store: Store, where: str) -> None:
         assert flat == sorted(flat, reverse=True) and len(set(flat)) == len(flat), (where, run, tkey, sid)
         for i, (lo, entries) in enumerate(found):
             assert entries, (where, run, tkey, sid, lo)
-            assert lo == 0 or lo == entries[-1][0], (where, run, tkey, sid, lo, entries)
+            # keyed by the lowest sort key, except -1 for a lowest of 0 (0 keys the oldest chunk)
+            assert lo == 0 or lo == (entries[-1][0] if entries[-1][0] != 0 else -1), (where, run, tkey, sid, lo)
             if i + 1 < len(found):
                 assert found[i + 1][1][0][0] < entries[-1][0], (where, run, tkey, sid)  # no split sort key
     # A merge under way: its output holds the target keys below next, its inputs the rest.
@@ -602,3 +603,37 @@ def test_stop_interrupts_a_slice_and_a_new_index_goes_on(tmp_path: Path, after: 
     assert again.drain() > 0
     assert {key: again.index.entries(key) for key in expected} == expected
     conn.close()
+
+
+def test_a_like_with_rkey_of_tid_zero_beside_non_tid_rkeys_passes_check(tmp_path: Path) -> None:
+    """rkey 2222222222222 is the TID 0: with alias (non-TID) likes of the same post older
+    in the chunk order, its chunk must not take the oldest chunk's key 0 (it made the batch
+    fail with a UNIQUE error); the store answers and passes `smalldp check`."""
+    import json
+
+    from smalldp.events import decode_event
+    from smalldp.store.check import check_store
+    from smalldp.store.reader import Reader
+    from smalldp.store.writer import Writer
+
+    post = "at://did:plc:aaaaaaaaaaaaaaaaaaaaaaaa/app.bsky.feed.post/3kabcdefghij2"
+    likes = [("did:plc:bbbbbbbbbbbbbbbbbbbbbbbb", "2222222222222"), ("did:plc:cccccccccccccccccccccccc", "self"),
+             ("did:plc:dddddddddddddddddddddddd", "3kabcdefghik2"), ("did:plc:eeeeeeeeeeeeeeeeeeeeeeee", "x-1")]
+    path = tmp_path / "db.sqlite"
+    writer = Writer(path, fanout=2, chunk_entries=1)
+    for i, (repo, rkey) in enumerate(likes):
+        line = json.dumps({"did": repo, "time_us": 1_700_000_000_000_000 + i, "kind": "commit", "commit": {
+            "rev": "3kabcdefghil2", "operation": "create", "collection": "app.bsky.feed.like", "rkey": rkey,
+            "record": {"subject": {"uri": post, "cid": "bafyreib"}}}})
+        writer.apply([decode_event(line)], cursor=i)
+    writer.apply([decode_event(json.dumps({"did": likes[1][0], "time_us": 1_700_000_000_000_009, "kind": "commit",
+                                           "commit": {"rev": "3kabcdefghim2", "operation": "delete",
+                                                      "collection": "app.bsky.feed.like", "rkey": "self"}}))])
+    writer.compact(full=True)
+    writer.close()
+    reader = Reader(path)
+    assert reader.count(post, "app.bsky.feed.like", ".subject.uri") == 3
+    assert {r.rkey for r in reader.backlinks(post, "app.bsky.feed.like", ".subject.uri", limit=10).items} \
+        == {"2222222222222", "3kabcdefghik2", "x-1"}
+    reader.close()
+    assert check_store(path).ok

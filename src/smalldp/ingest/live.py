@@ -250,6 +250,10 @@ class LiveIngest:
                 raise WriterFailed(f"merge: {type(exc).__name__}: {exc}") from exc
             self.guard.commit_failed(exc)
             self._show_guard()
+        index, metrics = writer.backlinks, self.metrics
+        metrics.merge_slices, metrics.merge_seconds = index.slices_done, index.slice_seconds
+        metrics.merge_slice_max_s = index.slice_seconds_max
+        metrics.merges_under_way = len(index.merges_under_way)
 
     def _committed(self, batch: list[Operation], cursor: int, added: int, removed: int) -> None:
         self._batch = []

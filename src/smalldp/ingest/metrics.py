@@ -45,11 +45,18 @@ class IngestMetrics:
     disk_total_bytes: int | None = None
     disk_floor_bytes: int | None = None
     wal_bytes: int = 0  # size of the SQLite WAL file after the last commit
+    commit_gap_max_s: float = 0.0  # longest time between two commits (long on a quiet stream)
+    merge_slices: int = 0  # merge slices run between batches (store/compaction.py)
+    merge_seconds: float = 0.0  # time they took
+    merge_slice_max_s: float = 0.0  # the longest one
+    merges_under_way: int = 0
     _rate_points: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
 
     def committed(self, events: int, cursor: int | None, links_added: int, links_removed: int) -> None:
         """Record one committed batch (called on the ingest thread)."""
         now = time.monotonic()
+        if self.batches_committed:
+            self.commit_gap_max_s = max(self.commit_gap_max_s, now - self.last_commit_monotonic)
         self.events_committed += events
         self.batches_committed += 1
         self.links_added += links_added
@@ -159,6 +166,14 @@ class IngestMetrics:
              "Free space below which ingest pauses (min_free_mb, min_free_percent).",
              _or_nan(self.disk_floor_bytes)),
             ("smalldp_ingest_wal_bytes", "gauge", "Size of the SQLite WAL file.", float(self.wal_bytes)),
+            ("smalldp_ingest_commit_gap_max_seconds", "gauge",
+             "Longest time between two commits (long gaps are normal on a quiet stream).",
+             self.commit_gap_max_s),
+            ("smalldp_merge_slices_total", "counter", "Merge slices of the backlink index run between batches.",
+             float(self.merge_slices)),
+            ("smalldp_merge_seconds_total", "counter", "Time spent in merge slices.", self.merge_seconds),
+            ("smalldp_merge_slice_max_seconds", "gauge", "The longest merge slice.", self.merge_slice_max_s),
+            ("smalldp_merges_under_way", "gauge", "Merges begun and not finished.", float(self.merges_under_way)),
         ]
 
     def health(self) -> dict[str, object]:
@@ -172,7 +187,10 @@ class IngestMetrics:
                 "cursor": self.cursor, "lag_s": None if lag is None else round(lag, 3),
                 "events_per_s": round(self.events_per_s(), 1), "events": self.events_committed,
                 "reconnects": self.reconnects, "decode_errors": self.decode_errors,
-                "queue_depth": self.queue_depth, "last_error": self.last_error}
+                "queue_depth": self.queue_depth, "last_error": self.last_error,
+                "commit_gap_max_s": round(self.commit_gap_max_s, 3),
+                "merge": {"slices": self.merge_slices, "seconds": round(self.merge_seconds, 3),
+                          "slice_max_s": round(self.merge_slice_max_s, 3), "under_way": self.merges_under_way}}
 
 
 def _or_nan(value: int | None) -> float:

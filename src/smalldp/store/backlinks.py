@@ -75,6 +75,17 @@ PAUSE_EVERY = 255  # items between pause points (a mask: every 256th)
 MERGE_BUFFER = 2000  # merged chunks written to the temp table at a time
 
 
+ZERO_LO = -1
+
+
+def chunk_lo(lowest: int) -> int:
+    """The key of a chunk (other than a run's oldest, keyed 0) whose lowest sort key is
+    ``lowest``.  A TID of value 0 (rkey 2222222222222) would take the oldest chunk's key
+    when aliases sort below it: that chunk is keyed -1, which no sort key takes (aliases
+    count up from -(1 << 62)), so every entry still sits at or above its chunk's key."""
+    return lowest if lowest != 0 else ZERO_LO
+
+
 def _no_pause() -> None:
     pass
 
@@ -97,6 +108,9 @@ class SqliteBacklinks:
         self.merging_since: float | None = None  # time.monotonic() when the running slice began
         self._stopped = False
         self._in_merge = False
+        self.slices_done = 0  # merge slices committed by this process, and their time
+        self.slice_seconds = 0.0
+        self.slice_seconds_max = 0.0
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS mdup(tkey BLOB, sid INTEGER, PRIMARY KEY(tkey, sid)) "
                      "WITHOUT ROWID")
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS mrow(tkey BLOB, sid INTEGER, lo INTEGER, data BLOB)")
@@ -172,7 +186,7 @@ class SqliteBacklinks:
                 rewritten[run] = rewritten.get(run, 0) + (0 if kept else 1)
                 if kept:
                     # Entries only leave, so the chunk's lo can only rise: still unique in its run.
-                    new_lo = 0 if lo == 0 else kept[-1][0]
+                    new_lo = 0 if lo == 0 else chunk_lo(kept[-1][0])
                     conn.execute("INSERT INTO bl VALUES(?, ?, ?, ?, ?)",
                                  (run, tkey, sid, new_lo, encode_block(kept)))
             if gone:
@@ -240,10 +254,10 @@ class SqliteBacklinks:
         if plan is None:
             return False
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        self._in_merge = True
-        self.merging_since = time.monotonic()
+        began = self.merging_since = time.monotonic()
         try:
+            conn.execute("BEGIN IMMEDIATE")
+            self._in_merge = True
             if plan.output is None:
                 output = self.next_run
                 start = b""
@@ -281,6 +295,10 @@ class SqliteBacklinks:
             self._next.pop(output, None)
         else:
             self._next[output] = end
+        took = time.monotonic() - began
+        self.slices_done += 1
+        self.slice_seconds += took
+        self.slice_seconds_max = max(self.slice_seconds_max, took)
         return True
 
     def _slice_end(self, inputs: Sequence[int], start: bytes) -> bytes | None:
@@ -365,7 +383,7 @@ def _stream_chunks(entries: Iterator[Entry], size: int) -> Iterator[tuple[int, l
     for entry in entries:
         # Close a full chunk, but never between equal sort keys (keys stay unique in a run).
         if len(chunk) >= size and entry[0] != chunk[-1][0]:
-            yield chunk[-1][0], chunk
+            yield chunk_lo(chunk[-1][0]), chunk
             chunk = []
         chunk.append(entry)
     if chunk:
@@ -385,5 +403,5 @@ def _chunks(entries: list[Entry], size: int) -> Iterator[tuple[int, list[Entry]]
         end = min(start + size, n)
         while end < n and entries[end][0] == entries[end - 1][0]:
             end += 1
-        yield (0 if end == n else entries[end - 1][0]), entries[start:end]
+        yield (0 if end == n else chunk_lo(entries[end - 1][0])), entries[start:end]
         start = end

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 from smalldp.derived import POST, REPOST, is_derived, is_reverse
 from smalldp.store import timeline
 from smalldp.store.check_report import CheckReport, Fact, Names
+from smalldp.store.backlinks import chunk_lo
 from smalldp.store.encoding import chunk_floor, did_key, get_varint
 from smalldp.store.progress import Progress, Throttle
 from smalldp.store.schema import MIGRATIONS, SCHEMA_VERSION
@@ -307,7 +308,7 @@ class _Checker:
                 continue
             entries_n += n
             low, high = entries[-1][0], entries[0][0]
-            if lo != 0 and lo != low:
+            if lo != 0 and lo != chunk_lo(low):
                 report.add("chunk-lo", f"chunk ({where}) is keyed lo {lo} but its lowest sort key is {low}")
             ranges.append((chunk_floor(lo), lo, low, high))
             for sk, aid in entries:

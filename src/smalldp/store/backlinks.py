@@ -340,9 +340,11 @@ class SqliteBacklinks:
                      "GROUP BY tkey, sid HAVING count(DISTINCT run) > 1", bounds)
         # Chunks newest first: lo 0 marks a run's oldest chunk, below negative (alias) keys too.
         # A lazy k-way merge per key: memory stays bounded by a few chunks per run.
+        # The range keeps SQLite to the slice's rows (joined from mdup, it scanned whole runs).
         rows = conn.execute(
-            f"SELECT b.tkey, b.sid, b.run, b.data FROM mdup JOIN bl b ON b.run IN ({marks}) "
-            "AND b.tkey = mdup.tkey AND b.sid = mdup.sid ORDER BY b.tkey, b.sid, b.run, b.lo = 0, b.lo DESC")
+            f"SELECT tkey, sid, run, data FROM bl WHERE run IN ({marks}) AND {where} AND EXISTS "
+            "(SELECT 1 FROM mdup WHERE mdup.tkey = bl.tkey AND mdup.sid = bl.sid) "
+            "ORDER BY tkey, sid, run, lo = 0, lo DESC", bounds)
         merged: list[tuple[bytes, int, int, bytes]] = []
         pause = self.pause
         for i, ((tkey, sid), group) in enumerate(itertools.groupby(rows, key=lambda row: (row[0], row[1]))):

@@ -89,6 +89,9 @@ def run_import(events_file: Path, data_dir: Path, events: int, batch_events: int
 
     summary = import_files(writer, [events_file], batch_events=batch_events, restart=True,
                            progress=Progress(), on_batch=on_batch)
+    index = writer.backlinks
+    merges = {"slices": index.slices_done, "seconds": round(index.slice_seconds, 1),
+              "slice_max_s": round(index.slice_seconds_max, 3)}
     writer.close()
     peak_rss = max(peak_rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     total = summary.events
@@ -98,8 +101,10 @@ def run_import(events_file: Path, data_dir: Path, events: int, batch_events: int
         t_lo = _time_at(marks, lo)
         t_hi = _time_at(marks, hi)
         segments.append(round((hi - lo) / max(t_hi - t_lo, 1e-9), 1))
+    gaps = [b[1] - a[1] for a, b in zip(marks, marks[1:])]  # a batch and the merge slices after it
     return {"summary": summary.as_dict(), "events_per_s": round(summary.events_per_s, 1),
-            "segments_events_per_s": segments, "peak_rss_bytes": peak_rss}
+            "segments_events_per_s": segments, "peak_rss_bytes": peak_rss, "merges": merges,
+            "batch_gap_max_s": round(max(gaps, default=0.0), 2)}
 
 
 def _time_at(marks: list[tuple[int, float]], events: int) -> float:

@@ -89,6 +89,7 @@ TARGETS = {  # phase/method -> (statistic, limit in ms), from the issue
     "follows_following/getFollowsFollowing": ("p99_ms", 2.0),
 }
 OTHER_TARGET = ("p99_ms", 10.0)  # every other method, in the mixed phase
+COMMIT_GAP_MAX_S = 2.0  # issue 11: no gap in commits longer than 2 s (merges run in slices between batches)
 
 
 def log(msg: str) -> None:
@@ -781,6 +782,13 @@ async def drive(args: argparse.Namespace, base: str, params: dict[str, Any], ser
                             "columns": ["t_s", "events", "queue_depth", "behind_s"],
                             "timeline": [[round(s[0] - t0, 1), s[1], s[3], round(b, 1)]
                                          for s, b in list(zip(samples, behind))[::5]]}
+        try:  # the stall figures: the longest time between two commits, and merge slices
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+                js = (await get_json(s, base + "/xrpc/_health")).get("jetstream") or {}
+            result["ingest"]["commit_gap_max_s"] = js.get("commit_gap_max_s")
+            result["ingest"]["merge"] = js.get("merge")
+        except (aiohttp.ClientError, OSError, RuntimeError, asyncio.TimeoutError) as exc:
+            result.setdefault("problems", []).append(f"final health not read: {exc}")
     return result
 
 
@@ -801,6 +809,9 @@ def evaluate(result: dict[str, Any]) -> list[dict[str, Any]]:
         value = fig.get(stat)
         rows.append({"what": f"{m} (mixed phase) {stat}", "value": value, "target": limit,
                      "met": value is not None and value <= limit and not fig.get("errors")})
+    gap = result.get("ingest", {}).get("commit_gap_max_s")
+    rows.append({"what": "longest gap between live-ingest commits, s", "value": gap, "target": COMMIT_GAP_MAX_S,
+                 "met": gap is not None and gap <= COMMIT_GAP_MAX_S})
     return rows
 
 
@@ -820,6 +831,10 @@ def human(result: dict[str, Any]) -> str:
             lines.append(f"  {m:30s} n {v.get('n', 0):5d}  p50 {v.get('p50_ms')}  p95 {v.get('p95_ms')}  "
                          f"p99 {v.get('p99_ms')}  max {v.get('max_ms')} ms  errors {v['errors']}  "
                          f"bytes {v.get('answer_bytes_p50')}")
+    ingest = result.get("ingest", {})
+    if "commit_gap_max_s" in ingest:
+        lines.append(f"ingest: longest gap between commits {ingest['commit_gap_max_s']} s, merge slices "
+                     f"{ingest.get('merge')}")
     for row in result.get("targets", []):
         lines.append(f"{'MET   ' if row['met'] else 'MISSED'} {row['what']}: {row['value']} (target <= {row['target']})")
     for p in result.get("problems", []):

@@ -123,6 +123,9 @@ def test_bench_dataplane(tmp_path: Path) -> None:
     assert result["import"]["events"] == 2000
     assert result["serve_exit"] == 0
     assert result["ingest"]["events_total"] > 0 and not result["ingest"]["tail_exhausted"]
+    # the stall figures come from the service's own health (merge slices between batches)
+    assert result["ingest"]["commit_gap_max_s"] is not None and result["ingest"]["commit_gap_max_s"] > 0
+    assert set(result["ingest"]["merge"]) == {"slices", "seconds", "slice_max_s", "under_way"}
     assert sorted(result["phases"]) == ["capacity", "follows_following", "mixed", "timeline"]
     for name in ("timeline", "follows_following", "mixed"):
         phase = result["phases"][name]

@@ -134,6 +134,24 @@ def test_live_ingest_equals_import_with_small_batches(tmp_path: Path, ref: Refer
     ref.check(tmp_path / "live")
 
 
+def test_live_ingest_merges_in_slices_between_batches(tmp_path: Path, ref: Reference) -> None:
+    """Live ingest's writer does not merge inside apply(): the ingest loop runs merge
+    slices between batches, for at most merge_ms each time, and the store still equals a
+    clean import."""
+    async def main() -> None:
+        async with FakeJetstream(ref.lines) as server:
+            settings = live_settings(tmp_path / "live", [server.url], batch_events=64, compaction_fanout=2,
+                                     merge_ms=10)
+            service = await follow(settings, last_op_time(ref.lines))
+        metrics = service.metrics
+        assert metrics.merge_slices > 0 and metrics.merge_seconds > 0
+        assert 0 < metrics.merge_slice_max_s < 30
+        health = metrics.health()
+        assert health["merge"]["slices"] == metrics.merge_slices  # type: ignore[index]
+    asyncio.run(main())
+    ref.check(tmp_path / "live")
+
+
 def test_server_closes_mid_stream_then_resume_without_gap(tmp_path: Path, ref: Reference) -> None:
     faults = {0: Fault(close_after=700), 1: Fault(close_after=900)}
 

@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 from pyroaring import BitMap
 
-from smalldp.events import valid_did, valid_nsid, valid_rkey
+from smalldp.events import _did_ok, _nsid_ok, valid_did, valid_nsid, valid_rkey
 from smalldp.tid import int_to_tid, tid_to_int
 
 # A block carries a serialized bitmap of its actors once it is this big, so counts
@@ -22,14 +22,33 @@ BITMAP_MIN_ENTRIES = 24
 
 # Target key kinds (first byte).
 _RAW, _URI_TID, _URI_KEY, _DID = 0, 1, 2, 3
+_RAW_BYTE, _URI_TID_BYTE, _URI_KEY_BYTE, _DID_BYTE = b"\x00", b"\x01", b"\x02", b"\x03"
+
+
+# Varints are written from tables: _LOW[v] is the whole varint of v < 2**14 (one or two
+# bytes), _PAIR[v] the two continued bytes of a 14-bit group. Writing a TID-sized value
+# (9 bytes) is then four table lookups instead of nine loop turns (about 2.5x faster).
+_LOW = [bytes((v,)) if v < 0x80 else bytes(((v & 0x7F) | 0x80, v >> 7)) for v in range(1 << 14)]
+_PAIR = [bytes(((v & 0x7F) | 0x80, (v >> 7) | 0x80)) for v in range(1 << 14)]
+
+
+def varint(value: int) -> bytes:
+    """The unsigned LEB128 varint of ``value`` (ValueError for a negative one)."""
+    if value < 0x4000:
+        if value < 0:
+            raise ValueError(f"varint of a negative value: {value}")
+        return _LOW[value]
+    out = _PAIR[value & 0x3FFF]
+    value >>= 14
+    while value >= 0x4000:
+        out += _PAIR[value & 0x3FFF]
+        value >>= 14
+    return out + _LOW[value]
 
 
 def put_varint(out: bytearray, value: int) -> None:
     """Append an unsigned LEB128 varint."""
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
+    out += varint(value)
 
 
 def get_varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -69,7 +88,9 @@ def split_target(target: str) -> tuple[str, str, str] | None:
     if len(parts) != 3:
         return None
     did, collection, rkey = parts
-    if valid_did(did) and valid_nsid(collection) and valid_rkey(rkey):
+    # The memos first (a dict lookup, no call): the same DIDs and collections recur.
+    if (_did_ok.get(did) or valid_did(did)) and (_nsid_ok.get(collection) or valid_nsid(collection)) \
+            and valid_rkey(rkey):
         return did, collection, rkey
     return None
 
@@ -77,31 +98,24 @@ def split_target(target: str) -> tuple[str, str, str] | None:
 def target_dids(target: str) -> str | None:
     """The DID a target key will reference (so the writer can give it an ID first)."""
     if target.startswith("did:"):
-        return target if valid_did(target) else None
+        return target if _did_ok.get(target) or valid_did(target) else None
     parts = split_target(target)
     return parts[0] if parts else None
 
 
 def encode_target(target: str, aid_of: Callable[[str], int], coll_of: Callable[[str], int]) -> bytes:
     """Encode a link target as a compact key: DIDs and at-uris use integer IDs."""
-    out = bytearray()
-    if target.startswith("did:") and valid_did(target):
-        out.append(_DID)
-        put_varint(out, aid_of(target))
-        return bytes(out)
+    if target.startswith("did:") and (_did_ok.get(target) or valid_did(target)):
+        return _DID_BYTE + varint(aid_of(target))
     parts = split_target(target)
     if parts is None:
-        return bytes((_RAW,)) + target.encode()
+        return _RAW_BYTE + target.encode()
     did, collection, rkey = parts
     tid = tid_to_int(rkey)
-    out.append(_URI_TID if tid is not None else _URI_KEY)
-    put_varint(out, aid_of(did))
-    put_varint(out, coll_of(collection))
+    # aid_of before coll_of, as always: either may assign an ID.
     if tid is not None:
-        out += tid.to_bytes(8, "big")
-    else:
-        out += rkey.encode()
-    return bytes(out)
+        return _URI_TID_BYTE + varint(aid_of(did)) + varint(coll_of(collection)) + tid.to_bytes(8, "big")
+    return _URI_KEY_BYTE + varint(aid_of(did)) + varint(coll_of(collection)) + rkey.encode()
 
 
 def encode_target_lookup(target: str, aid_of: Callable[[str], int | None],
@@ -147,9 +161,7 @@ def decode_target(key: bytes, did_of: Callable[[int], str], nsid_of: Callable[[i
 
 def did_key(aid: int) -> bytes:
     """The target key of a DID with account ID ``aid``."""
-    out = bytearray((_DID,))
-    put_varint(out, aid)
-    return bytes(out)
+    return _DID_BYTE + varint(aid)
 
 
 def key_account(key: bytes) -> int | None:
@@ -180,12 +192,13 @@ def key_record(key: bytes) -> tuple[int, int, int | str] | None:
 
 def encode_links(links: list[tuple[int, bytes]]) -> bytes:
     """A record's links as (source id, target key) pairs."""
-    out = bytearray()
+    low = _LOW
+    parts = []
     for sid, tkey in links:
-        put_varint(out, sid)
-        put_varint(out, len(tkey))
-        out += tkey
-    return bytes(out)
+        size = len(tkey)
+        parts += (low[sid] if 0 <= sid < 0x4000 else varint(sid),
+                  low[size] if size < 0x4000 else varint(size), tkey)
+    return b"".join(parts)
 
 
 def decode_links(data: bytes) -> list[tuple[int, bytes]]:
@@ -218,38 +231,98 @@ def chunk_floor(lo: int) -> int | float:
 def encode_block(entries: list[Entry]) -> bytes:
     """Encode entries already sorted newest first (sort key, then actor, descending)."""
     n = len(entries)
-    if n == 1:  # the common case in fresh runs
-        out = bytearray(b"\x01\x00\x00")
-        put_varint(out, zigzag(entries[0][0]))
-        put_varint(out, entries[0][1])
-        return bytes(out)
-    out = bytearray()
-    put_varint(out, n)
+    low = _LOW
+    if n == 1:  # the common case in fresh runs: header 1, no duplicates, no bitmap
+        sk, aid = entries[0]
+        z = sk << 1 if sk >= 0 else ((-sk) << 1) - 1
+        if 0x100000000000000 <= z < 0x400000000000000000:  # 2**56 <= z < 2**70: a TID's 9 bytes
+            pair = _PAIR
+            head = (b"\x01\x00\x00" + pair[z & 0x3FFF] + pair[z >> 14 & 0x3FFF] + pair[z >> 28 & 0x3FFF]
+                    + pair[z >> 42 & 0x3FFF] + low[z >> 56])
+        else:
+            head = b"\x01\x00\x00" + varint(z)
+        return head + (low[aid] if 0 <= aid < 0x4000 else varint(aid))
+    parts = [low[n] if n < 0x4000 else varint(n)]
     aids = [aid for _, aid in entries]
     distinct = set(aids)
     if len(distinct) != n:
         extra = [(aid, c - 1) for aid, c in Counter(aids).items() if c > 1]
-        put_varint(out, len(extra))
+        parts.append(varint(len(extra)))
         for aid, c in sorted(extra):
-            put_varint(out, aid)
-            put_varint(out, c)
+            parts += (varint(aid), varint(c))
     else:
-        out.append(0)
+        parts.append(b"\x00")
     if n >= BITMAP_MIN_ENTRIES:
         bitmap = BitMap(distinct).serialize()
-        put_varint(out, len(bitmap))
-        out += bitmap
+        parts += (varint(len(bitmap)), bitmap)
     else:
-        out.append(0)
-    prev = None
-    for sk, aid in entries:
-        if prev is None:
-            put_varint(out, zigzag(sk))
-        else:
-            put_varint(out, prev - sk)
-        put_varint(out, aid)
-        prev = sk
-    return bytes(out)
+        parts.append(b"\x00")
+    if n:
+        prev, aid = entries[0]
+        parts += (varint(prev << 1 if prev >= 0 else ((-prev) << 1) - 1),
+                  low[aid] if 0 <= aid < 0x4000 else varint(aid))
+        for i in range(1, n):
+            sk, aid = entries[i]
+            delta = prev - sk  # >= 0 (sorted); varint raises on a negative one
+            parts += (low[delta] if 0 <= delta < 0x4000 else varint(delta),
+                      low[aid] if 0 <= aid < 0x4000 else varint(aid))
+            prev = sk
+    return b"".join(parts)
+
+
+def _decode_entries(data: bytes, pos: int, count: int) -> list[Entry]:
+    """``count`` entries from ``pos`` (the varint reads inlined: this is the hot loop)."""
+    entries: list[Entry] = []
+    if count <= 0:
+        return entries
+    append = entries.append
+    # The first sort key, zigzagged (a TID's takes 9 bytes); then the actor.
+    byte = data[pos]
+    pos += 1
+    value = byte & 0x7F
+    shift = 7
+    while byte >= 0x80:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+    sk = value >> 1 if not value & 1 else -((value + 1) >> 1)
+    byte = data[pos]
+    pos += 1
+    value = byte & 0x7F
+    shift = 7
+    while byte >= 0x80:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+    append((sk, value))
+    for _ in range(count - 1):
+        # The sort key's distance to the previous one, then the actor.
+        byte = data[pos]
+        pos += 1
+        value = byte & 0x7F
+        shift = 7
+        while byte >= 0x80:
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+        sk -= value
+        byte = data[pos]
+        pos += 1
+        if byte < 0x80:
+            append((sk, byte))
+            continue
+        value = byte & 0x7F
+        shift = 7
+        while byte >= 0x80:
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+        append((sk, value))
+    return entries
 
 
 class BlockHeader:
@@ -258,37 +331,72 @@ class BlockHeader:
     __slots__ = ("count", "extra", "bitmap", "body")
 
     def __init__(self, data: bytes) -> None:
+        if data[0] < 0x80 and data[1] == 0 and data[2] == 0:  # few entries, no duplicates, no bitmap
+            self.count = count = data[0]
+            self.extra: dict[int, int] = {}
+            self.body = 3
+            self.bitmap: BitMap = BitMap([aid for _, aid in _decode_entries(data, 3, count)])
+            return
         self.count, pos = get_varint(data, 0)
         ndup, pos = get_varint(data, pos)
-        self.extra: dict[int, int] = {}
+        self.extra = {}
         for _ in range(ndup):
             aid, pos = get_varint(data, pos)
             c, pos = get_varint(data, pos)
             self.extra[aid] = c
         size, pos = get_varint(data, pos)
         if size:
-            self.bitmap: BitMap = BitMap.deserialize(data[pos:pos + size])
+            self.bitmap = BitMap.deserialize(data[pos:pos + size])
             pos += size
         else:
-            self.bitmap = BitMap(aid for _, aid in iter_entries(data, pos, self.count))
+            self.bitmap = BitMap([aid for _, aid in _decode_entries(data, pos, self.count)])
         self.body = pos
 
 
 def iter_entries(data: bytes, pos: int, count: int) -> Iterator[Entry]:
-    """Yield a block's entries newest first, starting at the entry area ``pos``."""
-    prev = 0
+    """Yield a block's entries newest first, starting at the entry area ``pos``.
+
+    Lazy: a reader's first page needs only the first entries of each chunk."""
+    sk = 0
     for i in range(count):
-        value, pos = get_varint(data, pos)
-        sk = unzigzag(value) if i == 0 else prev - value
-        aid, pos = get_varint(data, pos)
-        prev = sk
-        yield sk, aid
+        byte = data[pos]
+        pos += 1
+        value = byte & 0x7F
+        shift = 7
+        while byte >= 0x80:
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+        if i:
+            sk -= value
+        else:
+            sk = value >> 1 if not value & 1 else -((value + 1) >> 1)
+        byte = data[pos]
+        pos += 1
+        if byte < 0x80:
+            yield sk, byte
+            continue
+        value = byte & 0x7F
+        shift = 7
+        while byte >= 0x80:
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+        yield sk, value
 
 
 def decode_block(data: bytes) -> list[Entry]:
     """All entries of a block, newest first."""
-    header = BlockHeader(data)
-    return list(iter_entries(data, header.body, header.count))
+    if data[0] < 0x80 and data[1] == 0 and data[2] == 0:  # no duplicates, no bitmap: entries at 3
+        return _decode_entries(data, 3, data[0])
+    count, pos = get_varint(data, 0)
+    ndup, pos = get_varint(data, pos)
+    for _ in range(2 * ndup):
+        pos = get_varint(data, pos)[1]
+    size, pos = get_varint(data, pos)
+    return _decode_entries(data, pos + size, count)
 
 
 def record_rkey(sk: int) -> str | None:

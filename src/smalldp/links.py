@@ -189,9 +189,18 @@ def extract_links(record: Any) -> list[tuple[str, str]]:
     one DID in a post are one link).
     """
     found: dict[tuple[str, str], None] = {}
-    _walk(record, "", found, 0)
+    if type(record) is dict:  # every decoded record: straight to the dict walk
+        _walk_dict(record, "", found, 0)
+    else:
+        _walk(record, "", found, 0)
     return list(found)
 
+
+# The walk visits values in document order; ``depth`` is the depth of the value itself
+# and nothing deeper than MAX_DEPTH is looked at. _walk takes any value; _walk_dict and
+# _walk_list take a dict or list whose depth was checked already, and handle plain
+# strings, dicts and lists among their children without a call of their own (most
+# children are strings: one call per record for a like, a repost or a follow).
 
 def _walk(value: Any, path: str, found: dict[tuple[str, str], None], depth: int) -> None:
     if depth > MAX_DEPTH:
@@ -202,21 +211,50 @@ def _walk(value: Any, path: str, found: dict[tuple[str, str], None], depth: int)
             if target is not None:
                 found[(path, target)] = None
     elif isinstance(value, dict):
-        for key, child in value.items():
-            if type(child) is str:
-                # Most strings are text, dates and CIDs: a link has a colon and starts with
-                # a letter, two tests in C that reject nearly all of them before any call.
-                if ":" in child and child[0] in _SCHEME_START and key != "$type":
-                    target = link_form(child)
-                    if target is not None:
-                        found[(f"{path}.{key}", target)] = None
-            elif isinstance(child, (dict, list)):
-                _walk(child, f"{path}.{key}", found, depth + 1)
+        _walk_dict(value, path, found, depth)
     elif isinstance(value, list):
-        for item in value:
-            if isinstance(item, dict):
-                kind = item.get("$type")
-                element = f"{path}[{kind}]" if isinstance(kind, str) else f"{path}[]"
-            else:
-                element = f"{path}[]"
-            _walk(item, element, found, depth + 1)
+        _walk_list(value, path, found, depth)
+
+
+def _walk_dict(value: dict[str, Any], path: str, found: dict[tuple[str, str], None], depth: int) -> None:
+    deeper = depth < MAX_DEPTH
+    for key, child in value.items():
+        kind = type(child)
+        if kind is str:
+            # Most strings are text, dates and CIDs: a link has a colon and starts with
+            # a letter, two tests in C that reject nearly all of them before any call.
+            if ":" in child and child[0] in _SCHEME_START and key != "$type":
+                target = link_form(child)
+                if target is not None:
+                    found[(f"{path}.{key}", target)] = None
+        elif kind is dict:
+            if deeper:
+                _walk_dict(child, f"{path}.{key}", found, depth + 1)
+        elif kind is list:
+            if deeper:
+                _walk_list(child, f"{path}.{key}", found, depth + 1)
+        elif isinstance(child, (dict, list)):
+            _walk(child, f"{path}.{key}", found, depth + 1)
+
+
+def _walk_list(value: list[Any], path: str, found: dict[tuple[str, str], None], depth: int) -> None:
+    depth += 1  # the items' depth
+    if depth > MAX_DEPTH:
+        return
+    for item in value:
+        kind = type(item)
+        if kind is dict:
+            tag = item.get("$type")
+            _walk_dict(item, f"{path}[{tag}]" if isinstance(tag, str) else f"{path}[]", found, depth)
+        elif kind is str:
+            if ":" in item and item[0] in _SCHEME_START:
+                target = link_form(item)
+                if target is not None:
+                    found[(f"{path}[]", target)] = None
+        elif kind is list:
+            _walk_list(item, f"{path}[]", found, depth)
+        elif isinstance(item, dict):
+            tag = item.get("$type")
+            _walk(item, f"{path}[{tag}]" if isinstance(tag, str) else f"{path}[]", found, depth)
+        elif isinstance(item, (str, list)):
+            _walk(item, f"{path}[]", found, depth)

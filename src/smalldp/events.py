@@ -132,6 +132,7 @@ _record_decoder = msgspec.json.Decoder(dict)
 _DID = re.compile(r"did:[a-z]+:[A-Za-z0-9._:%-]{1,2040}\Z")
 _NSID = re.compile(r"[a-zA-Z]([a-zA-Z0-9-]{0,62})?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,62})?)+\Z")
 _RKEY = re.compile(r"[A-Za-z0-9._:~-]{1,512}\Z")
+_RKEY_MATCH = _RKEY.match
 _HANDLE = re.compile(
     r"([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\Z"
 )
@@ -169,7 +170,7 @@ def valid_nsid(nsid: str) -> bool:
 
 def valid_rkey(rkey: str) -> bool:
     """Whether ``rkey`` is a valid record key."""
-    return rkey not in (".", "..") and _RKEY.match(rkey) is not None
+    return _RKEY_MATCH(rkey) is not None and rkey != "." and rkey != ".."
 
 
 def valid_handle(handle: str) -> bool:
@@ -209,11 +210,15 @@ def decode_event(line: bytes | str) -> Operation | None:
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise MalformedEvent(str(exc)) from None
     did = event.did
-    if not valid_did(did):
+    if not (_did_ok.get(did) or valid_did(did)):  # the memo first: no call for a DID seen before
         raise MalformedEvent(f"invalid did {did[:80]!r}")
     kind = event.kind
     if kind == "commit":
-        return _commit(event)
+        commit = event.commit
+        if commit is None:
+            raise MalformedEvent("commit event without commit")
+        return commit_operation(did, event.time_us, commit.rev, commit.operation,
+                                commit.collection, commit.rkey, commit.record, commit.cid)
     if kind == "account":
         account = event.account
         if account is None:
@@ -235,23 +240,15 @@ def decode_event(line: bytes | str) -> Operation | None:
     return None
 
 
-def _commit(event: _Event) -> Operation:
-    commit = event.commit
-    if commit is None:
-        raise MalformedEvent("commit event without commit")
-    return commit_operation(event.did, event.time_us, commit.rev, commit.operation,
-                            commit.collection, commit.rkey, commit.record, commit.cid)
-
-
 def commit_operation(did: str, time_us: int, rev_text: str, operation: str, collection: str,
                      rkey: str, record: msgspec.Raw, cid: str | None) -> Operation:
     """A checked commit (shared by the v1 and v2 decoders); raises MalformedEvent."""
     rev = tid_to_int(rev_text)
     if rev is None:
         raise MalformedEvent(f"invalid rev {rev_text[:40]!r}")
-    if not valid_nsid(collection):
+    if not (_nsid_ok.get(collection) or valid_nsid(collection)):
         raise MalformedEvent(f"invalid collection {collection[:80]!r}")
-    if not valid_rkey(rkey):
+    if not (_RKEY_MATCH(rkey) is not None and rkey != "." and rkey != ".."):  # valid_rkey, inlined
         raise MalformedEvent(f"invalid rkey {rkey[:80]!r}")
     if operation == "delete":
         return DeleteRecord(did, time_us, rev, collection, rkey)

@@ -43,6 +43,7 @@ OUT_SUBJECT = "<.subject"  # follows and blocks, filed under the author (see mod
 
 AUTHOR_COLLECTIONS = frozenset({POST, REPOST, LIST, LISTBLOCK, GENERATOR, STARTERPACK})
 OUT_COLLECTIONS = frozenset({FOLLOW, BLOCK})
+DERIVED_COLLECTIONS = AUTHOR_COLLECTIONS | OUT_COLLECTIONS  # derived_links is empty for the others
 
 _IMAGES = "app.bsky.embed.images"
 _VIDEO = "app.bsky.embed.video"

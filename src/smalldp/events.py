@@ -12,8 +12,8 @@ from typing import Annotated, Any, Union
 
 import msgspec
 
-from smalldp.derived import derived_links
-from smalldp.links import extract_links
+from smalldp.derived import DERIVED_COLLECTIONS, derived_links
+from smalldp.links import link_pairs
 from smalldp.tid import tid_to_int
 from smalldp.timestamps import datetime_us
 
@@ -261,6 +261,7 @@ def commit_operation(did: str, time_us: int, rev_text: str, operation: str, coll
         value = _record_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         raise MalformedEvent("record is not a JSON object") from None
-    links = extract_links(value)
-    links += derived_links(did, collection, value)
-    return PutRecord(did, time_us, rev, collection, rkey, cid, body, tuple(links), operation == "create")
+    links = tuple(link_pairs(value))
+    if collection in DERIVED_COLLECTIONS:  # else derived_links has none to add
+        links += tuple(derived_links(did, collection, value))
+    return PutRecord(did, time_us, rev, collection, rkey, cid, body, links, operation == "create")

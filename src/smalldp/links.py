@@ -188,12 +188,18 @@ def extract_links(record: Any) -> list[tuple[str, str]]:
     (target, path) even if that path holds the target several times (two mentions of
     one DID in a post are one link).
     """
+    return list(link_pairs(record))
+
+
+def link_pairs(record: Any) -> dict[tuple[str, str], None]:
+    """``extract_links`` as the dict that collects them (its keys, in order): the decoder
+    makes a tuple of it without a list in between."""
     found: dict[tuple[str, str], None] = {}
     if type(record) is dict:  # every decoded record: straight to the dict walk
         _walk_dict(record, "", found, 0)
     else:
         _walk(record, "", found, 0)
-    return list(found)
+    return found
 
 
 # The walk visits values in document order; ``depth`` is the depth of the value itself
@@ -228,8 +234,27 @@ def _walk_dict(value: dict[str, Any], path: str, found: dict[tuple[str, str], No
                 if target is not None:
                     found[(f"{path}.{key}", target)] = None
         elif kind is dict:
-            if deeper:
-                _walk_dict(child, f"{path}.{key}", found, depth + 1)
+            if not deeper:
+                continue
+            # A dict in a dict (a like's or a repost's subject, a post's embed or reply):
+            # its own children walked here, one call fewer per record.
+            here = f"{path}.{key}"
+            deepest = depth + 1 < MAX_DEPTH
+            for key2, child2 in child.items():
+                kind = type(child2)
+                if kind is str:
+                    if ":" in child2 and child2[0] in _SCHEME_START and key2 != "$type":
+                        target = link_form(child2)
+                        if target is not None:
+                            found[(f"{here}.{key2}", target)] = None
+                elif kind is dict:
+                    if deepest:
+                        _walk_dict(child2, f"{here}.{key2}", found, depth + 2)
+                elif kind is list:
+                    if deepest:
+                        _walk_list(child2, f"{here}.{key2}", found, depth + 2)
+                elif isinstance(child2, (dict, list)):
+                    _walk(child2, f"{here}.{key2}", found, depth + 2)
         elif kind is list:
             if deeper:
                 _walk_list(child, f"{path}.{key}", found, depth + 1)

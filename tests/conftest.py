@@ -55,3 +55,34 @@ def jetstream_dir() -> Path:
 def smalldp_import() -> Callable[..., dict]:
     """A callable: smalldp_import(data_dir, [files], *extra_args) -> the --json summary."""
     return import_json
+
+
+# --- which build runs: the mypyc-compiled modules or the interpreted source --------------
+# scripts/test sets SMALLDP_TEST_BUILD (compiled | interpreted); tests/test_compiled.py
+# checks it. The header line names the build, so a run's log says what it tested.
+
+def mypyc_build_module():
+    """scripts/mypyc_build.py, imported by path (module list, hashes, status)."""
+    import importlib.util
+    import sys
+
+    name = "smalldp_mypyc_build"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "scripts" / "mypyc_build.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    build = mypyc_build_module()
+    kind, files = build.status(build.modules())
+    import sys
+
+    stamp = sys.modules.get("_smalldp_compiled")  # the overlay's, imported with smalldp
+    where = f", {os.path.dirname(stamp.__file__)}" if stamp and stamp.__file__ else ""
+    return (f"smalldp build: {kind} ({len(files)} listed modules{where});"
+            f" requested: {os.environ.get('SMALLDP_TEST_BUILD') or 'not said (not run by scripts/test)'}")

@@ -4,11 +4,14 @@
 #
 #   sudo scripts/install.sh               install or upgrade, enable, start, print the URL
 #   sudo scripts/install.sh --no-start    the same without starting (image builds)
+#   sudo scripts/install.sh --no-compile  install the interpreted source: no mypyc build
+#                                         (also SMALLDP_COMPILE=0), no C compiler needed
 #   sudo scripts/install.sh --uninstall   remove smalldp; keep the data and the config
 #   sudo scripts/install.sh --purge       remove smalldp, its data, its config and its user
 #
 # What it puts where:
-#   /opt/smalldp/.venv                     a virtualenv with this checkout's package (wheels from PyPI)
+#   /opt/smalldp/.venv                     a virtualenv with this checkout's package (wheels from PyPI),
+#                                          its hot modules compiled with mypyc (README: "The compiled build")
 #   /etc/smalldp/smalldp.toml              from systemd/smalldp.toml, only when absent
 #   /etc/systemd/system/smalldp.service    the unit (systemd/smalldp.service)
 #   /etc/sysusers.d/smalldp.conf           the system user smalldp (systemd/smalldp.sysusers)
@@ -30,25 +33,32 @@ DATA=/var/lib/smalldp
 USER_NAME=smalldp
 # procps: /bin/kill, the unit's ExecReload.
 APT_PACKAGES=(python3 python3-venv ca-certificates procps)
+# The mypyc build: a C compiler and Python's headers.
+COMPILE_APT_PACKAGES=(gcc libc6-dev python3-dev)
 
 say() { printf 'smalldp install: %s\n' "$*"; }
 die() { printf 'smalldp install: error: %s\n' "$*" >&2; exit 1; }
 
-usage() { sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
-MODE=install START=1
+MODE=install START=1 COMPILE=${SMALLDP_COMPILE:-1}
 for arg in "$@"; do
   case $arg in
     --uninstall) MODE=uninstall ;;
     --purge) MODE=purge ;;
     --no-start) START=0 ;;
+    --no-compile) COMPILE=0 ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $arg" ;;
   esac
 done
 
+case $COMPILE in 0|1) ;; *) die "SMALLDP_COMPILE must be 0 or 1, not '$COMPILE'" ;; esac
+
 if [ "$(id -u)" != 0 ]; then
   command -v sudo >/dev/null 2>&1 || die "run as root"
+  # sudo drops the environment: SMALLDP_COMPILE=0 goes along as --no-compile.
+  [ "$COMPILE" = 0 ] && set -- "$@" --no-compile
   exec sudo -- "$0" "$@"
 fi
 
@@ -119,6 +129,7 @@ esac
 [ -f "$SRC/pyproject.toml" ] && [ -d "$SRC/src/smalldp" ] || die "$SRC is not a smalldp checkout"
 
 # --- Debian packages ----------------------------------------------------------------------
+[ "$COMPILE" = 1 ] && APT_PACKAGES+=("${COMPILE_APT_PACKAGES[@]}")
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$pkg")
@@ -165,12 +176,46 @@ for f in README.md LICENSE LICENSE.txt MANIFEST.in setup.cfg; do
   [ -e "$SRC/$f" ] && cp -a "$SRC/$f" "$BUILD/"
 done
 find "$BUILD" -name __pycache__ -prune -exec rm -rf {} +
+PIP=(--disable-pip-version-check --no-input --prefer-binary)
+TARGET=$BUILD
+if [ "$COMPILE" = 1 ]; then
+  # The wheel with the compiled modules, built in a throwaway virtualenv holding
+  # setuptools and mypy (the `compile` extra); the runtime virtualenv gets only the wheel.
+  [ -f "$SRC/scripts/mypyc_build.py" ] && [ -f "$SRC/scripts/setup_compiled.py" ] ||
+    die "$SRC/scripts/mypyc_build.py or setup_compiled.py missing (--no-compile installs without them)"
+  mkdir "$BUILD/scripts"
+  cp -a "$SRC/scripts/mypyc_build.py" "$BUILD/scripts/"
+  cp -a "$SRC/scripts/setup_compiled.py" "$BUILD/setup.py"
+  # mypy reads the dependencies' types (msgspec, pyroaring...): they go in too.
+  mapfile -t tools < <(python3 -c 'import sys, tomllib
+p = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print("\n".join(p["optional-dependencies"]["compile"] + p["dependencies"]))' "$SRC/pyproject.toml")
+  say "compiling the hot modules with mypyc (${tools[0]}; minutes on a Pi; --no-compile skips it)"
+  quiet python3 -m venv "$BUILD/tools"
+  quiet "$BUILD/tools/bin/python" -m pip install "${PIP[@]}" "${tools[@]}"
+  started=$SECONDS
+  quiet "$BUILD/tools/bin/python" -m pip wheel "${PIP[@]}" --no-build-isolation --no-deps \
+    --wheel-dir "$BUILD/dist" "$BUILD"
+  say "compiled in $((SECONDS - started)) s"
+  TARGET=$(echo "$BUILD"/dist/smalldp-*.whl)
+  [ -f "$TARGET" ] || die "pip wheel made no smalldp wheel in $BUILD/dist"
+else
+  say "--no-compile (or SMALLDP_COMPILE=0): installing the interpreted source, no mypyc build"
+fi
 say "installing smalldp into $VENV (pip, wheels from PyPI)"
-quiet "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input --prefer-binary \
-  --upgrade "$BUILD"
+# --force-reinstall --no-deps first: an upgrade of the same version still replaces
+# every file (the compiled ones with the .py they were built from); then the dependencies.
+quiet "$VENV/bin/python" -m pip install "${PIP[@]}" --upgrade "$TARGET"
+quiet "$VENV/bin/python" -m pip install "${PIP[@]}" --force-reinstall --no-deps "$TARGET"
 VERSION=$("$VENV/bin/smalldp" --version)
+# No quiet fallback: the build installed is the one asked for.
+if [ "$COMPILE" = 1 ]; then BUILD_KIND=compiled; else BUILD_KIND=interpreted; fi
+if ! built=$(cd / && "$VENV/bin/python" "$SRC/scripts/mypyc_build.py" status --expect "$BUILD_KIND" 2>&1); then
+  die "$built"
+fi
 {
   echo "version: $VERSION"
+  echo "build: $BUILD_KIND"
   echo "source: $SRC"
   if command -v git >/dev/null 2>&1 && git -C "$SRC" rev-parse HEAD >/dev/null 2>&1; then
     echo "commit: $(git -C "$SRC" rev-parse HEAD)"
@@ -233,7 +278,7 @@ else
   [ "$START" = 0 ] && state="installed and enabled, not started (--no-start)"
 fi
 
-say "$VERSION $state"
+say "$VERSION ($BUILD_KIND) $state"
 case $HOST in
   0.0.0.0|::)
     say "open http://$(hostname).local:$PORT/"

@@ -142,8 +142,11 @@ class SqliteBacklinks:
         for i, (sid, tkey) in enumerate(sorted(keys, key=lambda k: (k[1], k[0]))):
             if not i & PAUSE_EVERY:
                 pause()
-            entries = sorted(adds[(sid, tkey)], reverse=True)
-            for lo, chunk in _chunks(entries, size):
+            found = adds[(sid, tkey)]
+            if len(found) == 1:  # most keys of a batch: one chunk, the oldest, keyed 0
+                rows.append((run, tkey, sid, 0, encode_block(list(found))))
+                continue
+            for lo, chunk in _chunks(sorted(found, reverse=True), size):
                 rows.append((run, tkey, sid, lo, encode_block(chunk)))
         self.conn.executemany("INSERT INTO bl VALUES(?, ?, ?, ?, ?)", rows)
         self.conn.execute("INSERT INTO run(run, level, blocks) VALUES(?, 0, ?)", (run, len(rows)))

@@ -189,6 +189,10 @@ class Writer:
         self._repost_coll = self.colls.get(REPOST, -1)
         self.sources: dict[tuple[int, str], int] = {
             (coll, path): sid for sid, coll, path in conn.execute("SELECT sid, coll, path FROM source")}
+        # per collection, path -> source id: the create path looks a source up per link
+        self._paths: dict[int, dict[str, int]] = {}
+        for (coll, path), sid in self.sources.items():
+            self._paths.setdefault(coll, {})[path] = sid
         self.reverse_sids = {sid for (_, path), sid in self.sources.items() if is_reverse(path)}
         self.derived_sids = {sid for (_, path), sid in self.sources.items() if is_derived(path)}
         self._author_tkeys: dict[int, bytes] = {}
@@ -258,6 +262,7 @@ class Writer:
             sid = len(self.sources) + 1
             self.conn.execute("INSERT INTO source VALUES(?, ?, ?)", (sid, coll, path))
             self.sources[(coll, path)] = sid
+            self._paths.setdefault(coll, {})[path] = sid
             if is_reverse(path):
                 self.reverse_sids.add(sid)
             if is_derived(path):
@@ -310,6 +315,10 @@ class Writer:
         tid = tid_to_int(rkey)
         if tid is not None:
             return tid
+        return self._alias(aid, coll, rkey)
+
+    def _alias(self, aid: int, coll: int, rkey: str) -> int:
+        """The sort key of a non-TID rkey: negative, assigned in first-seen order."""
         row = self.conn.execute("SELECT sk FROM alias WHERE aid=? AND coll=? AND rkey=?",
                                 (aid, coll, rkey)).fetchone()
         if row is not None:
@@ -394,11 +403,16 @@ class Writer:
         # Pass 2: record keys, and the stored state of every record touched.
         keys: list[RecordKey | None] = []
         actors = self.actors
+        colls = self.colls
         for op, _ in prepared:
-            if type(op) is PutRecord or type(op) is DeleteRecord:
+            kind = type(op)
+            if kind is PutRecord or kind is DeleteRecord:
                 aid = actors[op.did].aid
-                coll = self.coll_id(op.collection)  # type: ignore[union-attr]
-                keys.append((self._sort_key(aid, coll, op.rkey), aid, coll))  # type: ignore[union-attr]
+                coll = colls.get(op.collection) or self.coll_id(op.collection)  # type: ignore[union-attr]
+                sk = tid_to_int(op.rkey)  # type: ignore[union-attr]
+                if sk is None:
+                    sk = self._alias(aid, coll, op.rkey)  # type: ignore[union-attr]
+                keys.append((sk, aid, coll))
             else:
                 keys.append(None)
         self._fetch_records({k for k in keys if k is not None}, batch)
@@ -443,12 +457,15 @@ class Writer:
         if type(op) is PutRecord:
             new: LinkList = []
             tkeys = self._tkeys
-            sources = self.sources
+            paths = self._paths.get(coll)
             for path, target in links:
                 tkey = tkeys.get(target)
                 if tkey is None:
                     tkey = tkeys[target] = encode_target(target, self._aid, self.coll_id)
-                sid = sources.get((coll, path)) or self.source_id(coll, path)
+                sid = paths.get(path) if paths is not None else None
+                if sid is None:
+                    sid = self.source_id(coll, path)
+                    paths = self._paths[coll]
                 new.append((sid, tkey))
             if len(new) > 1:
                 new = list(dict.fromkeys(new))  # two paths may name one target: still one link each
@@ -462,11 +479,24 @@ class Writer:
                     if link not in previous:
                         self._add(batch, link, entry)
             else:  # a new record (or one re-created after a delete): every post has links
-                for link in new:
-                    if link[0] in derived:
-                        self._add(batch, link, entry)
-                    else:
-                        batch.add_link(link, entry)
+                if batch.removes:
+                    for link in new:
+                        if link[0] in derived:
+                            self._add(batch, link, entry)
+                        else:
+                            batch.add_link(link, entry)
+                else:  # the same with add_link inlined: the create path, most of all events
+                    adds = batch.adds
+                    for link in new:
+                        if link[0] in derived:
+                            self._add(batch, link, entry)
+                            continue
+                        added = adds.get(link)
+                        if added is None:
+                            adds[link] = {entry}
+                        else:
+                            added.add(entry)
+                        batch.links_added += 1
                 if coll == self._post_coll or coll == self._repost_coll:
                     batch.timeline.append((sk, aid, timeline.KIND_POST if coll == self._post_coll
                                            else timeline.KIND_REPOST))

@@ -642,3 +642,19 @@ def test_a_like_with_rkey_of_tid_zero_beside_non_tid_rkeys_passes_check(tmp_path
         == {"2222222222222", "3kabcdefghik2", "x-1"}
     reader.close()
     assert check_store(path).ok
+
+
+def test_compact_all_reports_progress_up_to_every_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`smalldp compact` is long on a big store: it reports chunks moved out of the total."""
+    import smalldp.store.progress as progress
+
+    monkeypatch.setattr(progress, "PROGRESS_EVERY_S", 0.0)
+    store = open_sqlite(tmp_path / "p.sqlite", fanout=64, chunk_entries=2, slice_rows=3)
+    for run in range(4):
+        store.index.write_run({(1, bytes([3, key])): [(run * 10 + key, 1)] for key in range(10)})
+    reports: list[tuple[str, int, int | None]] = []
+    slices = store.index.compact_all(lambda phase, done, total: reports.append((phase, done, total)))
+    assert slices > 3 and len(store.index.runs()) == 1
+    assert reports[-1] == ("merging", 40, 40)  # 4 runs x 10 keys, one chunk each, before the merge
+    moved = [done for _, done, _ in reports]
+    assert moved == sorted(moved) and moved[0] < 40 and moved.count(40) == 2  # the last slice, and the end

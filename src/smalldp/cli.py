@@ -135,7 +135,7 @@ def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:
     """Merge all runs into one."""
     writer = _writer(settings)
     try:
-        slices = writer.compact(full=True)
+        slices = writer.compact(full=True, progress=_progress("compact"))
     finally:
         writer.close()
     print(f"compacted into one run ({slices} merge slice{'' if slices == 1 else 's'})")

@@ -24,6 +24,7 @@ from typing import Callable, Collection, Iterator, Mapping, Protocol, Sequence
 
 from smalldp.store.compaction import CompactionConfig, MergeInProgress, choose
 from smalldp.store.encoding import Entry, chunk_floor, decode_block, encode_block
+from smalldp.store.progress import Progress, Throttle
 
 Key = tuple[int, bytes]  # (source id, target key)
 
@@ -111,6 +112,7 @@ class SqliteBacklinks:
         self.slices_done = 0  # merge slices committed by this process, and their time
         self.slice_seconds = 0.0
         self.slice_seconds_max = 0.0
+        self.last_slice_rows = 0  # chunk rows the last slice took from its input runs
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS mdup(tkey BLOB, sid INTEGER, PRIMARY KEY(tkey, sid)) "
                      "WITHOUT ROWID")
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS mrow(tkey BLOB, sid INTEGER, lo INTEGER, data BLOB)")
@@ -222,11 +224,17 @@ class SqliteBacklinks:
         """One bounded slice of the next merge (see compaction.choose)."""
         return self._step(full=False)
 
-    def compact_all(self) -> int:
-        """Finish merges under way, then merge every run into one, slice by slice."""
-        slices = 0
+    def compact_all(self, progress: Progress | None = None) -> int:
+        """Finish merges under way, then merge every run into one, slice by slice;
+        ``progress`` hears (phase, chunks moved, chunks in the index)."""
+        tick = Throttle(progress)
+        total = self.conn.execute("SELECT coalesce(sum(blocks), 0) FROM run").fetchone()[0]
+        slices = moved = 0
         while self._step(full=True):
             slices += 1
+            moved += self.last_slice_rows
+            tick("merging", min(moved, total), total)
+        tick("merging", total, total, final=True)
         return slices
 
     # ------------------------------------------------------------ merging
@@ -368,9 +376,11 @@ class SqliteBacklinks:
             "(SELECT 1 FROM mdup WHERE mdup.tkey = bl.tkey AND mdup.sid = bl.sid) "
             "UNION ALL SELECT tkey, sid, lo, data FROM mrow) ORDER BY tkey, sid, lo", bounds).rowcount
         changes = [(added, output)]
+        self.last_slice_rows = 0
         for run in inputs:
             removed = conn.execute(f"DELETE FROM bl WHERE run={run} AND {where}", bounds).rowcount
             changes.append((-removed, run))
+            self.last_slice_rows += removed
         conn.execute("DELETE FROM mrow")
         # Readers cache summaries per run generation: every run touched gets a new one.
         conn.executemany("UPDATE run SET gen = gen + 1, blocks = blocks + ? WHERE run = ?", changes)

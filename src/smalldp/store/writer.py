@@ -40,6 +40,7 @@ from smalldp.store.encoding import (
     put_varint,
     target_dids,
 )
+from smalldp.store.progress import Progress
 from smalldp.store.schema import open_writer
 from smalldp.tid import tid_to_int
 
@@ -667,11 +668,11 @@ class Writer:
                 break
         return done
 
-    def compact(self, full: bool = False) -> int:
-        """Run every merge that is due (or, with ``full``, merge every run into one);
-        returns the merge slices run."""
+    def compact(self, full: bool = False, progress: Progress | None = None) -> int:
+        """Run every merge that is due (or, with ``full``, merge every run into one,
+        reporting to ``progress``); returns the merge slices run."""
         if full:
-            return self.backlinks.compact_all()
+            return self.backlinks.compact_all(progress)
         return self.merge_steps()
 
 

@@ -193,7 +193,7 @@ def key_record(key: bytes) -> tuple[int, int, int | str] | None:
 def encode_links(links: list[tuple[int, bytes]]) -> bytes:
     """A record's links as (source id, target key) pairs."""
     low = _LOW
-    parts = []
+    parts: list[bytes] = []
     for sid, tkey in links:
         size = len(tkey)
         parts += (low[sid] if 0 <= sid < 0x4000 else varint(sid),

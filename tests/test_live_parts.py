@@ -288,6 +288,31 @@ def test_query_gate_pauses_ingest_only_while_queries_run() -> None:
     assert gate.active == 0
 
 
+def test_query_gate_waits_at_most_its_share_of_each_window() -> None:
+    """A query always in flight (a load past capacity) may slow ingest, never stop it:
+    within one window the pauses add up to at most MAX_SHARE of it, then return at once."""
+    import time
+    from smalldp import priority
+    gate = priority.QueryGate()
+    gate.enter()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < priority.WINDOW_S * 0.9:
+        gate.pause()
+    spent = time.monotonic() - t0
+    waits = gate.waits
+    # every pause waited MAX_WAIT_S until the share was used, then none waited at all
+    assert waits == round(priority.MAX_SHARE * priority.WINDOW_S / priority.MAX_WAIT_S), waits
+    assert spent >= priority.MAX_SHARE * priority.WINDOW_S * 0.9
+    t1 = time.monotonic()
+    for _ in range(1000):
+        gate.pause()
+    assert gate.waits == waits and time.monotonic() - t1 < 0.05  # share used: no waiting
+    time.sleep(priority.WINDOW_S)
+    gate.pause()  # a new window: waiting again
+    assert gate.waits == waits + 1
+    gate.leave()
+
+
 def test_requests_hold_the_gate_and_writer_offers_pause_points(tmp_path: Path) -> None:
     from helpers_server import Events, apply, did, tid
     from smalldp.api.server import make_app

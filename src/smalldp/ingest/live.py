@@ -223,9 +223,10 @@ class LiveIngest:
                     raise WriterFailed(f"{type(exc).__name__}: {exc}") from exc
                 self.guard.commit_failed(exc)
                 self._show_guard()
-                # Writer.apply commits, then merges runs: a merge that found no room fails
-                # after the batch is in. Its cursor then says so; committing the batch again
-                # would be a harmless replay, but counted twice in the metrics.
+                # A writer that merges inside apply() (merge_slices != 0) commits first: a
+                # merge slice that found no room fails after the batch is in. Its cursor then
+                # says so; committing the batch again would be a harmless replay, but counted
+                # twice in the metrics.
                 if writer.cursor == cursor and self.metrics.cursor != cursor:
                     self._committed(batch, cursor, 0, 0)
                     return True

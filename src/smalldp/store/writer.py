@@ -312,12 +312,6 @@ class Writer:
     def _aid(self, did: str) -> int:
         return self.actors[did].aid
 
-    def _sort_key(self, aid: int, coll: int, rkey: str) -> int:
-        tid = tid_to_int(rkey)
-        if tid is not None:
-            return tid
-        return self._alias(aid, coll, rkey)
-
     def _alias(self, aid: int, coll: int, rkey: str) -> int:
         """The sort key of a non-TID rkey: negative, assigned in first-seen order."""
         row = self.conn.execute("SELECT sk FROM alias WHERE aid=? AND coll=? AND rkey=?",

@@ -347,8 +347,10 @@ def scenarios(tmp_path_factory: pytest.TempPathFactory) -> list[Scenario]:
         batches = batches[:max(2, int(len(batches) * part))]
         path = tmp_path_factory.mktemp(f"dp{seed}") / "db.sqlite"
         # Odd seeds leave merges under way between batches (one slice of 3 rows each),
-        # so the answers are also read from a half-merged index.
-        writer = Writer(path, fanout=2, chunk_entries=4, merge_slices=1 if seed % 2 else None, merge_slice_rows=3)
+        # so the answers are also read from a half-merged index; and purges under way (a
+        # sweep of 2 forward rows per batch).
+        writer = Writer(path, fanout=2, chunk_entries=4, merge_slices=1 if seed % 2 else None, merge_slice_rows=3,
+                        purge_rows=2 if seed % 2 else None)
         model = AppViewModel()
         for batch in batches:
             apply(writer, batch)

@@ -200,16 +200,18 @@ def compare(model: Model, reader: Reader, page_size: int) -> None:
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(history=histories(), page_size=st.integers(1, 3), fanout=st.integers(2, 3), chunk=st.integers(1, 3),
-       slices=st.sampled_from([None, 1]), slice_rows=st.integers(1, 4))
+       slices=st.sampled_from([None, 1]), slice_rows=st.integers(1, 4),
+       purge_rows=st.sampled_from([None, 1, 3]))
 def test_store_equals_model(tmp_path_factory, history, page_size: int, fanout: int, chunk: int,
-                            slices: int | None, slice_rows: int) -> None:
+                            slices: int | None, slice_rows: int, purge_rows: int | None) -> None:
     stream, cuts = history
     path = Path(tmp_path_factory.mktemp("diff")) / "db.sqlite"
     model = Model()
     # Tiny chunks and fanouts, so splitting and merging happen in small examples too; with
-    # one slice of a few rows per batch, merges stay under way while answers are compared.
+    # one slice of a few rows per batch, merges stay under way while answers are compared;
+    # so do purge sweeps of a row or three per batch.
     writer = Writer(path, fanout=fanout, chunk_entries=chunk, body_collections=sorted(model.body_collections),
-                    merge_slices=slices, merge_slice_rows=slice_rows)
+                    merge_slices=slices, merge_slice_rows=slice_rows, purge_rows=purge_rows)
     reader = Reader(path)
     ops = [decode_event(json.dumps(e)) for e in stream]
     bounds = [0, *cuts, len(ops)]

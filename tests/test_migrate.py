@@ -1,9 +1,11 @@
-"""Stores written by earlier releases (schema 2 and 3) are upgraded in place, never refused.
+"""Stores written by earlier releases (schema 2, 3 and 4) are upgraded in place, never refused.
 
-An earlier layout is made by taking a current store back to it: dropping the columns
-schema 3 added and writing version 2 (the release before issue 10: its actor table had
-`acct_seq, id_seq, purged_rev` and nothing after them), or dropping the merge table
-schema 4 added and writing version 3 (the release before merges in slices).
+An earlier layout is made by taking a current store back to it: dropping the purge
+table's `lap` and `start` that schema 5 added and writing version 4 (the release before
+the purge sweep); dropping also the merge table schema 4 added and writing version 3 (the
+release before merges in slices); dropping also the columns schema 3 added and writing
+version 2 (the release before issue 10: its actor table had `acct_seq, id_seq,
+purged_rev` and nothing after them).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from smalldp.store.dataplane import DataPlaneReader
 from smalldp.store.schema import SCHEMA_VERSION, db_path, upgrade_in_place
 from smalldp.store.writer import Writer
 from smalldp.systemd import Notifier
+from smalldp.tid import tid_to_int
 
 from helpers_server import BASE_US, did, iso, tid
 from test_live import free_port
@@ -34,6 +37,19 @@ A, B = did("alpha"), did("beta")
 
 def event(repo: str, kind: str, body: dict, time_us: int) -> str:
     return json.dumps({"did": repo, "time_us": time_us, "kind": kind, kind: {"did": repo, **body}})
+
+
+def tid_int(i: int) -> int:
+    value = tid_to_int(tid(i))
+    assert value is not None
+    return value
+
+
+def back_to_schema_4(conn: sqlite3.Connection) -> None:
+    """Take the purge table back to the layout before schema 5: (aid, rev)."""
+    conn.execute("ALTER TABLE purge DROP COLUMN lap")
+    conn.execute("ALTER TABLE purge DROP COLUMN start")
+    assert [row[1] for row in conn.execute("PRAGMA table_info(purge)")] == ["aid", "rev"]
 
 
 def old_store(data_dir: Path) -> Path:
@@ -46,6 +62,8 @@ def old_store(data_dir: Path) -> Path:
                                      BASE_US + 1))], cursor=BASE_US + 1)
     writer.close()
     conn = sqlite3.connect(path)
+    back_to_schema_4(conn)
+    conn.execute("DROP TABLE merge")
     conn.execute("ALTER TABLE actor DROP COLUMN acct_us")
     conn.execute("ALTER TABLE actor DROP COLUMN id_us")
     conn.execute("UPDATE meta SET v=2 WHERE k='schema'")
@@ -98,6 +116,7 @@ def test_writer_upgrades_a_schema_3_store_and_merges_its_runs_in_slices(tmp_path
         writer.apply([decode_event(line) for line in lines], cursor=BASE_US + batch * 100 + 99)
     writer.close()
     conn = sqlite3.connect(path)
+    back_to_schema_4(conn)
     conn.execute("DROP TABLE merge")
     conn.execute("UPDATE meta SET v=3 WHERE k='schema'")
     conn.commit()
@@ -114,6 +133,43 @@ def test_writer_upgrades_a_schema_3_store_and_merges_its_runs_in_slices(tmp_path
     assert {r.did for r in reader.backlinks(post, "app.bsky.feed.like", ".subject.uri", limit=100).items} \
         == set(likers)
     reader.close()
+    writer.close()
+    assert check_store(path).ok
+
+
+def test_a_schema_4_store_with_queued_purges_upgrades_and_sweeps_them(tmp_path: Path) -> None:
+    """A deleted account queued by the release before the sweep (purge rows without a
+    place) joins the sweep when the store opens; its rows go, the others' stay."""
+    path = db_path(tmp_path)
+    writer = Writer(path)
+    posts = [json.dumps({"did": who, "time_us": BASE_US + i, "kind": "commit", "commit": {
+        "rev": tid(i), "operation": "create", "collection": "app.bsky.feed.post", "rkey": tid(i),
+        "record": {"text": "x", "createdAt": iso(BASE_US)}}}) for i, who in enumerate([A, B, A, B])]
+    writer.apply([decode_event(line) for line in posts], cursor=BASE_US + 10)
+    # The sweep stands past every row, so the deletion's batch sweeps none of A's rows.
+    writer.purges.at = tid_int(3) + 1
+    writer.apply([decode_event(event(A, "account", {"active": False, "status": "deleted",
+                                                    "seq": 31_000_000_000}, BASE_US + 20))],
+                 cursor=BASE_US + 20)
+    assert len(writer.purges) == 1  # queued, not yet swept
+    writer.conn.close()  # not close(): that would finish the purge
+    conn = sqlite3.connect(path)
+    back_to_schema_4(conn)
+    conn.execute("DELETE FROM meta WHERE k IN ('purge_lap', 'purge_at')")
+    conn.execute("UPDATE meta SET v=4 WHERE k='schema'")
+    conn.commit()
+    assert conn.execute("SELECT count(*) FROM fwd").fetchone()[0] == 4
+    conn.close()
+    writer = Writer(path)
+    assert schema_of(path)[0] == SCHEMA_VERSION
+    assert len(writer.purges) == 1
+    writer.apply([], cursor=BASE_US + 30)  # the whole (small) index in one slice: a lap
+    assert len(writer.purges) == 0
+    conn = sqlite3.connect(path)
+    owners = [row[0] for row in conn.execute("SELECT a.did FROM fwd f JOIN actor a USING (aid)")]
+    assert sorted(owners) == [B, B]
+    assert conn.execute("SELECT count(*) FROM purge").fetchone()[0] == 0
+    conn.close()
     writer.close()
     assert check_store(path).ok
 

@@ -18,7 +18,8 @@ Tables (all integers are SQLite varints on disk):
                              (0 for a run's oldest chunk, which is most keys' only one)
   merge(output, level, inputs, next)  merges of runs under way, done in slices: keys with
                              target keys below next have moved to the output run
-  purge(aid, rev)            deleted accounts whose rows are still to be removed
+  purge(aid, rev, lap, start)  deleted accounts whose rows are still to be removed, and
+                             where the purge sweep stood when they joined (store/purge.py)
   tl(bucket, seg, data)      the timeline index: per time bucket, who posted (store/timeline.py)
   actor_rev(aid, rev)        the rev of each account's newest commit seen
 
@@ -32,11 +33,14 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 4  # 2: derived links, tl, actor_rev, run.gen; 3: actor.acct_us, actor.id_us; 4: merge
+SCHEMA_VERSION = 5  # 2: derived links, tl, actor_rev, run.gen; 3: actor.acct_us, actor.id_us; 4: merge;
+# 5: purge.lap, purge.start
 # Older versions open_writer upgrades in place (a few ALTER TABLEs, no data rewritten).
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE actor ADD COLUMN acct_us INTEGER", "ALTER TABLE actor ADD COLUMN id_us INTEGER"),
     3: (),  # the merge table, which SCHEMA creates; no merge is under way in a store of version 3
+    # the sweep's place per queued account; NULL (queued before): they join the sweep when opened
+    4: ("ALTER TABLE purge ADD COLUMN lap INTEGER", "ALTER TABLE purge ADD COLUMN start INTEGER"),
 }
 DB_NAME = "smalldp.sqlite"
 PAGE_SIZE = 8192
@@ -74,7 +78,7 @@ CREATE TABLE IF NOT EXISTS bl(
   PRIMARY KEY(run, tkey, sid, lo)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS merge(output INTEGER PRIMARY KEY, level INTEGER NOT NULL, inputs TEXT NOT NULL,
   next BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS purge(aid INTEGER PRIMARY KEY, rev INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS purge(aid INTEGER PRIMARY KEY, rev INTEGER NOT NULL, lap INTEGER, start INTEGER);
 CREATE TABLE IF NOT EXISTS tl(bucket INTEGER, seg INTEGER, data BLOB NOT NULL,
   PRIMARY KEY(bucket, seg)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS actor_rev(aid INTEGER PRIMARY KEY, rev INTEGER NOT NULL);

@@ -41,6 +41,7 @@ from smalldp.store.encoding import (
     target_dids,
 )
 from smalldp.store.progress import Progress
+from smalldp.store.purge import PurgeSweep
 from smalldp.store.schema import open_writer
 from smalldp.tid import tid_to_int
 
@@ -49,7 +50,11 @@ log = logging.getLogger(__name__)
 # Entries per backlink chunk.  Measured at 10M events: 128 made deletes cheaper (ingest
 # +4%) but popular counts and first pages slower (p99 3.1 -> 5.2 ms, 4.3 -> 6.7 ms).
 CHUNK_ENTRIES = 512
-PURGE_QUEUE_MAX = 64  # deleted accounts queued before their rows are removed
+# Forward rows the purge sweep (store/purge.py) looks at per batch, per event in the batch,
+# and at least: its share of a batch's work stays fixed, and a lap of a 10M-record index
+# takes ~60 batches of 20k events at import, ~15 minutes of live ingest at 1,500 events/s.
+PURGE_ROWS_PER_EVENT = 8
+PURGE_ROWS_MIN = 10_000
 TARGET_CACHE_MAX = 200_000  # encoded target keys kept between batches
 ALIAS_BASE = -(1 << 62)  # sort keys of non-TID rkeys: negative, in first-seen order
 
@@ -149,7 +154,8 @@ class Writer:
     def __init__(self, path: Path, *, cache_mb: int = 64, mmap_mb: int = 0,
                  actor_cache: int = 500_000, fanout: int = 8, chunk_entries: int = CHUNK_ENTRIES,
                  body_collections: Sequence[str] = DEFAULT_BODY_COLLECTIONS,
-                 merge_slices: int | None = None, merge_slice_rows: int = SLICE_ROWS) -> None:
+                 merge_slices: int | None = None, merge_slice_rows: int = SLICE_ROWS,
+                 purge_rows: int | None = None) -> None:
         self.path = path
         self.conn = open_writer(path, cache_mb, mmap_mb)
         self.actor_cache_max = actor_cache
@@ -157,6 +163,9 @@ class Writer:
         # Merge slices apply() runs after its commit: None, until no merge is due (import,
         # tools); 0, none: live ingest runs them itself between batches (merge_steps).
         self.merge_slices = merge_slices
+        # Forward rows the purge sweep looks at per batch (None: PURGE_ROWS_PER_EVENT per
+        # event, at least PURGE_ROWS_MIN; tests set a few, to keep sweeps under way).
+        self.purge_rows = purge_rows
         self.backlinks = SqliteBacklinks(self.conn, fanout=fanout, chunk_entries=chunk_entries,
                                          slice_rows=merge_slice_rows)
         self._body_exact = {c for c in body_collections if not c.endswith(".*")}
@@ -204,7 +213,7 @@ class Writer:
         hidden = self._meta("hidden", None)
         self.hidden = BitMap.deserialize(hidden) if hidden else BitMap()
         self.backlinks.load()
-        self.purge_queue: dict[int, int] = dict(conn.execute("SELECT aid, rev FROM purge"))
+        self.purges = PurgeSweep(conn)
         self.actors: dict[str, ActorState] = {}
         self._tkeys: dict[str, bytes] = {}  # target string -> key: hot targets recur constantly
         self.bodies = BodyCompressor(conn)
@@ -225,12 +234,12 @@ class Writer:
         return None if value is None else int(value)
 
     def close(self) -> None:
-        """Finish pending purges, checkpoint and close the connection."""
-        if self.purge_queue:
+        """Finish pending purges (one scan for all), checkpoint and close the connection."""
+        if self.purges:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 batch = _Batch()
-                self._purge(list(self.purge_queue), batch)
+                self._purge(list(self.purges.queue), batch)
                 self._write_backlinks(batch)
                 self._write_meta({})
                 self.conn.execute("COMMIT")
@@ -344,11 +353,12 @@ class Writer:
             batch = _Batch()
             self._apply(ops, batch)
             self._write(batch)
-            # Purging scans the forward index, so deleted accounts wait (hidden) in a queue;
-            # one that is active again is purged before it can show.
-            due = list(self.purge_queue) if len(self.purge_queue) >= PURGE_QUEUE_MAX else self._purge_now()
-            if due:
-                self._purge(due, batch)
+            # Deleted accounts wait (hidden) for the sweep to pass over their rows; one that
+            # is active again is purged at once, before its old rows can show.
+            self._purge(self._purge_now(), batch)
+            if self.purges:
+                rows = self.purge_rows or max(PURGE_ROWS_MIN, PURGE_ROWS_PER_EVENT * len(ops))
+                batch.stats.purged_actors += len(self.purges.step(rows, self._dropper(batch)))
             self._write_backlinks(batch)
             batch.stats.links_added = batch.links_added - batch.derived_added
             batch.stats.links_removed = batch.links_removed - batch.derived_removed
@@ -371,7 +381,7 @@ class Writer:
 
     def _purge_now(self) -> list[int]:
         """Queued deleted accounts that are active again: purge before they show."""
-        return [aid for aid in self.purge_queue if aid not in self.hidden]
+        return [aid for aid in self.purges.queue if aid not in self.hidden]
 
     def _apply(self, ops: list[Operation], batch: _Batch) -> None:
         # Pass 1: links, DIDs, collections.  DIDs in first-seen order: new accounts get
@@ -529,8 +539,7 @@ class Writer:
             # writes from then on, however soon.
             seen = max(self._latest_rev(actor.aid), batch.revs.get(actor.aid, 0))
             actor.purged_rev = max(seen, actor.purged_rev or 0)
-            self.purge_queue[actor.aid] = actor.purged_rev
-            self.conn.execute("INSERT OR REPLACE INTO purge VALUES(?, ?)", (actor.aid, actor.purged_rev))
+            self.purges.add(actor.aid, actor.purged_rev)
         actor.dirty = True
         batch.stats.applied += 1
 
@@ -609,28 +618,19 @@ class Writer:
         self.conn.executemany("INSERT OR REPLACE INTO meta VALUES(?, ?)", list(values.items()))
 
     def _purge(self, aids: list[int], batch: _Batch) -> None:
-        """Remove every record, body and link of deleted accounts."""
-        if not aids:
-            return
-        conn = self.conn
-        revs = {aid: self.purge_queue[aid] for aid in aids}
-        marks = ",".join(str(a) for a in aids)
-        doomed = []
-        for sk, aid, coll, rev, links in conn.execute(
-                f"SELECT sk, aid, coll, rev, links FROM fwd WHERE aid IN ({marks})").fetchall():
-            if rev + sk > revs[aid]:
-                continue
+        """Remove every record, body and link of deleted accounts now (one full scan)."""
+        if aids:
+            self.purges.purge_now(aids, self._dropper(batch))
+            batch.stats.purged_actors += len(aids)
+
+    def _dropper(self, batch: _Batch) -> Callable[[int, int, int, bytes | None], None]:
+        """What the purge does with each row it removes: its links leave the backlinks."""
+        def drop(sk: int, aid: int, coll: int, links: bytes | None) -> None:
             if links is not None:
                 batch.records_delta -= 1
                 for link in decode_links(links):
                     self._remove(batch, link, (sk, aid))
-            doomed.append((sk, aid, coll))
-        conn.executemany("DELETE FROM fwd WHERE sk=? AND aid=? AND coll=?", doomed)
-        conn.executemany("DELETE FROM body WHERE sk=? AND aid=? AND coll=?", doomed)
-        conn.execute(f"DELETE FROM purge WHERE aid IN ({marks})")
-        for aid in aids:
-            del self.purge_queue[aid]
-        batch.stats.purged_actors += len(aids)
+        return drop
 
     def _trim_actor_cache(self) -> None:
         if len(self._tkeys) > TARGET_CACHE_MAX:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import socket
 from pathlib import Path
@@ -354,3 +355,39 @@ def test_requests_hold_the_gate_and_writer_offers_pause_points(tmp_path: Path) -
         assert totals == [1000] * 20
     asyncio.run(main())
     assert Recording.most >= 1 and gate.active == 0
+
+
+def test_a_batch_commits_once_batch_ms_have_gone_since_the_last_commit(tmp_path: Path) -> None:
+    """While events keep coming, the batch closes by time in the sink itself (the loop's
+    timer task may not run during a backlog), counted from the last commit: the gap
+    between commits stays near batch_ms however long the work after a commit took."""
+    from helpers_server import Events, did, tid
+    from smalldp.events import decode_event
+    from smalldp.ingest.live import LiveIngest
+    from smalldp.store.writer import Writer
+
+    now = [100.0]
+    metrics = IngestMetrics()
+    live = LiveIngest(lambda: Writer(tmp_path / "smalldp.sqlite"), ClientOptions(endpoints=("ws://127.0.0.1:1",)),
+                      metrics, batch_events=10_000, batch_ms=1000, data_dir=tmp_path, clock=lambda: now[0])
+    live.writer = live._open_writer()
+    ev = Events()
+    post = f"at://{did('author')}/app.bsky.feed.post/{tid(1)}"
+    likes = iter(decode_event(json.dumps(e)) for e in [ev.like(did(f"fan{i}"), tid(1000 + i), post) for i in range(20)])
+
+    def deliver_at(t: float) -> None:
+        now[0] = t
+        live._deliver(next(likes))
+
+    for t in (100.1, 100.5, 100.9):
+        deliver_at(t)
+    assert (live.pending(), metrics.batches_committed) == (3, 0)
+    deliver_at(101.0)  # batch_ms after the start: due
+    assert (live.pending(), metrics.batches_committed, metrics.events_committed) == (0, 1, 4)
+    deliver_at(101.8)  # the next one is due at 102.0, a second after that commit
+    assert (live.pending(), metrics.batches_committed) == (1, 1)
+    deliver_at(102.0)
+    assert (live.pending(), metrics.batches_committed, metrics.events_committed) == (0, 2, 6)
+    deliver_at(105.0)  # after a quiet spell, an event is due at once
+    assert (live.pending(), metrics.batches_committed) == (0, 3)
+    live.writer.close()

@@ -1,8 +1,11 @@
 """Live ingest on its own thread: websocket → decode → batch → one transaction, in order.
 
 One thread, with its own event loop, runs the Jetstream client and the store's writer.
-Decoded events collect in a batch; a full batch (or one older than `batch_ms`) is applied
-right there, synchronously. While it commits nothing reads the socket, so TCP pushes back
+Decoded events collect in a batch; a full batch, or any batch once `batch_ms` have gone
+since the last commit, is applied right there, synchronously.  Counting from the last
+commit (not from the batch's first event) bounds the time between commits by about
+`batch_ms` plus one batch's apply, however long the merge slices after a commit or the
+pauses for queries took. While it commits nothing reads the socket, so TCP pushes back
 on the server: the batch is the bounded buffer, and nothing is ever dropped.
 
 Why one thread: in CPython, receive+decode on the HTTP loop and apply on a writer thread
@@ -67,7 +70,8 @@ class LiveIngest:
                  metrics: IngestMetrics, *, batch_events: int, batch_ms: int, merge_ms: int = 250,
                  v1_dictionary: Callable[[], bytes | None] | None = None,
                  data_dir: Path = Path("."), query_gate: QueryGate | None = None,
-                 disk_guard: DiskGuard | None = None) -> None:
+                 disk_guard: DiskGuard | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._open_writer = open_writer
         self.options = options
         self.metrics = metrics
@@ -85,7 +89,8 @@ class LiveIngest:
         self.error: BaseException | None = None
         self._failure: WriterFailed | None = None
         self._batch: list[Operation] = []
-        self._batch_started = 0.0
+        self._clock = clock
+        self._due = clock() + self.batch_s  # a batch commits by then: batch_ms after the last commit
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._stop_requested = threading.Event()
@@ -152,6 +157,7 @@ class LiveIngest:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         writer = self.writer = self._open_writer()
+        self._due = self._clock() + self.batch_s  # opening (and migrating) may take a while
         if self._gate is not None:
             writer.pause = self._gate.pause
         try:
@@ -198,12 +204,12 @@ class LiveIngest:
         if gate is not None and gate.active:
             gate.pause()
         batch = self._batch
-        if not batch:
-            self._batch_started = time.monotonic()
         batch.append(op)
         self.metrics.queue_depth = len(batch)
+        # Due by time here too, not only in _flush_when_old: while events keep coming (a
+        # backlog) the loop may not get round to that task for a long while.
         # Paused: block here, so that nothing more is read until there is room.
-        if len(batch) >= self.batch_events or self.guard.paused:
+        if len(batch) >= self.batch_events or self.guard.paused or self._clock() >= self._due:
             self._flush(block=True)
 
     def _flush(self, *, block: bool) -> bool:
@@ -257,6 +263,7 @@ class LiveIngest:
         metrics.merges_under_way = len(index.merges_under_way)
 
     def _committed(self, batch: list[Operation], cursor: int, added: int, removed: int) -> None:
+        self._due = self._clock() + self.batch_s
         self._batch = []
         self.metrics.queue_depth = 0
         self.metrics.committed(len(batch), cursor, added, removed)
@@ -308,7 +315,8 @@ class LiveIngest:
             self.metrics.wal_bytes = 0
 
     async def _flush_when_old(self) -> None:
-        """Commit a partial batch once it is `batch_ms` old (a quiet or filtered stream),
+        """Commit a partial batch once `batch_ms` have gone since the last commit (a quiet or
+        filtered stream),
         or, while paused, as soon as the guard sees room again (without blocking the
         loop: nothing is being received that would need it to); with nothing to commit,
         go on with merges."""
@@ -316,8 +324,7 @@ class LiveIngest:
             await asyncio.sleep(max(0.01, min(self.batch_s / 4, PAUSE_TICK_S)))
             lograte.REPEATS.flush()
             try:
-                if self._batch and (self.guard.paused
-                                    or time.monotonic() - self._batch_started >= self.batch_s):
+                if self._batch and (self.guard.paused or self._clock() >= self._due):
                     self._flush(block=False)
                 elif not self._batch and self.writer is not None and not self.guard.paused:
                     self._merge(self.writer)  # a quiet stream: merges go on between ticks

@@ -223,21 +223,31 @@ def decode_event(line: bytes | str) -> Operation | None:
         account = event.account
         if account is None:
             raise MalformedEvent("account event without account")
-        status = account.status
-        if status is not None and status not in ACCOUNT_STATUSES:
-            raise MalformedEvent(f"unknown account status {status[:40]!r}")
-        return AccountStatus(did, event.time_us, account.seq, account.active, status,
-                             order_time_us(account.time, event.time_us))
+        return account_operation(did, event.time_us, account.seq, account.active, account.status,
+                                 account.time)
     if kind == "identity":
         identity = event.identity
         if identity is None:
             raise MalformedEvent("identity event without identity")
-        handle = identity.handle
-        if handle is not None and not valid_handle(handle):
-            raise MalformedEvent(f"invalid handle {handle[:80]!r}")
-        return Identity(did, event.time_us, identity.seq, handle.lower() if handle else None,
-                        order_time_us(identity.time, event.time_us))
+        return identity_operation(did, event.time_us, identity.seq, identity.handle, identity.time)
     return None
+
+
+def account_operation(did: str, time_us: int, seq: int | None, active: bool, status: str | None,
+                      time_text: str | None) -> AccountStatus:
+    """A checked account event (shared by the v1 and firehose decoders); raises MalformedEvent."""
+    if status is not None and status not in ACCOUNT_STATUSES:
+        raise MalformedEvent(f"unknown account status {status[:40]!r}")
+    return AccountStatus(did, time_us, seq, active, status, order_time_us(time_text, time_us))
+
+
+def identity_operation(did: str, time_us: int, seq: int | None, handle: str | None,
+                       time_text: str | None) -> Identity:
+    """A checked identity event (shared by the v1 and firehose decoders); raises MalformedEvent."""
+    if handle is not None and not valid_handle(handle):
+        raise MalformedEvent(f"invalid handle {handle[:80]!r}")
+    return Identity(did, time_us, seq, handle.lower() if handle else None,
+                    order_time_us(time_text, time_us))
 
 
 def commit_operation(did: str, time_us: int, rev_text: str, operation: str, collection: str,

@@ -16,12 +16,18 @@ machine and its load.
 
 Candidates:
 
-* ``cbrrr``: ``smalldp.events_firehose.decode_frame_firehose`` (cbrrr, atjson mode).
+* ``smalldp``: ``smalldp.events_firehose.decode_frame_firehose``, on smalldp's own DAG-CBOR
+  decoder (``smalldp.dagcbor``).  The output's ``dagcbor_build`` says whether that module
+  was the plain ``.py`` or the mypyc build: run the bench once as is and once with
+  ``PYTHONPATH=$(scripts/build_compiled)`` to have both.
+* ``cbrrr`` (the decoder smalldp used before it had its own; not a dependency, measured
+  when installed): cbrrr for the frame and, in atjson mode, for the record blocks found with
+  smalldp's ``find_block``; no msgspec checks of the body.
 * ``libipld``: libipld's own frame and CAR decoders (``decode_dag_cbor_multi``,
   ``decode_car``, every block decoded), links and bytes told apart by the shape of the
   bytes (libipld returns both as ``bytes``).
 * ``libipld_find_block``: libipld for the frame and for the record blocks only, found in
-  the CAR with smalldp's ``find_block`` as the cbrrr candidate does: decoder against decoder.
+  the CAR with smalldp's ``find_block`` as the others do: decoder against decoder.
 * ``atproto``: the ``atproto`` package's helpers as its docs use them: ``Frame.from_bytes``,
   ``parse_subscribe_repos_message`` (pydantic models of the frame), ``CAR.from_bytes``,
   ``car.blocks.get(op.cid)``; JSON as for libipld.
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import importlib.metadata
 import json
 import platform
@@ -67,15 +74,54 @@ def read_frames(path: Path) -> list[bytes]:
     return frames
 
 
-# --- candidate: cbrrr (the module smalldp uses) -------------------------------------------
+# --- candidate: smalldp (the module smalldp uses) -----------------------------------------
 
 
-def cbrrr_decoder() -> Decoder:
+def smalldp_decoder() -> Decoder:
     from smalldp.events_firehose import OpsFrame, decode_frame_firehose
 
     def decode(frame: bytes) -> list[Operation]:
         result = decode_frame_firehose(frame)
         return list(result.ops) if isinstance(result, OpsFrame) else []
+    return decode
+
+
+def dagcbor_build() -> str:
+    import smalldp.dagcbor
+
+    return "compiled" if not smalldp.dagcbor.__file__.endswith(".py") else "interpreted"
+
+
+# --- candidate: cbrrr, smalldp's decoder before it had its own ------------------------------
+
+
+def cbrrr_decoder() -> Decoder:
+    import cbrrr
+
+    from smalldp.events_firehose import find_block
+
+    def dumps(record: Any) -> bytes:
+        return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+
+    def cid_text(cid: bytes) -> str:  # as the cbrrr-based module did: a link decoded in atjson mode
+        head = bytes((0x40 | (len(cid) + 1),)) if len(cid) < 23 else bytes((0x58, len(cid) + 1))
+        text: str = cbrrr.decode_dag_cbor(b"\xd8\x2a" + head + b"\x00" + cid, atjson_mode=True)["$link"]
+        return text
+
+    def decode(frame: bytes) -> list[Operation]:
+        header, body = cbrrr.decode_multi_dag_cbor_in_violation_of_the_spec(frame)
+        if header.get("op") != 1:
+            return []
+        if header.get("t") != "#commit":
+            return _other_op(header["t"], body)
+        car = body["blocks"]
+
+        def block_of(cid: bytes) -> Any:
+            block = find_block(car, cid)
+            return None if block is None else cbrrr.decode_dag_cbor(bytes(block), atjson_mode=True)
+        ops = [(op["action"], op["path"], None if op["cid"] is None else op["cid"].cid_bytes)
+               for op in body["ops"]]
+        return _ops_of(body["repo"], body["rev"], body["time"], ops, block_of, dumps, cid_text)
     return decode
 
 
@@ -145,7 +191,7 @@ def libipld_decoder() -> Decoder:
 
 def libipld_find_decoder() -> Decoder:
     """libipld for the frame and the record blocks only, found with smalldp's find_block:
-    the same CAR strategy as the cbrrr candidate, so the two differ only by decoder."""
+    the same CAR strategy as the smalldp and cbrrr candidates: they differ only by decoder."""
     import libipld
 
     from smalldp.events_firehose import find_block
@@ -198,6 +244,7 @@ def atproto_decoder() -> Decoder:
 
 
 CANDIDATES: dict[str, tuple[str, Callable[[], Decoder]]] = {
+    "smalldp": ("smalldp", smalldp_decoder),
     "cbrrr": ("cbrrr", cbrrr_decoder),
     "libipld": ("libipld", libipld_decoder),
     "libipld_find_block": ("libipld", libipld_find_decoder),
@@ -231,25 +278,52 @@ def agrees(ops: list[Operation], oracle: list[Operation]) -> dict[str, Any]:
 
 def fidelity(decode: Decoder) -> str:
     """The JSON a candidate writes for a record holding a CID-shaped byte string and a link."""
-    import cbrrr  # the encoder (any DAG-CBOR encoder would do); a test vector, not the decoder
+    from smalldp.dagcbor import CID
 
     cid = b"\x01\x71\x12\x20" + bytes(range(32))
-    record: dict[str, Any] = {"$type": "x.y.z", "raw": cid, "link": cbrrr.CID(cid)}
-    block = cbrrr.encode_dag_cbor(record)
-    digest_cid = cbrrr.CID.cidv1_dag_cbor_sha256_32_from(block)
-    car = (_uvarint(len(cbrrr.encode_dag_cbor({"roots": [digest_cid], "version": 1})))
-           + cbrrr.encode_dag_cbor({"roots": [digest_cid], "version": 1})
+    record: dict[str, Any] = {"$type": "x.y.z", "raw": cid, "link": CID(cid)}
+    block = _encode(record)
+    digest_cid = CID(b"\x01\x71\x12\x20" + hashlib.sha256(block).digest())
+    car_header = _encode({"roots": [digest_cid], "version": 1})
+    car = (_uvarint(len(car_header)) + car_header
            + _uvarint(36 + len(block)) + digest_cid.cid_bytes + block)
     body: dict[str, Any] = {"seq": 1, "repo": "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", "rev": "3mptbypluud2a",
             "time": "2026-07-04T14:38:07.517Z", "since": None, "blocks": car, "tooBig": False,
             "rebase": False, "blobs": [], "commit": digest_cid,
             "ops": [{"action": "create", "path": "x.y.z/3mptbyplj5d2a", "cid": digest_cid}]}
-    frame = cbrrr.encode_dag_cbor({"op": 1, "t": "#commit"}) + cbrrr.encode_dag_cbor(body)
+    frame = _encode({"op": 1, "t": "#commit"}) + _encode(body)
     try:
         ops = decode(frame)
     except Exception as exc:  # a candidate's failure is a finding, not a crash of the bench
         return f"error: {type(exc).__name__}: {exc}"
     return ops[0].body.decode() if ops and isinstance(ops[0], PutRecord) else "no operation"
+
+
+def _encode(value: Any) -> bytes:
+    """Canonical DAG-CBOR of the few kinds of value ``fidelity``'s frame holds."""
+    from smalldp.dagcbor import CID
+
+    def head(major: int, n: int) -> bytes:
+        if n < 24:
+            return bytes([major << 5 | n])
+        width = 1 if n < 0x100 else 2 if n < 0x10000 else 4 if n < 0x100000000 else 8
+        return bytes([major << 5 | {1: 24, 2: 25, 4: 26, 8: 27}[width]]) + n.to_bytes(width, "big")
+    if value is None or isinstance(value, bool):
+        return {None: b"\xf6", True: b"\xf5", False: b"\xf4"}[value]
+    if isinstance(value, int):
+        return head(0, value)
+    if isinstance(value, bytes):
+        return head(2, len(value)) + value
+    if isinstance(value, str):
+        return head(3, len(value.encode())) + value.encode()
+    if isinstance(value, list):
+        return head(4, len(value)) + b"".join(map(_encode, value))
+    if isinstance(value, dict):
+        keys = sorted(value, key=lambda k: (len(k.encode()), k.encode()))
+        return head(5, len(keys)) + b"".join(_encode(k) + _encode(value[k]) for k in keys)
+    if isinstance(value, CID):
+        return b"\xd8\x2a" + _encode(b"\x00" + value.cid_bytes)
+    raise TypeError(type(value).__name__)
 
 
 def _uvarint(n: int) -> bytes:
@@ -303,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {
         "python": sys.version.split()[0], "machine": platform.machine(),
         "frames": len(frames), "frame_bytes": sum(map(len, frames)),
-        "reps": args.reps, "passes": args.passes, "candidates": {},
+        "reps": args.reps, "passes": args.passes, "dagcbor_build": dagcbor_build(), "candidates": {},
     }
     decoders: dict[str, Decoder] = {}
     for name in args.only or list(CANDIDATES):

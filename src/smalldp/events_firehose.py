@@ -44,27 +44,26 @@ returned, and ``OpsFrame.skipped`` holds one reason per op skipped, each what
 ``MalformedEvent`` would have said, for the caller to count as one bad event each (a
 v1 stream would have carried one line per op).
 
-DAG-CBOR is decoded with cbrrr (``cbrrr.decode_dag_cbor``): its "atjson" mode
-decodes a record straight into the JSON form above, telling links from byte strings,
-which libipld (the decoder of the ``atproto`` package) does not (it returns both as
-``bytes``).  Measured in scripts/bench_firehose_decode.py.  The CAR slice itself is not
+DAG-CBOR is decoded with smalldp's own strict decoder (``smalldp.dagcbor``; every
+dependency must install from wheels, and the one candidate that told CID links from byte
+strings, cbrrr, has none): ``dagcbor.decode_atjson`` decodes a record straight into the
+JSON form above.  Measured in scripts/bench_firehose_decode.py.  The CAR slice itself is not
 decoded: ``find_block`` finds each record's block by its CID (checking its sha2-256),
-so the MST nodes and the commit block around the records are never decoded.  cbrrr also
-rejects what atproto data forbids and Go's decoder in Jetstream may let through
-(floats, non-canonical map order): such a record skips its op.
+so the MST nodes and the commit block around the records are never decoded.  The decoder
+rejects what atproto data forbids and Go's decoder in Jetstream may let through (floats,
+non-canonical map order): such a record skips its op.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 from typing import Any, Union
 
 import msgspec
 import orjson
-from cbrrr import CID
-from cbrrr import decode_dag_cbor, decode_multi_dag_cbor_in_violation_of_the_spec
 
+from smalldp.dagcbor import CID, DecodeError, decode_atjson, decode_prefix
+from smalldp.dagcbor import cid_text as _cid_text
 from smalldp.events import (
     Int64, MalformedEvent, Operation, account_operation, commit_operation, identity_operation,
     valid_did,
@@ -188,9 +187,6 @@ _BODY_TYPES: dict[str, type[_Identity | _Account | _Sync]] = {
     "#identity": _Identity, "#account": _Account, "#sync": _Sync,
 }
 _CONVERT_ERRORS = (msgspec.ValidationError, TypeError)
-# cbrrr raises CbrrrDecodeError (a ValueError) for bad DAG-CBOR, but UnicodeDecodeError (also
-# one) for a text string that is not UTF-8, and ValueError for trailing bytes.
-_CBOR_ERRORS = (ValueError, TypeError)
 _PASS = (bytes,)  # msgspec.convert would otherwise take a text string for bytes (as base64)
 _DAG_CBOR_SHA256 = b"\x01\x71\x12\x20"  # CIDv1, dag-cbor, sha2-256, 32 bytes: every record's
 _RAW_SHA256 = b"\x01\x55\x12\x20"
@@ -207,15 +203,16 @@ def decode_frame_firehose(data: bytes | bytearray | memoryview | str) -> Firehos
         raise MalformedFrame("text message on a firehose stream")
     if not isinstance(data, bytes):
         data = bytes(data)
+    # The event stream's framing: two DAG-CBOR items back to back, the header and the body.
     try:
-        # The event stream's framing: two DAG-CBOR objects back to back (DAG-CBOR alone
-        # allows one, hence cbrrr's name); a third would be bytes after the body.
-        parts = list(itertools.islice(decode_multi_dag_cbor_in_violation_of_the_spec(data), 3))
-    except _CBOR_ERRORS as exc:
+        header, body_at = decode_prefix(data)
+        if body_at == len(data):
+            raise MalformedFrame("frame without a body")
+        raw_body, end = decode_prefix(data, body_at)
+    except DecodeError as exc:
         raise MalformedFrame(f"frame is not DAG-CBOR: {exc}") from None
-    if len(parts) != 2:
-        raise MalformedFrame("frame without a body" if len(parts) < 2 else "bytes after the frame body")
-    header, raw_body = parts
+    if end != len(data):
+        raise MalformedFrame(f"{len(data) - end} bytes after the frame body")
     try:
         head = msgspec.convert(header, _Header)
     except _CONVERT_ERRORS as exc:
@@ -335,8 +332,8 @@ def record_json(block: bytes | memoryview) -> bytes:
     key, non-canonical DAG-CBOR, trailing bytes, nesting deeper than JSON encoding goes).
     """
     try:
-        value = decode_dag_cbor(bytes(block), atjson_mode=True)  # ValueError for bytes after it
-    except _CBOR_ERRORS as exc:
+        value = decode_atjson(block)
+    except DecodeError as exc:
         raise ValueError(f"not atproto DAG-CBOR: {exc}") from None
     try:
         # Keys sorted: Jetstream writes records with Go's encoding of maps, which sorts
@@ -406,24 +403,6 @@ def _is_sha256(cid: bytes) -> bool:
     """A CIDv1 (dag-cbor or raw) of a sha2-256 digest: every record's CID."""
     prefix = cid[:4]
     return (prefix == _DAG_CBOR_SHA256 or prefix == _RAW_SHA256) and len(cid) == 36
-
-
-def _cid_text(cid: bytes) -> str:
-    """A binary CID's string form ("bafy...": multibase base32).
-
-    cbrrr's CID.encode does it with base64.b32encode, 6 us a CID; decoding the CID as a
-    DAG-CBOR link in atjson mode gives the same string from C, 10 times faster.
-    """
-    n = len(cid) + 1  # the link's bytes: a 0x00 multibase prefix, then the CID
-    if n >= 256:
-        return CID(cid).encode()
-    head = bytes((0x40 | n,)) if n < 24 else bytes((0x58, n))
-    link: Any = decode_dag_cbor(_LINK_TAG + head + b"\x00" + cid, atjson_mode=True)
-    text: str = link["$link"]
-    return text
-
-
-_LINK_TAG = b"\xd8\x2a"  # CBOR tag 42: a CID link
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:

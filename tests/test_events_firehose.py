@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import zstandard
-from dagcbor_encode import encode
+from dagcbor_encode import encode, uvarint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -171,15 +171,6 @@ def split(frame: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def join(header: Any, body: Any) -> bytes:
     return encode(header) + encode(body)
-
-
-def uvarint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def sections(car: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:

@@ -6,7 +6,7 @@ the same window (corpus_expected_v1.jsonl, through events.decode_event) and the 
 manifest counts; other expected values are written here by hand (datetimes with
 calendar.timegm, CID strings with base64.b32encode, byte strings with base64).  Bad frames
 are real frames, split with smalldp.dagcbor and re-encoded after a change with the tests'
-own encoder (dagcbor_encode.py), which gives back the relay's bytes unchanged.
+encoder (smalldp.dagcbor.encode), which gives back the relay's bytes unchanged.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 import zstandard
-from dagcbor_encode import encode, uvarint
+from dagcbor_encode import uvarint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smalldp.dagcbor import CID, decode_prefix
+from smalldp.dagcbor import CID, decode_prefix, encode
 from smalldp.events import (
     AccountStatus, DeleteRecord, Identity, MalformedEvent, Operation, PutRecord, decode_event,
 )

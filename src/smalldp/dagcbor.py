@@ -20,6 +20,10 @@ than 64-bit ones, NaN and the infinities; ``undefined`` and other simple values;
 not UTF-8; nesting deeper than ``MAX_DEPTH``; truncated input; and bytes after the item
 where one whole item is expected.
 
+``encode`` is the other direction, canonical DAG-CBOR (shortest heads, map keys shorter
+first then bytewise, 64-bit floats, ``CID`` as tag 42): what a signature covers is
+re-encoded with it (``smalldp.verify``), and the tests build their frames with it.
+
 Kept plain for mypyc (``[tool.smalldp.compile] modules``) and quick interpreted: one
 function per item on a ``bytes`` object and an offset, with the common small items (short
 text, small integers, null, booleans) of arrays and maps decoded inline.
@@ -34,7 +38,7 @@ from typing import Any, Final
 
 __all__ = [
     "CID", "DecodeError", "MAX_DEPTH", "cid_text", "decode", "decode_atjson", "decode_prefix",
-    "read_varint",
+    "encode", "read_varint",
 ]
 
 # Arrays and maps nested inside one another (a link or a scalar adds none).  Interpreted, a
@@ -330,6 +334,97 @@ def _not_shortest(pos: int, value: int) -> DecodeError:
 
 def _too_deep(pos: int) -> DecodeError:
     return DecodeError(f"nested deeper than {MAX_DEPTH} arrays and maps at byte {pos}")
+
+
+# --- encoding --------------------------------------------------------------------------------
+
+
+def encode(value: Any) -> bytes:
+    """``value`` as canonical DAG-CBOR: the Python values ``decode`` gives (``int``, ``bytes``,
+    ``str``, ``list`` or ``tuple``, ``dict`` with text keys, ``True``/``False``/``None``,
+    finite ``float``, ``CID``); TypeError for anything else, ValueError for what DAG-CBOR
+    can't hold (NaN, infinities, integers outside 64 bits, non-text map keys)."""
+    out = bytearray()
+    _encode_into(out, value, MAX_DEPTH)
+    return bytes(out)
+
+
+def _encode_into(out: bytearray, value: Any, depth: int) -> None:
+    # bool before int: True is an int to isinstance.
+    if value is None:
+        out.append(0xF6)
+    elif value is True:
+        out.append(0xF5)
+    elif value is False:
+        out.append(0xF4)
+    elif isinstance(value, int):
+        if value >= 0:
+            _head(out, 0, value)
+        else:
+            _head(out, 1, -1 - value)
+    elif isinstance(value, str):
+        raw = value.encode()
+        _head(out, 3, len(raw))
+        out += raw
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        _head(out, 2, len(value))
+        out += value
+    elif isinstance(value, CID):
+        _head(out, 6, 42)
+        _head(out, 2, len(value.cid_bytes) + 1)
+        out.append(0)
+        out += value.cid_bytes
+    elif isinstance(value, (list, tuple, dict)):
+        if depth == 0:
+            raise ValueError(f"nested deeper than {MAX_DEPTH} arrays and maps")
+        if isinstance(value, dict):
+            keys: list[tuple[int, bytes, Any]] = []
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise ValueError(f"map key {key!r} is not a text string")
+                raw_key = key.encode()
+                keys.append((len(raw_key), raw_key, item))
+            keys.sort(key=_key_order)  # DAG-CBOR's order: shorter first, then bytewise
+            _head(out, 5, len(keys))
+            for size, raw_key, item in keys:
+                _head(out, 3, size)
+                out += raw_key
+                _encode_into(out, item, depth - 1)
+        else:
+            _head(out, 4, len(value))
+            for item in value:
+                _encode_into(out, item, depth - 1)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"float {value}: DAG-CBOR has no NaN or infinities")
+        out.append(0xFB)
+        out += struct.pack(">d", value)
+    else:
+        raise TypeError(f"can't encode {type(value).__name__} as DAG-CBOR")
+
+
+def _key_order(entry: tuple[int, bytes, Any]) -> tuple[int, bytes]:
+    return entry[0], entry[1]
+
+
+def _head(out: bytearray, major: int, arg: int) -> None:
+    """The head of major type ``major`` with argument ``arg`` in its shortest form."""
+    if arg < 24:
+        out.append(major << 5 | arg)
+    elif arg < 0x100:
+        out.append(major << 5 | 24)
+        out.append(arg)
+    elif arg < 0x10000:
+        out.append(major << 5 | 25)
+        out += arg.to_bytes(2, "big")
+    elif arg < 0x100000000:
+        out.append(major << 5 | 26)
+        out += arg.to_bytes(4, "big")
+    elif arg < 0x10000000000000000:
+        out.append(major << 5 | 27)
+        out += arg.to_bytes(8, "big")
+    else:
+        raise ValueError(f"integer {arg} does not fit DAG-CBOR's 64 bits")
 
 
 # --- CIDs ------------------------------------------------------------------------------------

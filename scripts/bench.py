@@ -307,6 +307,10 @@ def main() -> int:
     result: dict[str, object] = {"events_requested": args.events, "seed": args.seed,
                                  "batch_events": args.batch_events, "cache_mb": args.cache_mb,
                                  "cpu": os.cpu_count(), "python": sys.version.split()[0]}
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_live import _git_state
+
+    result["smalldp"] = _git_state()  # which commit and build (compiled or interpreted) ran
     if not args.skip_import:
         result.update(run_import(events_file, data_dir, args.events, args.batch_events, args.cache_mb))
     result.update(storage(data_dir))

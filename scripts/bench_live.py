@@ -898,8 +898,14 @@ def _git_state() -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             return ""
     import smalldp
-    source = str(Path(smalldp.__file__).resolve().parent)  # children inherit PYTHONPATH: same package
-    state: dict[str, Any] = {"package": source}
+    from mypyc_build import modules, status
+
+    # Children inherit PYTHONPATH: the same package.  The compiled build's overlay lists
+    # its own directory, then the source it was built from (whose commit is the one measured).
+    paths = [str(Path(p).resolve()) for p in smalldp.__path__]
+    source = next((p for p in paths if Path(p, "cli.py").is_file()), paths[0])
+    build, _ = status(modules())
+    state: dict[str, Any] = {"package": source, "build": build}
     if source == str(ROOT / "src" / "smalldp"):
         state.update(commit=git("rev-parse", "HEAD").strip(),
                      changed_files=[line[3:] for line in git("status", "--porcelain", "--", "src").splitlines()])

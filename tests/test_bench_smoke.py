@@ -95,6 +95,10 @@ def test_bench_import_and_queries(tmp_path: Path) -> None:
                 "bytes_per_link", "bytes_by_table", "server_rss_bytes"):
         assert key in result, key
     assert result["links"] > 0 and result["records"] > 0
+    # the JSON says which build was measured: the one this test run imports (scripts/test
+    # puts the compiled overlay on PYTHONPATH, and the benchmark inherits it)
+    assert result["smalldp"]["build"] == (os.environ.get("SMALLDP_TEST_BUILD") or "interpreted")
+    assert Path(result["smalldp"]["package"], "cli.py").is_file()
     assert sorted(result["queries"]) == sorted(f"{k}/{p}" for k in QUERY_KINDS for p in ("popular", "unpopular"))
     for name, figures in result["queries"].items():
         assert figures["n"] == 50 and {"p50_ms", "p99_ms"} <= set(figures), name
@@ -121,6 +125,7 @@ def test_bench_dataplane(tmp_path: Path) -> None:
     assert failures == [], out[-3000:]
     assert rc == (1 if result["problems"] else 0), out[-3000:]
     assert result["import"]["events"] == 2000
+    assert result["smalldp"]["build"] == (os.environ.get("SMALLDP_TEST_BUILD") or "interpreted")
     assert result["serve_exit"] == 0
     assert result["ingest"]["events_total"] > 0 and not result["ingest"]["tail_exhausted"]
     # the stall figures come from the service's own health (merge slices between batches)

@@ -74,7 +74,7 @@ from smalldp.timestamps import datetime_us
 
 __all__ = [
     "ErrorFrame", "FirehoseFrame", "InfoFrame", "MalformedFrame", "OpsFrame", "SyncFrame",
-    "UnknownFrame", "car_blocks", "decode_frame_firehose", "find_block", "record_json",
+    "UnknownFrame", "car_blocks", "decode_frame_firehose", "find_block", "record_json", "split_frame",
 ]
 
 # Result types are gc=False like the other decoders' (they hold no cycles).
@@ -199,20 +199,7 @@ def decode_frame_firehose(data: bytes | bytearray | memoryview | str) -> Firehos
     a ``SyncFrame``, an ``UnknownFrame``, an ``InfoFrame`` or an ``ErrorFrame``; raises
     ``MalformedFrame`` (a ``MalformedEvent``) for a frame that can't be used.
     """
-    if isinstance(data, str):  # a text message: relays only send binary ones
-        raise MalformedFrame("text message on a firehose stream")
-    if not isinstance(data, bytes):
-        data = bytes(data)
-    # The event stream's framing: two DAG-CBOR items back to back, the header and the body.
-    try:
-        header, body_at = decode_prefix(data)
-        if body_at == len(data):
-            raise MalformedFrame("frame without a body")
-        raw_body, end = decode_prefix(data, body_at)
-    except DecodeError as exc:
-        raise MalformedFrame(f"frame is not DAG-CBOR: {exc}") from None
-    if end != len(data):
-        raise MalformedFrame(f"{len(data) - end} bytes after the frame body")
+    header, raw_body = split_frame(data)
     try:
         head = msgspec.convert(header, _Header)
     except _CONVERT_ERRORS as exc:
@@ -263,6 +250,26 @@ def decode_frame_firehose(data: bytes | bytearray | memoryview | str) -> Firehos
     except MalformedEvent as exc:
         raise MalformedFrame(str(exc), body.seq) from None
     return OpsFrame(body.seq, (op,))
+
+
+def split_frame(data: bytes | bytearray | memoryview | str) -> tuple[Any, Any]:
+    """(header, body) of one websocket message, both decoded from DAG-CBOR but not checked;
+    ``MalformedFrame`` when the message is not two DAG-CBOR items back to back."""
+    if isinstance(data, str):  # a text message: relays only send binary ones
+        raise MalformedFrame("text message on a firehose stream")
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    # The event stream's framing: two DAG-CBOR items back to back, the header and the body.
+    try:
+        header, body_at = decode_prefix(data)
+        if body_at == len(data):
+            raise MalformedFrame("frame without a body")
+        raw_body, end = decode_prefix(data, body_at)
+    except DecodeError as exc:
+        raise MalformedFrame(f"frame is not DAG-CBOR: {exc}") from None
+    if end != len(data):
+        raise MalformedFrame(f"{len(data) - end} bytes after the frame body")
+    return header, raw_body
 
 
 def _commit(raw_body: Any) -> OpsFrame:

@@ -74,7 +74,8 @@ from smalldp.timestamps import datetime_us
 
 __all__ = [
     "ErrorFrame", "FirehoseFrame", "InfoFrame", "MalformedFrame", "OpsFrame", "SyncFrame",
-    "UnknownFrame", "car_blocks", "decode_frame_firehose", "find_block", "record_json", "split_frame",
+    "UnknownFrame", "car_blocks", "car_section", "decode_frame_firehose", "find_block", "record_json",
+    "split_frame",
 ]
 
 # Result types are gc=False like the other decoders' (they hold no cycles).
@@ -394,16 +395,30 @@ def car_blocks(car: bytes) -> dict[bytes, memoryview]:
         raise ValueError("truncated CAR header")
     blocks: dict[bytes, memoryview] = {}
     while pos < end:
-        size, pos = _varint(car, pos)
-        stop = pos + size
+        cid_at, data_at, stop = car_section(car, pos)
         if stop > end:
             raise ValueError("truncated CAR block")
-        data_at = _cid_end(car, pos)
-        if data_at > stop:
-            raise ValueError("CAR block shorter than its CID")
-        blocks[car[pos:data_at]] = view[data_at:stop]
+        blocks[car[cid_at:data_at]] = view[data_at:stop]
         pos = stop
     return blocks
+
+
+def car_section(data: bytes, pos: int) -> tuple[int, int, int]:
+    """(where its CID starts, where its data starts, where it ends) of the CAR v1 section
+    ``varint(len(cid) + len(data)) cid data`` at ``pos``, reading only its varint and CID.
+
+    The one reader of CAR sections: ``car_blocks`` here and ``repo_car`` (which streams a
+    file through a buffer) both use it.  The end may lie past ``len(data)``: a caller
+    holding the whole CAR calls that truncated, one reading a stream reads on.
+    ValueError when the varint or the CID can't be read (truncated, not a CIDv1 or v0) or
+    the section is shorter than its CID.
+    """
+    size, cid_at = _varint(data, pos)
+    data_at = _cid_end(data, cid_at)
+    end = cid_at + size
+    if data_at > end:
+        raise ValueError(f"CAR section at byte {pos} shorter than its CID")
+    return cid_at, data_at, end
 
 
 def _is_sha256(cid: bytes) -> bool:

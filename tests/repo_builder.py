@@ -7,7 +7,8 @@ each entry's ``t`` the subtree of the keys between it and the next, each subtree
 L - 1 (one with only ``l`` when no key of that range is at L - 1); the root is at the highest
 layer of any key, and an empty repo is one empty node.  Entry keys are prefix-compressed against
 the previous entry of the same node.  tests/test_repo_car.py checks this against the real export
-in the fixtures: the real records' (path, CID) pairs give the real commit's ``data`` CID.
+in the fixtures (the real records' (path, CID) pairs give the real commit's ``data`` CID and its
+very nodes) and against atproto's published MST interop vectors (deeper trees, in the first format).
 
 Blocks are encoded with ``smalldp.dagcbor.encode`` (canonical DAG-CBOR); the commit's ``sig`` is
 64 zero bytes unless given (the reader does not check signatures).
@@ -41,16 +42,19 @@ def car_file(roots: list[bytes], blocks: list[tuple[bytes, bytes]]) -> bytes:
     return uvarint(len(header)) + header + b"".join(uvarint(len(c) + len(d)) + c + d for c, d in blocks)
 
 
-def key_layer(key: bytes) -> int:
-    """The MST layer of ``key``: leading zero bits of its sha256, counted in 2-bit chunks."""
+def key_layer(key: bytes, bits: int = 2) -> int:
+    """The MST layer of ``key``: leading zero bits of its sha256, counted in 2-bit chunks
+    (``bits`` 4: the fanout 16 of the first atproto repos)."""
     digest = int.from_bytes(hashlib.sha256(key).digest(), "big")
-    return (256 - digest.bit_length()) // 2
+    return (256 - digest.bit_length()) // bits
 
 
-def build_mst(entries: Mapping[bytes, bytes], nodes: dict[bytes, bytes]) -> bytes:
+def build_mst(entries: Mapping[bytes, bytes], nodes: dict[bytes, bytes], *, layer_bits: int = 2,
+              text_keys: bool = False) -> bytes:
     """The root CID of the MST of ``entries`` (key -> value CID, both bytes); every node's
-    (CID -> block) goes into ``nodes``."""
-    layers = {key: key_layer(key) for key in entries}
+    (CID -> block) goes into ``nodes``.  ``layer_bits=4, text_keys=True`` is the tree's first
+    format (fanout 16, key suffixes as text), which the published interop vectors use."""
+    layers = {key: key_layer(key, layer_bits) for key in entries}
     keys = sorted(entries)
 
     def node(run: list[bytes], layer: int) -> bytes:
@@ -75,7 +79,7 @@ def build_mst(entries: Mapping[bytes, bytes], nodes: dict[bytes, bytes]) -> byte
             p = 0
             while p < min(len(prev), len(key)) and prev[p] == key[p]:
                 p += 1
-            out.append({"k": key[p:], "p": p, "t": None, "v": CID(entries[key])})
+            out.append({"k": key[p:].decode() if text_keys else key[p:], "p": p, "t": None, "v": CID(entries[key])})
             prev = key
         sub = subtree()
         if out:

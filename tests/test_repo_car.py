@@ -21,7 +21,7 @@ import pytest
 from dagcbor_encode import uvarint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from repo_builder import DID, REV, build_repo, car_file, cid_of, generated_records, repo_of_cids
+from repo_builder import DID, REV, build_mst, build_repo, car_file, cid_of, generated_records, repo_of_cids
 
 from smalldp.dagcbor import CID, cid_text, encode, read_varint
 from smalldp.events_firehose import car_blocks
@@ -106,6 +106,47 @@ def test_the_builder_lays_out_the_mst_as_the_real_export(corpus: Path, expected_
     # Node for node: the real export's MST blocks are exactly the builder's.
     real = {c: bytes(d) for c, d in car_blocks(corpus.read_bytes()).items()}
     assert all(real[cid] == block for cid, block in repo.nodes.items())
+
+
+# The interop vectors of atproto's MST (@atproto/repo's tests/mst.test.ts, "MST Interop Known
+# Maps" and "Edge Cases"; indigo's mst/mst_interop_test.go): root CIDs of key sets, every value
+# the CID below.  They predate fanout 4 and byte-string keys (the layout rules are the same), so
+# the builder makes them in that first format; they cover what the 23 real records don't: a
+# subtree two layers down (nodes with only a left subtree), a key two layers above the rest.
+INTEROP_VALUE = "bafyreie5cvv4h45feadgeuwhbcutmh6t2ceseocckahdoe6uat64zmz454"
+_R = "com.example.record/"
+INTEROP_VECTORS = [
+    ("bafyreidaftbr35xhh4lzmv5jcoeufqjh75ohzmz6u56v7n2ippbtxdgqqe", ["asdf"]),
+    ("bafyreid4g5smj6ukhrjasebt6myj7wmtm2eijouteoyueoqgoh6vm5jkae", [_R + "9ba1c7247ede"]),
+    ("bafyreiecb33zh7r2sc3k2wthm6exwzfktof63kmajeildktqc25xj6qzx4",
+     ["asdf", "88bfafc7", "2a92d355", "app.bsky.feed.post/454397e440ec", "app.bsky.feed.post/9adeb165882c"]),
+    ("bafyreihuyj2vzb2vjw3yhxg6dy25achg5fmre6gg5m6fjtxn64bqju4dee",
+     [_R + k for k in "40c73105b48f e99bf3ced34b 893e6c08b450 9cd8b6c0cc02 cbe72d33d12a a15e33ba0f6c".split()]),
+    ("bafyreibmijjc63mekkjzl3v2pegngwke5u6cu66g75z6uw27v64bc6ahqi",
+     [_R + k for k in "40c73105b48f e99bf3ced34b 893e6c08b450 9cd8b6c0cc02 cbe72d33d12a".split()]),
+    ("bafyreiagt55jzvkenoa4yik77dhomagq2uj26ix4cijj7kd2py2u3s43ve",
+     [_R + k for k in ("403e2aeebfdb 40c73105b48f 645787eb4316 7ca4e61d6fbc 893e6c08b450 9cd8b6c0cc02"
+                       " cbe72d33d12a dbea731be795 e2ef555433f2 e99bf3ced34b f728ba61e4b6").split()]),
+    ("bafyreiddrz7qbvfattp5dzzh4ldohsaobatsg7f5l6awxnmuydewq66qoa",
+     [_R + k for k in ("403e2aeebfdb 40c73105b48f 645787eb4316 7ca4e61d6fbc 893e6c08b450 9ba1c7247ede"
+                       " 9cd8b6c0cc02 cbe72d33d12a dbea731be795 e2ef555433f2 e99bf3ced34b f728ba61e4b6").split()]),
+    ("bafyreicivoa3p3ttcebdn2zfkdzenkd2uk3gxxlaz43qvueeip6yysvq2m", [_R + "403e2aeebfdb", _R + "cbe72d33d12a"]),
+    ("bafyreidwoqm6xlewxzhrx6ytbyhsazctlv72txtmnd4au6t53z2vpzn7wa",
+     [_R + "403e2aeebfdb", _R + "cbe72d33d12a", _R + "9ba1c7247ede"]),
+    ("bafyreiapru27ce4wdlylk5revtr3hewmxhmt3ek5f2ypioiivmdbv5igrm",
+     [_R + "403e2aeebfdb", _R + "cbe72d33d12a", _R + "9ba1c7247ede", _R + "fae7a851fbeb"]),
+]
+
+
+@pytest.mark.parametrize("root, keys", INTEROP_VECTORS)
+def test_the_builder_gives_the_interop_vectors(root: str, keys: list[str]) -> None:
+    value = cid_bytes(INTEROP_VALUE)
+    entries = {key.encode(): value for key in keys}
+    assert cid_text(build_mst(entries, {}, layer_bits=4, text_keys=True)) == root
+
+
+def test_the_empty_tree_is_the_known_empty_root() -> None:
+    assert cid_text(build_mst({}, {})) == "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"
 
 
 # --- generated repos ------------------------------------------------------------------------

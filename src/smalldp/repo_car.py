@@ -218,10 +218,10 @@ class RepoCar:
             where = base + pos
             try:
                 cid_at, data_at, end = car_section(buf, pos)
-            except ValueError as exc:
+            except ValueError as bad:  # not "exc": mypyc types a name by its first binding (DecodeError)
                 if eof and _cut_short(buf[pos:]):
-                    raise TruncatedCar(f"the file ends inside the section at byte {where} ({exc})") from None
-                raise MalformedCar(f"section at byte {where}: {exc}") from None
+                    raise TruncatedCar(f"the file ends inside the section at byte {where} ({bad})") from None
+                raise MalformedCar(f"section at byte {where}: {bad}") from None
             if end - pos > limit:
                 raise MalformedCar(f"section at byte {where} of {end - pos} bytes (more than {limit})")
             if end > len(buf):

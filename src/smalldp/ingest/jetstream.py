@@ -6,22 +6,18 @@ it already has, so overlap is harmless and gaps are what the rewind prevents. De
 operations go, in order, to a sink (live ingest's batcher); while the sink commits a
 batch the socket is not read and TCP pushes back on the server.
 
-Failure handling: a connection that delivered events and then ended is retried on the
-same endpoint after a short jittered pause; every consecutive failure moves to the next
-endpoint and doubles the pause, up to `backoff_max_s`. Nothing received for
-`liveness_s` seconds abandons the connection (a dead socket can stay "open" forever);
-websocket pings detect dead peers even on filtered, quiet streams.
+Failure handling (reconnect, failover, backoff, liveness) is ingest/stream.py's, shared
+with the relay firehose client (ingest/firehose.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
@@ -31,40 +27,17 @@ from smalldp.events import MalformedEvent, Operation, decode_event
 from smalldp.events_v2 import ErrorFrame, InfoFrame, OpFrame, decode_frame_v2
 from smalldp.ingest import zdict
 from smalldp.ingest.metrics import IngestMetrics
+from smalldp.ingest.stream import ClientOptions, Filters, Plan, Reconnect, StreamClient
+
+__all__ = ["ClientOptions", "Filters", "JetstreamClient", "endpoint_url", "options_update", "subscribe_url"]
 
 log = logging.getLogger(__name__)
 
-WIRE_PATHS = {"v1": "/subscribe", "v2": "/xrpc/network.bsky.jetstream.subscribeEvents"}
+WIRE_PATHS = {"v1": "/subscribe", "v2": "/xrpc/network.bsky.jetstream.subscribeEvents",
+              "firehose": "/xrpc/com.atproto.sync.subscribeRepos"}
 V2_SUBPROTOCOL = "xrpc.v1.json"
 URL_DIDS_MAX = 100  # v1: more DIDs than this go in an options_update sent first (requireHello)
-HARD_MESSAGE_LIMIT = 64 << 20  # aiohttp closes the connection above this; smaller excess is skipped
 DICTIONARY_RETRY_S = 600.0
-LOGGED_ERRORS = 20  # decode errors logged in full; then every 1000th
-
-
-@dataclass(frozen=True)
-class Filters:
-    """What to follow; empty tuples mean everything."""
-
-    collections: tuple[str, ...] = ()
-    dids: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ClientOptions:
-    """How to reach Jetstream and what to ask it for."""
-
-    endpoints: tuple[str, ...]
-    wire: str = "v1"
-    filters: Filters = field(default_factory=Filters)
-    compress: bool = True
-    rewind_s: float = 5.0
-    liveness_s: float = 30.0
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 60.0
-    max_message_bytes: int = 4 << 20
-    heartbeat_s: float = 20.0
-    connect_timeout_s: float = 15.0
 
 
 def endpoint_url(endpoint: str, wire: str) -> str:
@@ -111,22 +84,18 @@ def options_update(filters: Filters) -> str:
         "maxMessageSizeBytes": 0}}).decode()
 
 
-class _Reconnect(Exception):
-    """Abandon the current connection; the message says why."""
-
-
-class JetstreamClient:
+class JetstreamClient(StreamClient):
     """Follows Jetstream into a sink until stopped."""
+
+    log = log
+    reconnect_message = "jetstream %s: %s; reconnecting to %s in %.1f s"
 
     def __init__(self, options: ClientOptions, sink: Callable[[Operation], None], metrics: IngestMetrics,
                  *, committed_cursor: int | None,
                  v1_dictionary: Callable[[], bytes | None] | None = None,
                  data_dir: Path = Path(".")) -> None:
-        self.options = options
-        self.sink = sink  # called with each operation, in order; may block (it applies batches)
-        self.metrics = metrics
+        super().__init__(options, sink, metrics)
         self.data_dir = data_dir
-        self.last_time_us: int | None = None  # newest event seen by this process
         self._committed_cursor = committed_cursor
         # Loaded at the first connection and, while it can't be had (no network at boot),
         # tried again at most every DICTIONARY_RETRY_S: compression is worth coming back to.
@@ -134,10 +103,8 @@ class JetstreamClient:
         self._v1_dictionary: bytes | None = None
         self._v1_tried = -DICTIONARY_RETRY_S
         self._v2_dicts: dict[str, bytes | None] = {}
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._last_rx = 0.0
-        self._abandon_reason = ""
+        self._decompressor_now: zdict.Decompressor | None = None
+        self._hello = False
 
     # ------------------------------------------------------------ control
 
@@ -164,107 +131,21 @@ class JetstreamClient:
         else:
             self._abandon("filters changed (v2 reconnects to change them)")
 
-    def _abandon(self, reason: str) -> None:
-        self._abandon_reason = reason
-        if self._reader is not None:
-            self._reader.cancel()
+    # ------------------------------------------------------------ the connection
 
-    # ------------------------------------------------------------ the loop
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Connect, read and reconnect until ``stop`` is set."""
+    async def _prepare(self, endpoint: str) -> Plan:
         opts = self.options
-        failures = 0
-        index = 0
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=opts.connect_timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            while not stop.is_set():
-                endpoint = self.options.endpoints[index % len(self.options.endpoints)]
-                self.metrics.state = "connecting"
-                self.metrics.endpoint = endpoint
-                before = self.metrics.messages_received
-                try:
-                    reason = await self._connection(session, endpoint, stop)
-                except (aiohttp.ClientError, OSError, TimeoutError, _Reconnect) as exc:
-                    reason = _describe(exc)
-                finally:
-                    self._ws = None
-                    self.metrics.connected = False
-                if stop.is_set():
-                    break
-                self.metrics.reconnects += 1
-                self.metrics.last_error = reason
-                if self.metrics.messages_received > before:
-                    failures = 0  # it worked for a while: retry the same endpoint soon
-                else:
-                    failures += 1
-                    index += 1
-                delay = min(self.options.backoff_max_s,
-                            self.options.backoff_initial_s * 2 ** max(0, failures - 1))
-                delay *= random.uniform(0.5, 1.0)  # jitter: clients of one outage don't return in step
-                next_endpoint = self.options.endpoints[index % len(self.options.endpoints)]
-                log.warning("jetstream %s: %s; reconnecting to %s in %.1f s", endpoint, reason,
-                            next_endpoint, delay)
-                self.metrics.state = "backoff"
-                try:
-                    await asyncio.wait_for(stop.wait(), delay)
-                except TimeoutError:
-                    pass
-        self.metrics.state = "stopped"
-
-    async def _connection(self, session: aiohttp.ClientSession, endpoint: str,
-                          stop: asyncio.Event) -> str:
-        """One connection, from handshake to its end; returns why it ended."""
-        opts = self.options
-        decompressor = await self._decompressor(endpoint)
+        decompressor = self._decompressor_now = await self._decompressor(endpoint)
         cursor = self.resume_cursor()
-        url, hello = subscribe_url(endpoint, opts, cursor,
-                                   decompressor.dict_id if decompressor else None)
-        log.info("connecting to %s (cursor %s, %s)", endpoint,
-                 "live tip" if cursor is None else cursor,
-                 "zstd" if decompressor else "uncompressed")
-        async with session.ws_connect(
-                url, heartbeat=opts.heartbeat_s, max_msg_size=HARD_MESSAGE_LIMIT, compress=0,
-                protocols=(V2_SUBPROTOCOL,) if opts.wire == "v2" else (),
-                timeout=aiohttp.ClientWSTimeout(ws_close=2.0)) as ws:
-            self._ws = ws
-            if hello:
-                await ws.send_str(options_update(opts.filters))
-            self.metrics.connected = True
-            self.metrics.state = "streaming"
-            self._last_rx = time.monotonic()
-            self._abandon_reason = ""
-            self._reader = asyncio.create_task(self._read(ws, decompressor))
-            watchers: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
-            if opts.liveness_s > 0:
-                watchers.append(asyncio.create_task(self._watch_liveness()))
-            try:
-                await asyncio.wait([self._reader, *watchers], return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in watchers:
-                    task.cancel()
-                if not self._reader.done():
-                    self._reader.cancel()
-                try:
-                    await self._reader
-                except asyncio.CancelledError:
-                    if not stop.is_set() and not self._abandon_reason:
-                        raise
-            if stop.is_set():
-                return "stopping"
-            if self._abandon_reason:
-                return self._abandon_reason
-            code = ws.close_code
-            return f"connection closed (code {code})" if code else "connection closed"
+        url, self._hello = subscribe_url(endpoint, opts, cursor,
+                                         decompressor.dict_id if decompressor else None)
+        return Plan(url, (V2_SUBPROTOCOL,) if opts.wire == "v2" else (),
+                    f"cursor {'live tip' if cursor is None else cursor}, "
+                    f"{'zstd' if decompressor else 'uncompressed'}")
 
-    async def _watch_liveness(self) -> None:
-        limit = self.options.liveness_s
-        while True:
-            await asyncio.sleep(min(1.0, limit / 4))
-            silent = time.monotonic() - self._last_rx
-            if silent > limit:
-                self._abandon(f"nothing received for {silent:.0f} s (liveness_s={limit:g})")
-                return
+    async def _opened(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        if self._hello:
+            await ws.send_str(options_update(self.options.filters))
 
     async def _decompressor(self, endpoint: str) -> zdict.Decompressor | None:
         opts = self.options
@@ -292,8 +173,8 @@ class JetstreamClient:
 
     # ------------------------------------------------------------ the hot path
 
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse,
-                    decompressor: zdict.Decompressor | None) -> None:
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        decompressor = self._decompressor_now
         metrics = self.metrics
         sink = self.sink
         limit = self.options.max_message_bytes
@@ -318,7 +199,7 @@ class JetstreamClient:
                     self._bad(str(exc), oversized="more than" in str(exc))
                     continue
             elif kind is aiohttp.WSMsgType.ERROR:
-                raise _Reconnect(f"websocket error: {ws.exception()}")
+                raise Reconnect(f"websocket error: {ws.exception()}")
             else:
                 continue
             if len(data) > limit:
@@ -342,24 +223,7 @@ class JetstreamClient:
         if isinstance(frame, OpFrame):
             return frame.op
         if isinstance(frame, ErrorFrame):
-            raise _Reconnect(f"server error {frame.error}: {frame.message or ''}")
+            raise Reconnect(f"server error {frame.error}: {frame.message or ''}")
         if isinstance(frame, InfoFrame):
             log.info("jetstream says %s: %s", frame.name, frame.message or "")
         return None
-
-    def _bad(self, why: str, oversized: bool = False) -> None:
-        metrics = self.metrics
-        metrics.decode_errors += 1
-        if oversized:
-            metrics.oversized += 1
-        n = metrics.decode_errors
-        if n <= LOGGED_ERRORS or n % 1000 == 0:
-            log.warning("skipped message %d (decode error %d): %s", metrics.messages_received, n, why[:300])
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.WSServerHandshakeError):
-        return f"handshake refused (HTTP {exc.status}: {exc.message})"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    return f"{type(exc).__name__}: {exc}"

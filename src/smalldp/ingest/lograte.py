@@ -20,7 +20,8 @@ from typing import Callable
 
 WINDOW_S = 60.0
 BURST = 5
-INGEST_LOGGERS = ("smalldp.ingest.jetstream", "smalldp.ingest.live", "smalldp.ingest.diskguard",
+INGEST_LOGGERS = ("smalldp.ingest.jetstream", "smalldp.ingest.firehose", "smalldp.ingest.stream",
+                  "smalldp.ingest.live", "smalldp.ingest.diskguard",
                   "smalldp.ingest.zdict")
 _SUMMARY = "%d more like %r in the last %.0f s; the last: %s"
 

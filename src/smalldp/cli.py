@@ -9,11 +9,15 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from smalldp import __version__
 from smalldp.config import ConfigError, Settings, add_arguments, load_settings
 
-INGEST_SETTINGS = ["batch_events", "batch_ms", "merge_ms", "jetstream", "jetstream_wire", "wanted_collections",
+if TYPE_CHECKING:
+    from aiohttp import web
+
+INGEST_SETTINGS = ["batch_events", "batch_ms", "merge_ms", "jetstream", "firehose", "jetstream_wire", "wanted_collections",
                    "wanted_dids", "compress", "zstd_dictionary", "zstd_dictionary_url", "rewind_s",
                    "liveness_s", "backoff_max_s", "max_message_bytes", "min_free_mb", "min_free_percent"]
 STORE_SETTINGS = ["data_dir", "cache_mb", "mmap_mb", "compaction_fanout", "actor_cache",
@@ -32,17 +36,22 @@ def _parser() -> argparse.ArgumentParser:
                      help="read files from the start even if an earlier import of them got further")
     imp.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    srv = sub.add_parser("serve", help="follow Jetstream and serve the HTTP API")
+    srv = sub.add_parser("serve", help="follow Jetstream (or relays: --firehose) and serve the HTTP API")
     add_arguments(srv, [*STORE_SETTINGS, "listen", "read_threads", *INGEST_SETTINGS])
     srv.add_argument("--no-ingest", action="store_true", help="answer queries only; do not follow Jetstream")
 
     cmp_ = sub.add_parser("compact", help="merge every run of the backlink index into one")
     add_arguments(cmp_, STORE_SETTINGS)
 
-    rpl = sub.add_parser("replay", help="serve JSONL captures as a Jetstream v1 websocket (for tests and benchmarks)")
+    rpl = sub.add_parser("replay", help="serve JSONL captures as a Jetstream v1 websocket, or captures and "
+                                        "frame files as a relay (--wire firehose), for tests and benchmarks")
     add_arguments(rpl, ["zstd_dictionary", "log_level"])
     rpl.add_argument("files", nargs="+", type=Path, metavar="FILE",
-                     help="Jetstream v1 JSONL captures (plain or .zst), played in order as one stream")
+                     help="Jetstream v1 JSONL captures (plain or .zst), played in order as one stream; with "
+                          "--wire firehose also frame files ([u32 LE length][frame]..., plain or .zst)")
+    rpl.add_argument("--wire", choices=["jetstream", "firehose"], default="jetstream",
+                     help="jetstream (default): Jetstream v1 at /subscribe; firehose: a relay's "
+                          "/xrpc/com.atproto.sync.subscribeRepos (captures' events made into frames, seq = line number)")
     # Not the `listen` setting: a replay server runs next to `smalldp serve`, on its own port.
     rpl.add_argument("--listen", dest="replay_listen", default="127.0.0.1:6008", metavar="HOST:PORT",
                      help="where to serve ws://HOST:PORT/subscribe; IPv6 as [::1]:6008. Default: 127.0.0.1:6008.")
@@ -143,9 +152,9 @@ def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    """Serve capture files as a Jetstream v1 websocket until SIGTERM or SIGINT."""
+    """Serve capture files as a Jetstream v1 websocket (or as a relay) until SIGTERM or SIGINT."""
     from smalldp.config import parse_listen
-    from smalldp.replay import make_replay_app, parse_speed, serve_replay
+    from smalldp.replay import parse_speed, serve_replay
     try:
         host, port = parse_listen(args.replay_listen)
     except ValueError as exc:
@@ -160,6 +169,31 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     if missing:
         print(f"smalldp replay: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
+    path = "/subscribe"
+    if args.wire == "firehose":
+        from smalldp.replay_firehose import PATH, make_relay_app
+        app, path = make_relay_app(list(args.files), speed=speed), PATH
+    else:
+        made = _jetstream_replay(args, settings, speed)
+        if made is None:
+            return 2
+        app = made
+
+    def ready(bound_host: str, bound_port: int) -> None:
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        print(f"replaying {len(args.files)} file(s) on ws://{shown}:{bound_port}{path}", flush=True)
+
+    try:
+        asyncio.run(serve_replay(app, host, port, ready=ready))
+    except OSError as exc:
+        print(f"smalldp replay: cannot listen on {args.replay_listen}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _jetstream_replay(args: argparse.Namespace, settings: Settings, speed: float | None) -> web.Application | None:
+    """The Jetstream v1 replay app, or None (the reason printed)."""
+    from smalldp.replay import make_replay_app
     dictionary = None
     if settings.zstd_dictionary:  # empty: no dictionary, compress=true requests are refused
         dict_path = Path(settings.zstd_dictionary).expanduser()
@@ -168,23 +202,12 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         except OSError as exc:
             print(f"smalldp replay: cannot read zstd dictionary {dict_path}: {exc.strerror or exc}",
                   file=sys.stderr)
-            return 2
+            return None
     try:
-        app = make_replay_app(list(args.files), dictionary=dictionary, speed=speed)
+        return make_replay_app(list(args.files), dictionary=dictionary, speed=speed)
     except ValueError as exc:
         print(f"smalldp replay: {exc}", file=sys.stderr)
-        return 2
-
-    def ready(bound_host: str, bound_port: int) -> None:
-        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        print(f"replaying {len(args.files)} file(s) on ws://{shown}:{bound_port}/subscribe", flush=True)
-
-    try:
-        asyncio.run(serve_replay(app, host, port, ready=ready))
-    except OSError as exc:
-        print(f"smalldp replay: cannot listen on {args.replay_listen}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    return 0
+        return None
 
 
 def _progress(command: str):  # type: ignore[no-untyped-def]

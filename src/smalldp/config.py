@@ -104,6 +104,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("jetstream", "list", PUBLIC_JETSTREAMS,
             "Jetstream endpoints (ws:// or wss:// URLs), tried in order, failing over to the next; "
             "a URL without a path gets the wire's path. Repeat the flag or comma-separate."),
+    # Firehose wins over jetstream rather than the two being exclusive: jetstream has a
+    # non-empty default (and deployments or test guards may set it in the environment), so
+    # "both set" can't be told from "jetstream left as it was".
+    Setting("firehose", "list", (),
+            "Relay endpoints (ws:// or wss:// URLs, e.g. wss://relay1.us-east.bsky.network), tried in order, "
+            "failing over to the next; a URL without a path gets /xrpc/com.atproto.sync.subscribeRepos. "
+            "When set, serve follows these relays and the jetstream settings are not used. "
+            "Repeat the flag or comma-separate."),
     Setting("jetstream_wire", "choice", "v1",
             "Jetstream protocol: v1 (/subscribe, cursor = time_us) or v2 "
             "(/xrpc/network.bsky.jetstream.subscribeEvents, resumed by time).",
@@ -156,6 +164,7 @@ class Settings:
     log_level: str
     read_threads: int
     jetstream: tuple[str, ...]
+    firehose: tuple[str, ...]
     jetstream_wire: str
     wanted_collections: tuple[str, ...]
     wanted_dids: tuple[str, ...]
@@ -251,8 +260,8 @@ def _check_list(name: str, items: list[str]) -> None:
         for item in items:
             if not _DID_RE.match(item):
                 raise ValueError(f"expected DIDs, got {item[:80]!r}")
-    elif name == "jetstream":
-        if not items:
+    elif name in ("jetstream", "firehose"):
+        if not items and name == "jetstream":
             raise ValueError("expected at least one ws:// or wss:// URL")
         for item in items:
             parts = urlsplit(item)

@@ -3,7 +3,8 @@
 This is the composition root: the only module that knows both the ingest side and the
 HTTP side. Lifecycle (aiosmtpd-style, kept apart from protocol and policy):
 
-  open the store (ingest thread) -> bind HTTP -> READY=1 -> follow Jetstream
+  open the store (ingest thread) -> bind HTTP -> READY=1 -> follow Jetstream (or, with
+  the `firehose` setting, relays)
   SIGHUP: re-read the config, send the new filters
   SIGTERM/SIGINT: STOPPING=1 -> stop reading -> commit the batch -> close the
   store -> close HTTP
@@ -52,7 +53,14 @@ def open_writer(settings: Settings) -> Writer:
 
 
 def client_options(settings: Settings) -> ClientOptions:
-    """What the Jetstream client needs from the settings."""
+    """What the ingest client needs from the settings: relays when `firehose` is set (it
+    wins over `jetstream`; relays send uncompressed DAG-CBOR), else Jetstream."""
+    if settings.firehose:
+        return ClientOptions(
+            endpoints=settings.firehose, wire="firehose",
+            filters=Filters(settings.wanted_collections, settings.wanted_dids),
+            compress=False, liveness_s=settings.liveness_s, backoff_max_s=settings.backoff_max_s,
+            max_message_bytes=settings.max_message_bytes)
     return ClientOptions(
         endpoints=settings.jetstream, wire=settings.jetstream_wire,
         filters=Filters(settings.wanted_collections, settings.wanted_dids),
@@ -62,7 +70,7 @@ def client_options(settings: Settings) -> ClientOptions:
 
 def load_v1_dictionary(settings: Settings) -> bytes | None:
     """The v1 dictionary, or None (with the reason logged) to run uncompressed."""
-    if not settings.compress or settings.jetstream_wire != "v1":
+    if not settings.compress or settings.jetstream_wire != "v1" or settings.firehose:
         return None
     try:
         return zdict.legacy_dictionary(Path(settings.data_dir), settings.zstd_dictionary,
@@ -143,8 +151,9 @@ class Service:
                 await loop.run_in_executor(None, self._live.wait_done, STOP_WAIT_S)
             raise ServiceError(f"cannot listen on {settings.listen}: {exc.strerror or exc}") from None
         self.port = runner.addresses[0][1] if runner.addresses else port
+        following = "relays " + ", ".join(settings.firehose) if settings.firehose else "Jetstream"
         log.info("serving on http://%s:%d (%s)", host, self.port,
-                 "following Jetstream" if self.ingest else "no ingest")
+                 f"following {following}" if self.ingest else "no ingest")
         self.notifier.ready(self.metrics.status_line() if self.ingest else "serving, no ingest")
         self.ready.set()
         try:

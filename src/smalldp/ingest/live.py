@@ -1,6 +1,7 @@
 """Live ingest on its own thread: websocket → decode → batch → one transaction, in order.
 
-One thread, with its own event loop, runs the Jetstream client and the store's writer.
+One thread, with its own event loop, runs the websocket client (Jetstream's, or a relay
+firehose's: ingest/stream.py's interface) and the store's writer.
 Decoded events collect in a batch; a full batch, or any batch once `batch_ms` have gone
 since the last commit, is applied right there, synchronously.  Counting from the last
 commit (not from the batch's first event) bounds the time between commits by about
@@ -15,7 +16,8 @@ like `import`, and leaves the main loop to HTTP.
 
 Each commit carries the cursor: the time_us of the batch's last event, the point this
 stream resumes from (it may step back after a failover to an instance whose clock is
-behind; replays are harmless).
+behind; replays are harmless), and whatever else the client resumes from (a relay's seq,
+`commit_meta`), in the same transaction.
 
 Disk space (ingest/diskguard.py): before each commit the guard compares the free space
 with the floor. Below it, or after a commit failed for lack of space (rolled back by
@@ -42,8 +44,10 @@ from typing import Callable
 from smalldp.events import Operation
 from smalldp.ingest import lograte
 from smalldp.ingest.diskguard import DiskGuard, is_disk_full
+from smalldp.ingest.firehose import FirehoseClient
 from smalldp.ingest.jetstream import ClientOptions, Filters, JetstreamClient
 from smalldp.ingest.metrics import IngestMetrics
+from smalldp.ingest.stream import StreamClient
 from smalldp.priority import QueryGate
 from smalldp.store.schema import WAL_SIZE_LIMIT
 from smalldp.store.writer import Writer
@@ -64,7 +68,7 @@ class WriterFailed(RuntimeError):
 
 
 class LiveIngest:
-    """The ingest thread: owns the Writer and the Jetstream client for one `smalldp serve`."""
+    """The ingest thread: owns the Writer and the websocket client for one `smalldp serve`."""
 
     def __init__(self, open_writer: Callable[[], Writer], options: ClientOptions,
                  metrics: IngestMetrics, *, batch_events: int, batch_ms: int, merge_ms: int = 250,
@@ -85,10 +89,11 @@ class LiveIngest:
         self.guard = disk_guard or DiskGuard(data_dir, min_free_mb=0, min_free_percent=0)
         self._next_wal_truncate = 0.0
         self.writer: Writer | None = None
-        self.client: JetstreamClient | None = None
+        self.client: StreamClient | None = None
         self.error: BaseException | None = None
         self._failure: WriterFailed | None = None
         self._batch: list[Operation] = []
+        self._meta_committed: dict[str, object] = {}  # the client's commit_meta() as last committed
         self._clock = clock
         self._due = clock() + self.batch_s  # a batch commits by then: batch_ms after the last commit
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -162,9 +167,7 @@ class LiveIngest:
             writer.pause = self._gate.pause
         try:
             self.metrics.cursor = writer.cursor
-            self.client = JetstreamClient(self.options, self._deliver, self.metrics,
-                                          committed_cursor=writer.cursor,
-                                          v1_dictionary=self._v1_dictionary, data_dir=self._data_dir)
+            self.client = self._client(writer)
             self._opened.set()
             if self._stop_requested.is_set():
                 self._stop.set()
@@ -175,12 +178,21 @@ class LiveIngest:
                 flusher.cancel()
             if self._failure is not None:
                 raise self._failure
-            if not self._flush(block=False):  # what was received before the stop
+            if self._flush(block=False):  # what was received before the stop
+                self._commit_position(writer, force=True)
+            else:
                 log.warning("stopped while paused (%s): %d received events not committed; they are "
                             "received again from the committed cursor at the next start",
                             self.guard.reason, len(self._batch))
         finally:
             self._close(writer)
+
+    def _client(self, writer: Writer) -> StreamClient:
+        if self.options.wire == "firehose":
+            return FirehoseClient(self.options, self._deliver, self.metrics, committed_cursor=writer.cursor,
+                                  committed_meta=writer.meta)
+        return JetstreamClient(self.options, self._deliver, self.metrics, committed_cursor=writer.cursor,
+                               v1_dictionary=self._v1_dictionary, data_dir=self._data_dir)
 
     def _close(self, writer: Writer) -> None:
         try:
@@ -222,8 +234,9 @@ class LiveIngest:
                 return False
             batch = self._batch
             cursor = batch[-1].time_us
+            meta = self.client.commit_meta() if self.client is not None else None
             try:
-                stats = writer.apply(batch, cursor=cursor)
+                stats = writer.apply(batch, cursor=cursor, meta=meta)
             except Exception as exc:
                 if not is_disk_full(exc):
                     raise WriterFailed(f"{type(exc).__name__}: {exc}") from exc
@@ -238,11 +251,36 @@ class LiveIngest:
                     return True
                 continue
             self.guard.committed()
+            self._meta_committed = meta or {}
             self._committed(batch, cursor, stats.links_added, stats.links_removed)
             self._merge(writer)
             self._bound_wal(writer)
             return True
         return True
+
+    def _commit_position(self, writer: Writer, *, force: bool = False) -> None:
+        """With no batch pending, commit the client's position alone when it has moved past
+        frames that delivered nothing (a relay's #sync or skipped frames, commits the
+        filters leave out), batch_ms after the last commit (``force``: now): else a
+        restart would receive all of them again, hours of them on a filtered firehose."""
+        client = self.client
+        if client is None or self._batch:
+            return
+        meta = client.commit_meta()
+        if not meta or meta == self._meta_committed or (not force and self._clock() < self._due):
+            return
+        if not self._room(block=False):
+            return
+        try:
+            writer.apply([], meta=meta)
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise WriterFailed(f"{type(exc).__name__}: {exc}") from exc
+            self.guard.commit_failed(exc)
+            self._show_guard()
+            return
+        self._meta_committed = meta
+        self._due = self._clock() + self.batch_s
 
     def _merge(self, writer: Writer) -> None:
         """Merge slices between batches, for at most merge_ms: a merge of any size goes on
@@ -327,6 +365,7 @@ class LiveIngest:
                 if self._batch and (self.guard.paused or self._clock() >= self._due):
                     self._flush(block=False)
                 elif not self._batch and self.writer is not None and not self.guard.paused:
+                    self._commit_position(self.writer)
                     self._merge(self.writer)  # a quiet stream: merges go on between ticks
             except WriterFailed as exc:
                 self._failure = exc

@@ -34,6 +34,9 @@ class IngestMetrics:
     links_added: int = 0
     links_removed: int = 0
     cursor: int | None = None  # time_us of the last committed event
+    seq: int | None = None  # relay firehose: the seq of the last frame read (None on Jetstream)
+    sync_events: int = 0  # relay firehose: #sync frames seen (a repo reset; not applied, see README)
+    possible_gaps: int = 0  # relay firehose: resumes that may have missed events (logged with their span)
     queue_depth: int = 0  # events received and not committed yet (the batch being filled)
     last_commit_monotonic: float = field(default_factory=time.monotonic)
     last_error: str = ""
@@ -121,7 +124,7 @@ class IngestMetrics:
         """(name, type, help, value) for the Prometheus exposition."""
         lag = self.lag_s()
         return [
-            ("smalldp_ingest_connected", "gauge", "1 while a Jetstream connection is open.",
+            ("smalldp_ingest_connected", "gauge", "1 while a Jetstream (or relay) connection is open.",
              1.0 if self.connected else 0.0),
             ("smalldp_ingest_lag_seconds", "gauge",
              "Now minus the time_us of the last committed event (NaN before the first).",
@@ -146,6 +149,11 @@ class IngestMetrics:
              float(self.oversized)),
             ("smalldp_ingest_reconnects_total", "counter", "Connections lost or abandoned.",
              float(self.reconnects)),
+            ("smalldp_ingest_sync_events_total", "counter",
+             "Relay #sync frames seen (repo resets; not applied: no backfill yet).", float(self.sync_events)),
+            ("smalldp_ingest_possible_gaps_total", "counter",
+             "Relay resumes without a usable seq of that relay (events may be missing).",
+             float(self.possible_gaps)),
             ("smalldp_ingest_queue_depth", "gauge", "Events received and not committed yet.",
              float(self.queue_depth)),
             ("smalldp_ingest_links_added_total", "counter", "Backlinks added.", float(self.links_added)),
@@ -187,6 +195,7 @@ class IngestMetrics:
                 "cursor": self.cursor, "lag_s": None if lag is None else round(lag, 3),
                 "events_per_s": round(self.events_per_s(), 1), "events": self.events_committed,
                 "reconnects": self.reconnects, "decode_errors": self.decode_errors,
+                "seq": self.seq, "sync_events": self.sync_events, "possible_gaps": self.possible_gaps,
                 "queue_depth": self.queue_depth, "last_error": self.last_error,
                 "commit_gap_max_s": round(self.commit_gap_max_s, 3),
                 "merge": {"slices": self.merge_slices, "seconds": round(self.merge_seconds, 3),

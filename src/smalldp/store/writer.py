@@ -16,6 +16,7 @@ key order.  Only deletes and updates read and rewrite existing chunks.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import time
 import logging
@@ -346,7 +347,14 @@ class Writer:
               meta: dict[str, object] | None = None) -> BatchStats:
         """Apply operations in order, in one transaction with the cursor and ``meta``; then
         run ``merge_slices`` merge slices (see merge_steps)."""
-        ops = list(ops)
+        paused = _pause_gc()
+        try:
+            return self._apply_batch(list(ops), cursor, meta)
+        finally:
+            _resume_gc(paused)
+
+    def _apply_batch(self, ops: list[Operation], cursor: int | None,
+                     meta: dict[str, object] | None) -> BatchStats:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -656,10 +664,14 @@ class Writer:
         own short transaction, so a merge of any size never holds the writer for long."""
         deadline = None if budget_s is None else time.monotonic() + budget_s
         done = 0
-        while (slices is None or done < slices) and self.backlinks.merge_step():
-            done += 1
-            if deadline is not None and time.monotonic() >= deadline:
-                break
+        paused = _pause_gc()
+        try:
+            while (slices is None or done < slices) and self.backlinks.merge_step():
+                done += 1
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+        finally:
+            _resume_gc(paused)
         return done
 
     def compact(self, full: bool = False, progress: Progress | None = None) -> int:
@@ -668,6 +680,26 @@ class Writer:
         if full:
             return self.backlinks.compact_all(progress)
         return self.merge_steps()
+
+
+def _pause_gc() -> bool:
+    """Stop automatic cyclic garbage collection for one batch or merge; True if it was on.
+
+    A batch holds millions of short-lived containers (operations, link lists, entries) at
+    once; each automatic collection during it rescans all of them and promotes them, only
+    for reference counting to free them when the batch ends (py-spy of a compiled import:
+    6.7% of the time in the collector; README "Benchmark" has the figures with and without).
+    Cycles made meanwhile are not lost: collection resumes after the batch, with them still
+    in its youngest generation."""
+    enabled = gc.isenabled()
+    if enabled:
+        gc.disable()
+    return enabled
+
+
+def _resume_gc(paused: bool) -> None:
+    if paused:
+        gc.enable()
 
 
 def supersedes(when_us: int, seq: int | None, last_us: int | None, last_seq: int | None) -> bool:

@@ -420,6 +420,16 @@ def test_a_raw_block_with_the_digest_of_a_node_can_stand_neither_for_it_nor_in_i
         list(car.records())
 
 
+def test_a_record_bigger_than_the_read_chunk(tmp_path: Path) -> None:
+    # The indexing pass reads the file 1 MiB at a time: a block longer than that is read whole.
+    records = {"x.example.big/a": {"text": "x" * (3 << 20)}, "x.example.big/b": {"n": 1}}
+    path = tmp_path / "big.car"
+    path.write_bytes(build_repo(records).car())
+    assert as_dict(read_all(path)) == records
+    with pytest.raises(MalformedCar, match="more than"):
+        open_repo(path, max_block=1 << 20)
+
+
 def test_a_closed_file_is_not_read(tmp_path: Path) -> None:
     path = tmp_path / "r.car"
     path.write_bytes(small_repo().car())

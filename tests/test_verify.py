@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from dagcbor_encode import uvarint
+from repo_builder import build_mst, car_file, cid_of, generated_records
 from test_events_firehose import read_frames
 
 from smalldp.dagcbor import CID, decode, decode_prefix, encode
@@ -35,7 +34,7 @@ from smalldp.events_firehose import car_blocks, decode_frame_firehose, find_bloc
 from smalldp.tid import tid_to_int
 from smalldp.verify import (
     ChainBreak, CommitVerifier, DictResolver, HttpDidResolver, VerifyError, check_commit,
-    parse_multikey, signing_key,
+    parse_multikey, signing_key, verify_commit_block,
 )
 
 T = TypeVar("T")
@@ -59,16 +58,8 @@ def b58(data: bytes) -> str:
     return "1" * (len(data) - len(data.lstrip(b"\0"))) + out
 
 
-def cid_of(block: bytes) -> CID:
-    return CID(b"\x01\x71\x12\x20" + hashlib.sha256(block).digest())
-
-
 def car(root: CID, blocks: dict[bytes, bytes]) -> bytes:
-    header = encode({"roots": [root], "version": 1})
-    out = uvarint(len(header)) + header
-    for cid, data in blocks.items():
-        out += uvarint(len(cid) + len(data)) + cid + data
-    return out
+    return car_file([root.cid_bytes], list(blocks.items()))
 
 
 def split(frame: bytes) -> tuple[Any, dict[str, Any]]:
@@ -128,7 +119,7 @@ def test_real_keys_are_compressed_secp256k1(docs: dict[str, Any]) -> None:
     for did, doc in docs.items():
         key = signing_key(doc)
         assert key.curve == "secp256k1"
-        point = key.public_key.public_bytes(Encoding.X962, PublicFormat.CompressedPoint)
+        point = key.public_key().public_bytes(Encoding.X962, PublicFormat.CompressedPoint)
         # The multibase is 'z' + base58(0xe7 0x01 + the compressed point): encoded here again.
         assert "z" + b58(b"\xe7\x01" + point) == key.multibase, did
 
@@ -144,7 +135,7 @@ def resign(body: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> di
     commit = decode(blocks.pop(body["commit"].cid_bytes))
     change(commit)
     block = encode(commit)
-    cid = cid_of(block)
+    cid = CID(cid_of(block))
     blocks[cid.cid_bytes] = block
     return {**body, "commit": cid, "blocks": car(cid, blocks)}
 
@@ -192,7 +183,7 @@ def test_changed_real_commits_fail_each_with_its_kind(commits: list[dict[str, An
     key = signing_key(docs[body["repo"]])
     unsigned = encode({k: v for k, v in decode(bytes(find_block(body["blocks"], body["commit"].cid_bytes)))  # type: ignore[arg-type]
                        .items() if k != "sig"})
-    key.public_key.verify(encode_dss_signature(r, N_K1 - s), unsigned, ec.ECDSA(hashes.SHA256()))  # maths: valid
+    key.public_key().verify(encode_dss_signature(r, N_K1 - s), unsigned, ec.ECDSA(hashes.SHA256()))  # maths: valid
     assert error_of(verifier, resign(body, set_sig(twin))).kind == "high_s"
 
     # Another account's key.
@@ -254,18 +245,22 @@ class Account:
         s = min(s, self.n - s)  # low-S, as atproto signers normalise
         return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
-    def commit(self, rev: str, prev_data: CID | None, path: str = "app.bsky.feed.post/3mptbyplj5d2a",
-               text: str = "hi") -> tuple[dict[str, Any], CID]:
-        record = encode({"$type": "app.bsky.feed.post", "text": text, "createdAt": "2026-07-04T14:38:07.517Z"})
-        node = encode({"l": None, "e": [{"p": 0, "k": path.encode(), "v": cid_of(record), "t": None}]})
-        data = cid_of(node)
+    def commit(self, rev: str, prev_data: CID | None, seed: int = 0) -> tuple[dict[str, Any], CID]:
+        """A commit of a repo of 40 generated records (an MST of several levels, built as
+        atproto lays it out), whose ops create the first record and delete a path not in it."""
+        records = {path: encode(record) for path, record in generated_records(40, seed).items()}
+        nodes: dict[bytes, bytes] = {}
+        data = CID(build_mst({path.encode(): cid_of(block) for path, block in records.items()}, nodes))
         unsigned = {"did": self.did, "version": 3, "data": data, "rev": rev, "prev": None}
         block = encode({**unsigned, "sig": self.sign(encode(unsigned))})
-        cid = cid_of(block)
-        blocks = {cid.cid_bytes: block, data.cid_bytes: node, cid_of(record).cid_bytes: record}
+        cid = CID(cid_of(block))
+        path = next(iter(records))
+        blocks = {cid.cid_bytes: block, **nodes, cid_of(records[path]): records[path]}
         body = {"seq": 1, "repo": self.did, "rev": rev, "since": None, "time": "2026-07-04T14:38:07.517Z",
                 "commit": cid, "blocks": car(cid, blocks), "blobs": [], "rebase": False, "tooBig": False,
-                "ops": [{"action": "create", "path": path, "cid": cid_of(record)}], "prevData": prev_data}
+                "ops": [{"action": "create", "path": path, "cid": CID(cid_of(records[path]))},
+                        {"action": "delete", "path": "app.bsky.feed.like/3mptbyplj5d2a", "cid": None}],
+                "prevData": prev_data}
         return body, data
 
 
@@ -274,13 +269,22 @@ def test_commits_signed_here_verify(curve: ec.EllipticCurve) -> None:
     account = Account(curve)
     key = signing_key(account.doc())
     assert key.curve == ("secp256k1" if isinstance(curve, ec.SECP256K1) else "p256")
-    assert key.public_key.public_numbers() == account.private.public_key().public_numbers()
+    assert key.public_key().public_numbers() == account.private.public_key().public_numbers()
     body, data = account.commit("3mptbypluud2a", None)
     assert check_commit(body, key) == (account.did, data)
     assert verify_body(CommitVerifier(DictResolver({account.did: account.doc()})), body)
     # The frame decodes to a PutRecord too: it is a real frame, not only one the verifier reads.
     ops = decode_frame_firehose(join({"op": 1, "t": "#commit"}, body)).ops  # type: ignore[union-attr]
-    assert [(op.did, op.rev) for op in ops] == [(account.did, tid_to_int("3mptbypluud2a"))]  # type: ignore[union-attr]
+    rev = tid_to_int("3mptbypluud2a")
+    assert [(type(op).__name__, op.did, op.rev) for op in ops] == [  # type: ignore[union-attr]
+        ("PutRecord", account.did, rev), ("DeleteRecord", account.did, rev)]
+    assert len(car_blocks(body["blocks"])) > 4  # the commit, a record, and an MST of several nodes
+    # The commit block alone, as a backfill checks a getRepo CAR's root.
+    block = bytes(car_blocks(body["blocks"])[body["commit"].cid_bytes])
+    assert verify_commit_block(block, key, account.did)["data"] == data
+    with pytest.raises(VerifyError) as info:
+        verify_commit_block(block, key, "did:plc:cccccccccccccccccccccccc")
+    assert info.value.kind == "did_mismatch"
     # Another key of the same curve does not verify it.
     other = Account(curve)
     assert error_of(CommitVerifier(DictResolver({account.did: other.doc()})), body).kind == "bad_signature"
@@ -289,11 +293,11 @@ def test_commits_signed_here_verify(curve: ec.EllipticCurve) -> None:
 def test_prev_data_chain() -> None:
     account = Account(ec.SECP256K1())
     verifier = CommitVerifier(DictResolver({account.did: account.doc()}))
-    first, data1 = account.commit("3mptbypluud2a", None, text="one")
-    second, data2 = account.commit("3mptbypluud2c", data1, text="two")
+    first, data1 = account.commit("3mptbypluud2a", None, seed=1)
+    second, data2 = account.commit("3mptbypluud2c", data1, seed=2)
     assert verify_body(verifier, first) and verify_body(verifier, second)
     assert verifier._last[account.did] == ("3mptbypluud2c", data2.cid_bytes)
-    broken, data3 = account.commit("3mptbypluud2e", data1, text="three")  # data1, not data2: one missed
+    broken, data3 = account.commit("3mptbypluud2e", data1, seed=3)  # data1, not data2: one missed
     with pytest.raises(ChainBreak) as info:
         verify_body(verifier, broken)
     assert info.value.kind == "chain_break" and str(data1) in str(info.value) and str(data2) in str(info.value)
@@ -303,7 +307,7 @@ def test_prev_data_chain() -> None:
     # A #sync resets the repo: a commit after it starts a new chain.
     run(verifier.verify(join({"op": 1, "t": "#sync"}, {"seq": 2, "did": account.did, "rev": "3mptbypluud2f",
                                                           "time": "2026-07-04T14:38:08.000Z", "blocks": b""})))
-    after, _ = account.commit("3mptbypluud2g", data1, text="four")
+    after, _ = account.commit("3mptbypluud2g", data1, seed=4)
     assert verify_body(verifier, after)
     bad_prev = {**after, "prevData": b"\x01"}
     assert error_of(verifier, bad_prev).kind == "malformed"
@@ -324,6 +328,52 @@ def test_rotated_key_is_resolved_again() -> None:
     run(verifier.verify(join({"op": 1, "t": "#identity"}, {"seq": 3, "did": account.did,
                                                               "time": "2026-07-04T14:38:08.000Z"})))
     assert account.did not in verifier._keys
+    # A cached key that fails while the DID no longer resolves: the signature's failure is the error.
+    assert verify_body(verifier, new)
+    del docs[account.did]
+    account.rekey(ec.SECP256K1())
+    forged, _ = account.commit("3mptbypluud2e", None)
+    assert error_of(verifier, forged).kind == "bad_signature"
+
+
+class SlowResolver(DictResolver):
+    """A DictResolver that takes its time and counts calls and calls in flight."""
+
+    def __init__(self, docs: dict[str, Any]) -> None:
+        super().__init__(docs)
+        self.calls: list[str] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def resolve(self, did: str) -> Any:
+        self.calls.append(did)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        await asyncio.sleep(0.01)
+        self.in_flight -= 1
+        return await super().resolve(did)
+
+
+def test_prefetch_and_failed_resolutions() -> None:
+    accounts = [Account(ec.SECP256K1(), did=f"did:plc:{i:024d}") for i in range(10)]
+    resolver = SlowResolver({a.did: a.doc() for a in accounts[:8]})  # the last two unknown
+    verifier = CommitVerifier(resolver, retry_s=3600)
+    run(verifier.prefetch([a.did for a in accounts] * 2, concurrency=4))
+    assert sorted(resolver.calls) == sorted(a.did for a in accounts)  # once each
+    assert resolver.most_in_flight == 4
+    assert sorted(verifier._keys) == sorted(a.did for a in accounts[:8])
+    body, _ = accounts[0].commit("3mptbypluud2a", None)
+    assert verify_body(verifier, body) and len(resolver.calls) == 10  # from the cache
+    unknown, _ = accounts[9].commit("3mptbypluud2a", None)
+    error = error_of(verifier, unknown)
+    assert error.kind == "unresolved" and "asked again 3600 s after" in str(error)
+    assert len(resolver.calls) == 10  # the failure was remembered: not asked again
+    verifier.retry_s = 0
+    resolver.docs = {**resolver.docs, accounts[9].did: accounts[9].doc()}
+    assert verify_body(verifier, unknown) and len(resolver.calls) == 11
+    small = CommitVerifier(DictResolver({a.did: a.doc() for a in accounts}), max_keys=3)
+    run(small.prefetch(a.did for a in accounts))
+    assert len(small._keys) == 3  # bounded: the oldest dropped
 
 
 def test_key_parsing_errors() -> None:
@@ -346,7 +396,7 @@ def test_key_parsing_errors() -> None:
     # A 2019 verification method: the bare point, the curve from the type.
     legacy = {"verificationMethod": [{"id": "#atproto", "type": "EcdsaSecp256r1VerificationKey2019",
                                       "publicKeyMultibase": "z" + b58(uncompressed)}]}
-    assert signing_key(legacy).public_key.public_numbers() == point.public_numbers()
+    assert signing_key(legacy).public_key().public_numbers() == point.public_numbers()
     with pytest.raises(VerifyError, match="unknown type 'Ed25519VerificationKey2020'"):
         signing_key({"verificationMethod": [{"id": "did:web:x#atproto", "type": "Ed25519VerificationKey2020",
                                              "publicKeyMultibase": "z6Mk"}]})

@@ -28,14 +28,23 @@ tree at ``prevData`` gives ``data`` (Sync 1.1's inversion, which needs MST inser
 deletion on the partial tree); that the MST is well formed (key layers, order) beyond the
 lookups; ``blobs``; a ``#sync`` frame's commit; and anything across a restart (the per-repo
 state is memory only).  The DID document is trusted as the resolver returns it.
+
+Use: ``CommitVerifier(resolver)``, then per message ``await verifier.verify(frame)`` (True:
+a commit that verified; False: a frame with nothing to verify; ``VerifyError`` with a
+``kind`` to count by); ``await verifier.prefetch(dids)`` first resolves a batch's new accounts
+concurrently.  ``verify_commit_block`` checks a commit block alone (a getRepo CAR's root).
+Resolvers: ``DictResolver`` (documents at hand) and ``HttpDidResolver`` (PLC directory,
+did:web), both behind the ``DidResolver`` protocol.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 from urllib.parse import unquote
 
 import aiohttp
@@ -49,8 +58,10 @@ from smalldp.events_firehose import MalformedFrame, find_block, split_frame
 
 __all__ = [
     "ChainBreak", "CommitVerifier", "DictResolver", "DidResolver", "HttpDidResolver", "SigningKey",
-    "VerifyError", "check_commit", "parse_multikey", "signing_key",
+    "VerifyError", "check_commit", "parse_multikey", "signing_key", "verify_commit_block",
 ]
+
+_V = TypeVar("_V")
 
 
 class VerifyError(ValueError):
@@ -87,11 +98,21 @@ _ECDSA_SHA256: Final = ec.ECDSA(hashes.SHA256())
 
 @dataclass(frozen=True)
 class SigningKey:
-    """A public signing key: ``curve`` is ``secp256k1`` or ``p256``."""
+    """A public signing key: ``curve`` is ``secp256k1`` or ``p256``, ``point`` the point
+    (checked to be on the curve) as the DID document gave it.
+
+    The point, not a ``cryptography`` key object: such an object takes about 2 KB of memory
+    (OpenSSL's), this about 0.3 KB, and building one per verification costs ~40 us of the
+    ~400 us a secp256k1 verification takes.  A cache of every active account's key fits.
+    """
 
     curve: str
-    public_key: ec.EllipticCurvePublicKey
+    point: bytes
     multibase: str
+
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        """The key as a ``cryptography`` object."""
+        return ec.EllipticCurvePublicKey.from_encoded_point(_CURVES[self.curve], self.point)
 
     def verify(self, message: bytes, sig: bytes) -> None:
         """Raise ``VerifyError`` unless ``sig`` (64 bytes r || s, low-S) signs ``message``."""
@@ -105,7 +126,7 @@ class SigningKey:
         if s > n >> 1:
             raise VerifyError("high_s", "s > n/2: atproto accepts only low-S signatures")
         try:
-            self.public_key.verify(encode_dss_signature(r, s), message, _ECDSA_SHA256)
+            self.public_key().verify(encode_dss_signature(r, s), message, _ECDSA_SHA256)
         except InvalidSignature:
             raise VerifyError("bad_signature", f"signature does not match the {self.curve} key"
                               f" {self.multibase[:16]}...") from None
@@ -130,11 +151,12 @@ def parse_multikey(multibase: str, legacy_type: str | None = None) -> SigningKey
     else:
         curve = _LEGACY_TYPES[legacy_type]
         point = raw
+    key = SigningKey(curve, point, multibase)
     try:
-        public_key = ec.EllipticCurvePublicKey.from_encoded_point(_CURVES[curve], point)
+        key.public_key()
     except ValueError as exc:
         raise VerifyError("bad_key", f"{curve} key is not a point of the curve: {exc}") from None
-    return SigningKey(curve, public_key, multibase)
+    return key
 
 
 def signing_key(doc: Mapping[str, Any]) -> SigningKey:
@@ -190,25 +212,10 @@ def check_commit(body: Mapping[str, Any], key: SigningKey) -> tuple[str, CID]:
     if block is None:
         raise VerifyError("no_commit_block", f"commit block {commit_cid} of {repo} absent from the CAR slice"
                           " (or not matching its CID)")
-    try:
-        commit = decode(block)
-    except DecodeError as exc:
-        raise VerifyError("malformed", f"commit block of {repo}: {exc}") from None
-    if not isinstance(commit, dict):
-        raise VerifyError("malformed", f"commit block of {repo} is not a map")
-    sig = commit.get("sig")
-    data = commit.get("data")
-    if not isinstance(sig, bytes) or not isinstance(data, CID) or commit.get("version") != 3:
-        raise VerifyError("malformed", f"commit of {repo} is not a version 3 commit with sig and data")
-    if commit.get("did") != repo:
-        raise VerifyError("did_mismatch", f"commit of {str(commit.get('did'))[:80]!r} in a frame of {repo}")
-    if commit.get("rev") != rev:
-        raise VerifyError("rev_mismatch", f"commit rev {str(commit.get('rev'))[:20]!r}, frame rev {rev[:20]!r}")
     prev_data = body.get("prevData")
     if prev_data is not None and not isinstance(prev_data, CID):
         raise VerifyError("malformed", f"prevData of {repo} is not a CID")
-    unsigned = {k: v for k, v in commit.items() if k != "sig"}
-    key.verify(encode(unsigned), sig)
+    data = verify_commit_block(block, key, repo, rev)["data"]
     ops = body.get("ops")
     if not isinstance(ops, list):
         raise VerifyError("malformed", f"#commit of {repo} without ops")
@@ -222,6 +229,31 @@ def check_commit(body: Mapping[str, Any], key: SigningKey) -> tuple[str, CID]:
             raise VerifyError("op_not_signed", f"{op.get('action')!s:.8} of {path[:80]!r}: the signed tree"
                               f" has {'nothing' if found is None else CID(found)} there, the op {want}")
     return repo, data
+
+
+def verify_commit_block(block: bytes | memoryview, key: SigningKey, did: str,
+                        rev: str | None = None) -> dict[str, Any]:
+    """The signed commit ``block`` holds (DAG-CBOR ``{did, version: 3, data, rev, prev, sig}``),
+    once checked to be ``did``'s (at ``rev`` when given) and signed with ``key``; ``VerifyError``
+    otherwise.  The firehose's check, and the one a backfill makes of a getRepo CAR's root."""
+    try:
+        commit = decode(block)
+    except DecodeError as exc:
+        raise VerifyError("malformed", f"commit block of {did}: {exc}") from None
+    if not isinstance(commit, dict):
+        raise VerifyError("malformed", f"commit block of {did} is not a map")
+    sig = commit.get("sig")
+    if not isinstance(sig, bytes) or not isinstance(commit.get("data"), CID) or commit.get("version") != 3:
+        raise VerifyError("malformed", f"commit of {did} is not a version 3 commit with sig and data")
+    # Before the signature: the frame's account may have a key that verifies another's commit.
+    if commit.get("did") != did:
+        raise VerifyError("did_mismatch", f"commit of {str(commit.get('did'))[:80]!r} given as {did}'s")
+    if rev is not None and commit.get("rev") != rev:
+        raise VerifyError("rev_mismatch", f"commit rev {str(commit.get('rev'))[:20]!r}, frame rev {rev[:20]!r}")
+    # What was signed: the same map without sig, canonical DAG-CBOR (the decoder accepted only
+    # canonical input, so every other field re-encodes to the bytes the signer had).
+    key.verify(encode({k: v for k, v in commit.items() if k != "sig"}), sig)
+    return commit
 
 
 def _mst_get(car: bytes, root: bytes, key: bytes) -> bytes | None:
@@ -339,17 +371,22 @@ class HttpDidResolver:
 class CommitVerifier:
     """Verifies firehose frames, caching each DID's signing key and each repo's last commit.
 
-    ``max_keys`` and ``max_repos`` bound the two caches (oldest dropped first; about 0.3 KB
-    an entry).  A cached key that fails a signature is resolved again once (the account may
-    have rotated its key); an ``#identity`` frame drops the DID's key and a ``#sync`` the repo's
-    last commit.  One verifier per stream, used from one event loop.
+    ``max_keys`` and ``max_repos`` bound the two caches (oldest dropped first; about 0.4 and
+    0.3 KB an entry).  A cached key that fails a signature is resolved again once (the account
+    may have rotated its key); an ``#identity`` frame drops the DID's key and a ``#sync`` the
+    repo's last commit.  A DID whose resolution failed is not asked again for ``retry_s``
+    (its commits fail ``unresolved`` meanwhile): a directory that is down is not asked at the
+    stream's rate.  One verifier per stream, used from one event loop.
     """
 
-    def __init__(self, resolver: DidResolver, *, max_keys: int = 100_000, max_repos: int = 200_000) -> None:
+    def __init__(self, resolver: DidResolver, *, max_keys: int = 200_000, max_repos: int = 200_000,
+                 retry_s: float = 300.0) -> None:
         self.resolver = resolver
         self.max_keys = max_keys
         self.max_repos = max_repos
+        self.retry_s = retry_s
         self._keys: dict[str, SigningKey] = {}
+        self._failed: dict[str, float] = {}  # DID -> when resolving it last failed (monotonic)
         self._last: dict[str, tuple[str, bytes]] = {}  # repo -> (rev, data CID) of its newest commit
 
     async def verify(self, frame: bytes) -> bool:
@@ -388,28 +425,59 @@ class CommitVerifier:
         except VerifyError as exc:
             if exc.kind != "bad_signature" or not cached:
                 raise
-            fresh = await self._resolve(repo)  # a rotated key: retry once with the current one
+            try:
+                fresh = await self._resolve(repo)  # a rotated key: retry once with the current one
+            except VerifyError:
+                raise exc from None
             if fresh == key:
                 raise
             _, data = check_commit(body, fresh)
         self._chain(repo, str(body.get("rev")), data, body.get("prevData"))
 
+    async def prefetch(self, dids: Iterable[str], concurrency: int = 16) -> None:
+        """Resolve the keys of ``dids`` not cached yet, ``concurrency`` at a time, so that a
+        batch of frames waits for its new accounts' documents together rather than one after
+        the other.  Failures are not raised here: they are remembered, and the DID's commits
+        fail ``unresolved``."""
+        missing = {did for did in dids if did not in self._keys}
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(did: str) -> None:
+            async with gate:
+                try:
+                    await self._resolve(did)
+                except VerifyError:
+                    pass
+
+        await asyncio.gather(*(one(did) for did in missing))
+
     async def _resolve(self, did: str) -> SigningKey:
-        key = signing_key(await self.resolver.resolve(did))
-        self._keys.pop(did, None)
-        if len(self._keys) >= self.max_keys:
-            del self._keys[next(iter(self._keys))]
-        self._keys[did] = key
+        failed_at = self._failed.get(did)
+        if failed_at is not None and time.monotonic() - failed_at < self.retry_s:
+            raise VerifyError("unresolved", f"{did}: resolving it failed {time.monotonic() - failed_at:.0f} s ago;"
+                              f" asked again {self.retry_s:.0f} s after")
+        try:
+            key = signing_key(await self.resolver.resolve(did))
+        except VerifyError:
+            _put(self._failed, did, time.monotonic(), self.max_keys)
+            raise
+        self._failed.pop(did, None)
+        _put(self._keys, did, key, self.max_keys)
         return key
 
     def _chain(self, repo: str, rev: str, data: CID, prev_data: Any) -> None:
         last = self._last.get(repo)
         if last is not None and rev <= last[0]:
             return  # a replay (a reconnect rewinds the cursor): older than what we hold
-        self._last.pop(repo, None)
-        if len(self._last) >= self.max_repos:
-            del self._last[next(iter(self._last))]
-        self._last[repo] = (rev, data.cid_bytes)
+        _put(self._last, repo, (rev, data.cid_bytes), self.max_repos)
         if last is not None and isinstance(prev_data, CID) and prev_data.cid_bytes != last[1]:
             raise ChainBreak("chain_break", f"prevData {prev_data} of {repo} at {rev} is not the data"
                              f" {CID(last[1])} of its commit {last[0]}")
+
+
+def _put(cache: dict[str, _V], key: str, value: _V, limit: int) -> None:
+    """Set ``cache[key]`` as its newest entry, dropping the oldest beyond ``limit``."""
+    cache.pop(key, None)
+    if len(cache) >= limit:
+        del cache[next(iter(cache))]
+    cache[key] = value

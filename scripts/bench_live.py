@@ -17,6 +17,10 @@ catchup (`--only catchup`)
     load is reported too (--together: one run per wire, timed under the load).  After each
     catch-up the imported dir is served with --no-ingest and a handful of answers are
     compared with the live dir's: any difference is reported and makes the exit status 1.
+    `--firehose also|only`: the relay wire too (or alone): the capture made into relay
+    frames once (smalldp.replay_firehose, cached next to it), `smalldp replay --wire
+    firehose` and `smalldp serve --firehose`; caught up when the committed frames reach the
+    last seq. Reported besides events/s: frames/s and MB/s received (what decoding costs).
 memory (`--only memory`)
     A capture of M minutes at --memory-rate events/s, replayed at live pace; the serve
     process's RSS is sampled every --sample-s seconds (a light open-loop query load runs
@@ -164,8 +168,10 @@ def fresh_dir(path: Path) -> Path:
 
 
 def start_replay(events_file: Path, port: int, log_path: Path, *, speed: str,
-                 dictionary: Path | None) -> Child:
+                 dictionary: Path | None, firehose: bool = False) -> Child:
     argv = smalldp("replay", str(events_file), "--listen", f"127.0.0.1:{port}", "--speed", speed)
+    if firehose:
+        argv += ["--wire", "firehose"]
     if dictionary is not None:
         argv += ["--zstd-dictionary", str(dictionary)]
     child = Child("replay", argv, log_path)
@@ -174,21 +180,45 @@ def start_replay(events_file: Path, port: int, log_path: Path, *, speed: str,
 
 
 def start_live_serve(data_dir: Path, port: int, replay_port: int, log_path: Path,
-                     dictionary: Path | None) -> Child:
-    argv = smalldp("serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}",
-                   "--jetstream", f"ws://127.0.0.1:{replay_port}")
-    argv += ["--compress", "--zstd-dictionary", str(dictionary)] if dictionary else ["--no-compress"]
+                     dictionary: Path | None, firehose: bool = False) -> Child:
+    argv = smalldp("serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}")
+    if firehose:
+        argv += ["--firehose", f"ws://127.0.0.1:{replay_port}"]
+    else:
+        argv += ["--jetstream", f"ws://127.0.0.1:{replay_port}"]
+        argv += ["--compress", "--zstd-dictionary", str(dictionary)] if dictionary else ["--no-compress"]
     return Child("serve", argv, log_path)
 
 
+def ensure_frames(events_file: Path) -> tuple[Path, int]:
+    """The capture as relay frames, seq = line number (made once, cached next to it):
+    (file, last seq)."""
+    from smalldp.replay_firehose import frames_from_lines, write_frame_file
+    path = events_file.with_name(events_file.name.replace(".jsonl.zst", "") + ".frames.zst")
+    last_path = path.with_name(path.name + ".last")
+    if path.exists() and last_path.exists():
+        return path, int(last_path.read_text())
+    started = time.monotonic()
+    with open_lines(events_file) as stream:
+        tmp = path.with_name("tmp-" + path.name)
+        n = write_frame_file(tmp, frames_from_lines(stream))
+    last = capture_bounds(events_file)["lines"]  # no blank lines in generated captures
+    if n != last:
+        raise RuntimeError(f"{n:,} frames made of {last:,} events: see the log for the lines left out")
+    tmp.rename(path)
+    last_path.write_text(str(last))
+    log(f"made {n:,} relay frames in {time.monotonic() - started:.1f} s -> {path}")
+    return path, last
+
+
 def wire_used(log_path: Path) -> str | None:
-    """What the serve log says it connected with: 'zstd', 'uncompressed' or None."""
+    """What the serve log says it connected with: 'zstd', 'uncompressed', 'firehose' or None."""
     try:
         text = log_path.read_text(errors="replace")
     except OSError:
         return None
-    found = re.findall(r"connecting to .*?\(cursor [^,]*, (zstd|uncompressed)\)", text)
-    return found[-1] if found else None
+    found = re.findall(r"connecting to .*?\((?:cursor [^,]*, (zstd|uncompressed)|(live tip|cursor seq \d+))\)", text)
+    return (found[-1][0] or "firehose") if found else None
 
 
 # ---------------------------------------------------------------------------- captures and targets
@@ -441,11 +471,14 @@ def run_import(events_file: Path, data_dir: Path, log_path: Path) -> dict[str, A
 
 async def drive_catchup(serve: Child, replay: Child, base: str, bounds: dict[str, int],
                         targets: dict[str, list[Triple]], query_rate: float, started: float,
-                        timeout_s: float, stall_s: float, expected_events: int) -> dict[str, Any]:
+                        timeout_s: float, stall_s: float, expected_events: int,
+                        last_seq: int | None = None) -> dict[str, Any]:
     """Poll health until caught up while the open-loop queries run; return the figures.
 
     Caught up: the committed cursor (from the store) is the capture's last time_us and
-    nothing is queued; live events/s = ``expected_events`` / (serve start -> then)."""
+    nothing is queued; live events/s = ``expected_events`` / (serve start -> then).
+    ``last_seq`` (the relay wire, whose cursor is each event's own time): the last frame
+    read has that seq and nothing is queued."""
     last = bounds["last_time_us"]
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)) as session:
         await wait_http(session, base, serve)
@@ -474,7 +507,8 @@ async def drive_catchup(serve: Child, replay: Child, base: str, bounds: dict[str
                 events = int(js.get("events") or 0)
                 if not timeline or t - timeline[-1][0] >= 1.0:
                     timeline.append([round(t, 2), events, int(js.get("queue_depth") or 0)])
-                if health.get("cursor") == last and js.get("queue_depth") == 0:
+                at_end = health.get("cursor") == last if last_seq is None else js.get("seq") == last_seq
+                if at_end and js.get("queue_depth") == 0:
                     break
                 if events != last_events:
                     last_events, last_change = events, now
@@ -552,21 +586,27 @@ def catchup_one(wire: str, events_file: Path, bounds: dict[str, int], import_dir
     """One live catch-up on a fresh data dir; ``query_rate`` requests/s meanwhile (0: none)."""
     out = args.out_dir
     dictionary = args.dictionary if wire == "compressed" else None
+    firehose = wire == "firehose"
+    served_file, last_seq = ensure_frames(events_file) if firehose else (events_file, None)
     data_dir = fresh_dir(out / f"live-data-{args.events}-{wire}")
     rport, sport = free_port(), free_port()
     log(f"[{tag}] live catch-up, {wire}: replay on :{rport}, serve on :{sport}")
-    replay = start_replay(events_file, rport, out / f"live-{tag}-{wire}-replay.log", speed="max",
-                          dictionary=dictionary)
+    replay = start_replay(served_file, rport, out / f"live-{tag}-{wire}-replay.log", speed="max",
+                          dictionary=dictionary, firehose=firehose)
     ref = None
     load_before = [round(x, 2) for x in os.getloadavg()]
     try:
         replay_cpu0 = replay.cpu_s()
         started = time.monotonic()
-        serve = start_live_serve(data_dir, sport, rport, out / f"live-{tag}-{wire}-serve.log", dictionary)
+        serve = start_live_serve(data_dir, sport, rport, out / f"live-{tag}-{wire}-serve.log", dictionary,
+                                 firehose=firehose)
         expected = import_result["summary"]["events"]
         result = asyncio.run(drive_catchup(serve, replay, f"http://127.0.0.1:{sport}", bounds, targets,
                                            query_rate, started, args.timeout_s, args.stall_s,
-                                           expected))
+                                           expected, last_seq))
+        if result["seconds"]:  # what a relay's ~10x bytes cost: frames and bytes per second
+            result["frames_per_s"] = round((result["messages_received"] or 0) / result["seconds"], 1)
+            result["mb_per_s"] = round((result["bytes_received"] or 0) / 1e6 / result["seconds"], 2)
         result["load_avg_before"] = load_before  # 1, 5, 15 min: others share this machine
         result["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
         result["serve_cpu_s"] = round(serve.cpu_s(), 2)
@@ -628,6 +668,7 @@ def run_catchup(args: argparse.Namespace) -> dict[str, Any]:
     if "compressed" in wires and not args.dictionary.is_file():
         log(f"no dictionary at {args.dictionary}: compressed runs skipped")
         wires = [w for w in wires if w != "compressed"]
+    wires = {"off": wires, "also": [*wires, "firehose"], "only": ["firehose"]}[args.firehose]
     runs = []
     targets: dict[str, list[Triple]] | None = None
     for rep in range(args.repeat):
@@ -663,6 +704,8 @@ def run_catchup(args: argparse.Namespace) -> dict[str, Any]:
         medians[wire] = {
             "ratio": median_or_none([lv.get("ratio") for lv in lives]),
             "live_events_per_s": median_or_none([lv.get("live_events_per_s") for lv in lives]),
+            "frames_per_s": median_or_none([lv.get("frames_per_s") for lv in lives]),
+            "mb_per_s": median_or_none([lv.get("mb_per_s") for lv in lives]),
             "import_events_per_s": median_or_none([r["import"]["import_events_per_s"] for r in runs]),
             "ratio_with_queries": median_or_none([lv.get("ratio") for lv in loaded]),
             "live_events_per_s_with_queries": median_or_none([lv.get("live_events_per_s") for lv in loaded]),
@@ -786,7 +829,9 @@ def human_summary(result: dict[str, Any]) -> str:
             lines.append(f"  {wire:12s} import {m['import_events_per_s'] or 0:,.0f}/s  live "
                          f"{m['live_events_per_s'] or 0:,.0f}/s  ratio {m['ratio']} (target >= 0.8); "
                          f"under {catchup['query_rate']:g} queries/s: {m['live_events_per_s_with_queries'] or 0:,.0f}/s, "
-                         f"ratio {m['ratio_with_queries']}, query errors {m['query_errors']}")
+                         f"ratio {m['ratio_with_queries']}, query errors {m['query_errors']}"
+                         + (f"; {m['frames_per_s'] or 0:,.0f} frames/s, {m['mb_per_s']} MB/s received"
+                            if wire == "firehose" else ""))
             for key, q in m["queries"].items():
                 lines.append(f"    {key:40s} p50 {q['p50_ms']} ms  p99 {q['p99_ms']} ms  max {q['max_ms']} ms")
         for i, run in enumerate(catchup["runs"], 1):
@@ -817,6 +862,9 @@ def main() -> int:
                         help="catch-up wires: both (default), zstd only, uncompressed only; memory uses zstd "
                              "unless off")
     parser.add_argument("--dictionary", type=Path, default=DEFAULT_DICTIONARY, help="v1 zstd dictionary")
+    parser.add_argument("--firehose", choices=["off", "also", "only"], default="off",
+                        help="catch-up over the relay wire too (also) or alone (only): the capture as "
+                             "subscribeRepos frames, `replay --wire firehose`, `serve --firehose`")
     parser.add_argument("--repeat", type=int, default=1, help="catch-up runs (import + live); medians reported")
     parser.add_argument("--query-rate", type=float, default=100.0, help="requests/s while catching up")
     parser.add_argument("--together", action="store_true",
@@ -873,7 +921,8 @@ def main() -> int:
                 if live["queries"]["errors"]:
                     problems.append(f"run {i} {wire_part}: {live['queries']['errors']} query errors "
                                     f"{live['queries']['error_samples'][:3]}")
-                if live.get("wire") and live["wire"] != ("zstd" if wire == "compressed" else "uncompressed"):
+                if live.get("wire") and live["wire"] != {"compressed": "zstd", "firehose": "firehose"}.get(
+                        wire, "uncompressed"):
                     problems.append(f"run {i} {wire_part}: serve connected {live['wire']}")
                 if live.get("serve_exit") not in (0, None):
                     problems.append(f"run {i} {wire_part}: serve exited with {live['serve_exit']}")

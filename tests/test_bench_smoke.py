@@ -149,10 +149,11 @@ def test_bench_dataplane(tmp_path: Path) -> None:
 def test_bench_live(tmp_path: Path) -> None:
     """`scripts/bench_live` (it picks its query targets as scripts/bench does): a catch-up of
     `serve` following `replay` under queries, answers compared with the imported store's,
-    then a short memory run; every wire available (zstd when the shared dictionary is there)."""
+    then a short memory run; every wire available (zstd when the shared dictionary is there,
+    and the relay firehose)."""
     out_json = tmp_path / "live.json"
     rc, out, seconds = run_bench(
-        ["--events", "20000", "--together", "--query-rate", "20", "--memory-minutes", "0.1",
+        ["--events", "20000", "--together", "--query-rate", "20", "--firehose", "also", "--memory-minutes", "0.1",
          "--memory-rate", "500", "--memory-grace-s", "60", "--sample-s", "1",
          "--out-dir", str(tmp_path / "out"), "--json", str(out_json)], tmp_path, 600, BENCH_LIVE)
     print(f"scripts/bench_live --events 20000 --memory-minutes 0.1: {seconds:.1f} s")
@@ -160,7 +161,7 @@ def test_bench_live(tmp_path: Path) -> None:
     result: dict[str, Any] = json.loads(out_json.read_text())
     assert result["problems"] == []
     catchup = result["catchup"]
-    assert catchup["wires"] and len(catchup["runs"]) == 1
+    assert "firehose" in catchup["wires"] and len(catchup["runs"]) == 1
     assert catchup["targets"]["popular"] and catchup["targets"]["unpopular"]
     for wire in catchup["wires"]:
         live = catchup["runs"][0]["live"][wire]
@@ -168,6 +169,8 @@ def test_bench_live(tmp_path: Path) -> None:
         checks = live["correctness"]
         assert checks and all(c["checked"] > 0 and not c["mismatches"] for c in checks.values()), (wire, checks)
         assert catchup["median"][wire]["queries"], wire
+    relay = catchup["runs"][0]["live"]["firehose"]  # the relay wire: frames as well as events
+    assert relay["wire"] == "firehose" and relay["frames_per_s"] > 0 and relay["mb_per_s"] > 0
     memory = result["memory"]
     assert memory["problem"] is None and memory["serve_exit"] == 0
     assert memory["samples"] and memory["rss_end_bytes"] > 0

@@ -360,3 +360,53 @@ def test_firehose_setting_wins_over_jetstream_and_is_validated(tmp_path: Path) -
         load_settings({"firehose": ["https://relay.example.com"]}, env={})
     env = load_settings({}, env={"SMALLDP_FIREHOSE": "wss://a.example.com,wss://b.example.com"})
     assert env.firehose == ("wss://a.example.com", "wss://b.example.com")
+
+
+def test_sigkill_mid_stream_then_restart_resumes_from_the_committed_seq(tmp_path: Path) -> None:
+    """`smalldp serve --firehose` killed while it ingests: the seq committed with the data is
+    where the next run resumes, and the store ends equal to the capture's import."""
+    import signal
+    import sys
+
+    from test_live import _env, _health
+
+    (tmp_path / "ref").mkdir()
+    generated = Generated(tmp_path / "ref", 6000, seed=8)
+    data = tmp_path / "data"
+
+    async def serve(relay: FakeRelay, port: int) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "smalldp.cli", "serve", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}",
+            "--firehose", relay.url, "--jetstream", GUARD_JETSTREAM, "--batch-events", "200", "--batch-ms", "50",
+            "--backoff-max-s", "1", env=_env())
+
+    async def main() -> tuple[FakeRelay, int]:
+        # The first connection sends slowly enough to be killed in the middle.
+        pause = {i: 0.002 for i in range(0, len(generated.frames), 10)}
+        async with FakeRelay(generated.frames, faults={0: RelayFault(pause=pause)}) as relay:
+            port = free_port()
+            first = await serve(relay, port)
+            deadline = time.monotonic() + 60
+            while not (committed(data, relay_key(relay.url)) or 0) > 1000:
+                assert first.returncode is None and time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            first.send_signal(signal.SIGKILL)
+            await first.wait()
+            killed_at = committed(data, relay_key(relay.url))
+            assert 1000 < killed_at < len(generated.frames)
+            second = await serve(relay, port)
+            try:
+                while committed(data, relay_key(relay.url)) != len(generated.frames):
+                    assert second.returncode is None and time.monotonic() < deadline + 60, await _health(port)
+                    await asyncio.sleep(0.05)
+            finally:
+                second.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(second.wait(), 20) == 0
+            return relay, killed_at
+
+    relay, killed_at = asyncio.run(main())
+    first_conn, second_conn = relay.connections
+    assert second_conn.cursor == str(killed_at)  # what was committed, not what was received
+    assert first_conn.seqs[-1] > killed_at  # the kill lost received, uncommitted frames...
+    assert second_conn.seqs == list(range(killed_at + 1, len(generated.frames) + 1))  # ...sent again once
+    assert generated.of(data) == generated.answers

@@ -223,9 +223,9 @@ def test_store_equals_model(tmp_path_factory, history, page_size: int, fanout: i
     # Everything again, in one batch: a full replay changes no answer.
     writer.apply(ops, cursor=len(ops))
     compare(model, reader, page_size)
-    writer.compact(full=True)
+    writer.compact(full=True)  # first removes the rows of deleted accounts still queued
     compare(model, reader, page_size)
-    writer.close()  # runs the purges still queued: the data of deleted accounts goes
+    writer.close()
     compare(model, reader, page_size)
     reader.close()
     conn = sqlite3.connect(path)

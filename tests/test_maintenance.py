@@ -444,18 +444,10 @@ def test_backup_while_serving_restores_to_a_consistent_prefix(tmp_path: Path) ->
     # The live batches ended at an event with that time_us: the prefix through it. Generated
     # time_us can repeat, so each line carrying that value is a candidate end.
     keys, targets, uris = _keys_of(lines)
+    # answers() first removes the rows of deleted accounts still queued for the purge sweep
+    # (no query shows them; only the links counter counts them): the backup, taken
+    # mid-stream, and a clean import stand at different places in that sweep.
     want = answers(restored, keys, targets, uris)
-    # A clean import ends with Writer.close(), which runs the purges of deleted accounts
-    # still queued; the backup, taken mid-stream, may hold some (hidden: no query shows
-    # them, but the links counter still counts them). Run them on a copy, then every
-    # answer, the counter included, must be equal.
-    purged = tmp_path / "purged"
-    purged.mkdir()
-    shutil.copy(db_path(restored), db_path(purged))
-    Writer(db_path(purged)).close()
-    assert {k: v for k, v in answers(purged, keys, targets, uris).items() if k != "links"} == \
-        {k: v for k, v in want.items() if k != "links"}
-    want = answers(purged, keys, targets, uris)
     candidates = [i for i, t in enumerate(times) if t == cursor]
     assert 1 <= len(candidates) <= 3
     differing = []

@@ -122,7 +122,13 @@ def test_sweep_removes_exactly_the_deleted_rows_within_a_lap(tmp_path: Path, see
             else:
                 del lap_batches[who]
     assert saw_queue > 0  # sweeps really were under way across batches
-    writer.close()  # finishes what is queued
+    queued = set(writer.purges.queue)
+    writer.close()  # leaves the sweep where it stands: it goes on when the store is next opened
+    writer = Writer(path, purge_rows=rows_per_batch)
+    assert set(writer.purges.queue) == queued
+    assert writer.finish_purges() == len(queued)  # what `smalldp compact` does first
+    assert not writer.purges
+    writer.close()
     have = stored(path)
     assert not any(who in h.deleted and rev <= h.deleted[who] for (who, _), rev in have.items())
     assert check_store(path).ok

@@ -235,8 +235,18 @@ class Writer:
         return None if value is None else int(value)
 
     def close(self) -> None:
-        """Finish pending purges (one scan for all), checkpoint and close the connection."""
-        if self.purges:
+        """Checkpoint and close the connection.  Purges under way are left as they stand:
+        their sweep goes on from there when the store is next opened (finishing them here
+        would be a scan of the whole forward index, minutes at network scale, in the way of
+        a service's stop)."""
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.conn.close()
+
+    def finish_purges(self) -> int:
+        """Remove the rows of every deleted account still queued now, in one transaction
+        (one scan of the whole forward index); returns how many accounts that was."""
+        queued = len(self.purges)
+        if queued:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 batch = _Batch()
@@ -247,8 +257,7 @@ class Writer:
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 raise
-        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self.conn.close()
+        return queued
 
     # ------------------------------------------------------------ IDs
 
@@ -675,9 +684,11 @@ class Writer:
         return done
 
     def compact(self, full: bool = False, progress: Progress | None = None) -> int:
-        """Run every merge that is due (or, with ``full``, merge every run into one,
-        reporting to ``progress``); returns the merge slices run."""
-        if full:
+        """Run every merge that is due (or, with ``full``, remove the rows of the deleted
+        accounts still queued and merge every run into one, reporting to ``progress``);
+        returns the merge slices run."""
+        if full:  # everything tidy: deleted accounts' rows gone too, then one run
+            self.finish_purges()
             return self.backlinks.compact_all(progress)
         return self.merge_steps()
 

@@ -31,7 +31,6 @@ from smalldp.ingest.firehose import relay_key
 from smalldp.replay_firehose import frames_from_lines
 from smalldp.service import Service
 from smalldp.store.dataplane import DataPlaneReader
-from smalldp.store.reader import Reader
 from smalldp.store.schema import db_path
 from smalldp.systemd import Notifier
 from test_events_firehose import MULTI_OP_FRAME, build_car, join, read_frames, sections, split
@@ -346,6 +345,27 @@ def test_client_side_filters_and_the_position_past_filtered_frames(tmp_path: Pat
     assert service.metrics.events_committed == len(wanted) < len(gen.lines)
     import_json(tmp_path / "graph", [write_lines(tmp_path / "graph.jsonl", wanted)])
     assert gen.of(data) == gen.of(tmp_path / "graph")
+
+
+def test_wanted_dids_filter_every_kind_of_event_as_jetstream_does(tmp_path: Path, gen: Generated) -> None:
+    data = tmp_path / "data"
+    counts: dict[str, int] = {}
+    for line in gen.lines:
+        event = json.loads(line)
+        if event["kind"] != "commit":
+            counts[event["did"]] = counts.get(event["did"], 0) + 1
+    wanted = sorted(counts, key=lambda d: -counts[d])[:3]  # accounts with account/identity events
+
+    async def main() -> Service:
+        async with FakeRelay(gen.frames) as relay:
+            return await run_until(relay_settings(data, [relay.url], wanted_dids=wanted),
+                                   seq_committed(data, relay, len(gen.frames)))
+
+    service = asyncio.run(main())
+    kept = [line for line in gen.lines if json.loads(line)["did"] in wanted]
+    assert service.metrics.events_committed == len(kept) and sum(counts[d] for d in wanted) > 0
+    import_json(tmp_path / "some", [write_lines(tmp_path / "some.jsonl", kept)])
+    assert gen.of(data) == gen.of(tmp_path / "some")
 
 
 def test_firehose_setting_wins_over_jetstream_and_is_validated(tmp_path: Path) -> None:

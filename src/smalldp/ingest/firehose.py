@@ -35,8 +35,9 @@ What else the relay says:
   the batch go on.
 
 Filters: a relay has none, so ``wanted_collections`` and ``wanted_dids`` are applied here,
-after decoding (commits only, as Jetstream: identity and account events always pass).
-Every frame is still received and decoded.
+after decoding, as Jetstream applies them: DIDs to every kind of event (with wanted_dids,
+only those accounts' status is followed), collections to commits only. Every frame is
+still received and decoded.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def relay_url(endpoint: str, seq: int | None) -> str:
 
 
 class _Wanted:
-    """Client-side filters: a commit passes when its collection and DID are wanted."""
+    """Client-side filters, Jetstream's way: the DID for every event, the collection for commits."""
 
     def __init__(self, filters: Filters) -> None:
         self.exact = frozenset(c for c in filters.collections if not c.endswith(".*"))
@@ -89,11 +90,11 @@ class _Wanted:
         self.everything = not (self.exact or self.prefixes or self.dids)
 
     def __call__(self, op: Operation) -> bool:
-        if self.everything or isinstance(op, (Identity, AccountStatus)):
+        if self.everything:
             return True
         if self.dids and op.did not in self.dids:
             return False
-        if not (self.exact or self.prefixes):
+        if not (self.exact or self.prefixes) or isinstance(op, (Identity, AccountStatus)):
             return True
         collection = op.collection
         return collection in self.exact or (bool(self.prefixes) and collection.startswith(self.prefixes))

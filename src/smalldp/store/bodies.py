@@ -8,13 +8,45 @@ retrained later without rewriting old bodies.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import sqlite3
 
 import zstandard
 
+from smalldp.dagcbor import cid_text
+
 DICT_SIZE = 32 * 1024
 TRAIN_SAMPLES = 2000
 LEVEL = 3
+
+
+# A CIDv1 of a DAG-CBOR block hashed with sha2-256 (32 bytes): what nearly every record's
+# CID is, "bafyrei..." in text.
+DAG_CBOR_SHA256 = b"\x01\x71\x12\x20"
+_CID_TEXT_LEN = 59  # "b" and 58 letters of base32 for 36 bytes
+
+
+def pack_cid(cid: str | None) -> str | bytes | None:
+    """A record's CID as the body table stores it: the 32-byte digest when the CID is the
+    usual DAG-CBOR sha2-256 one (27 bytes less per record than its 59 letters), else the text
+    as it came.  ``cid_of`` gives the text back exactly."""
+    if cid is None or len(cid) != _CID_TEXT_LEN or not cid.startswith("bafyrei"):
+        return cid
+    try:
+        raw = base64.b32decode(cid[1:].upper() + "======")
+    except (binascii.Error, ValueError):
+        return cid
+    if len(raw) != 36 or raw[:4] != DAG_CBOR_SHA256 or cid_text(raw) != cid:
+        return cid  # not in canonical form: kept as sent, so it reads back the same
+    return raw[4:]
+
+
+def cid_of(stored: str | bytes | None) -> str | None:
+    """The text of a CID as ``pack_cid`` stored it."""
+    if isinstance(stored, bytes):
+        return cid_text(DAG_CBOR_SHA256 + stored)
+    return stored
 
 
 class BodyCompressor:

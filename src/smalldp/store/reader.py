@@ -21,7 +21,7 @@ import orjson
 from pyroaring import BitMap
 
 from smalldp.derived import is_derived
-from smalldp.store.bodies import BodyDecompressor
+from smalldp.store.bodies import BodyDecompressor, cid_of
 from smalldp.store.encoding import (
     BlockHeader,
     Entry,
@@ -534,7 +534,7 @@ class Reader:
         if body is not None:
             cid, indexed_us, data = body
             if cid is not None:  # the lexicon: absent when Jetstream sent none
-                out["cid"] = cid
+                out["cid"] = cid_of(cid)
             out["indexedAt"] = _iso(indexed_us)
             out["value"] = orjson.loads(self._bodies.decompress(data))
         out["rev"] = int_to_tid(rev + sk)  # stored relative to the sort key (store/writer.py)

@@ -31,7 +31,7 @@ from smalldp.derived import POST, REPOST, is_derived, is_reverse
 from smalldp.events import AccountStatus, DeleteRecord, Identity, Operation, PutRecord
 from smalldp.store import timeline
 from smalldp.store.backlinks import SLICE_ROWS, SqliteBacklinks
-from smalldp.store.bodies import BodyCompressor
+from smalldp.store.bodies import BodyCompressor, pack_cid
 from smalldp.store.encoding import (
     Entry,
     decode_links,
@@ -608,7 +608,7 @@ class Writer:
                 deletes.append(key)
             else:
                 cid, time_us, body = value
-                puts.append((*key, cid, time_us, self.bodies.compress(body)))
+                puts.append((*key, pack_cid(cid), time_us, self.bodies.compress(body)))
         if puts:
             conn.executemany("INSERT OR REPLACE INTO body VALUES(?, ?, ?, ?, ?, ?)", puts)
         if deletes:

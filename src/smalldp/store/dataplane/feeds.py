@@ -11,6 +11,7 @@ from typing import Iterator
 
 from smalldp.derived import AUTHOR, MEDIA, NO_REPLY, POST, REPOST, THREAD, VIDEO
 from smalldp.store import timeline
+from smalldp.store.bodies import cid_of
 from smalldp.store.dataplane.base import DataPlaneBase, FeedEntry, decode_feed_cursor, encode_feed_cursor
 from smalldp.store.encoding import key_record
 from smalldp.store.reader import _Chunk
@@ -95,7 +96,7 @@ class FeedQueries(DataPlaneBase):
 
     def _cid(self, sk: int, aid: int, coll: int) -> str:
         row = self.conn.execute("SELECT cid FROM body WHERE sk=? AND aid=? AND coll=?", (sk, aid, coll)).fetchone()
-        return (row[0] or "") if row else ""
+        return (cid_of(row[0]) or "") if row else ""
 
     def timeline(self, viewer: str, limit: int, cursor: str | None) -> tuple[list[dict[str, str]], str | None]:
         """getTimeline: posts and reposts of the viewer's follows and the viewer, newest first."""

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from smalldp.derived import PROFILE
+from smalldp.store.bodies import cid_of
 from smalldp.store.dataplane.base import DataPlaneBase
 from smalldp.store.reader import _iso
 from smalldp.tid import int_to_tid
@@ -35,7 +36,7 @@ class RecordQueries(DataPlaneBase):
         created_at = _parse_datetime(created) if isinstance(created, str) else None
         indexed_at = datetime.datetime.fromtimestamp(indexed_us / 1e6, tz=datetime.timezone.utc)
         sorted_at = _iso(indexed_us) if created_at is None or created_at >= indexed_at else _iso_dt(created_at)
-        return {"uri": uri, "cid": cid or "", "record": record, "indexedAt": _iso(indexed_us),
+        return {"uri": uri, "cid": cid_of(cid) or "", "record": record, "indexedAt": _iso(indexed_us),
                 "createdAt": created if created_at is not None else None, "sortedAt": sorted_at}
 
     def actors(self, dids: list[str]) -> list[dict[str, Any] | None]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from fake_jetstream import Fault
 from smalldp.dagcbor import decode_prefix, encode
 
 PATH = "/xrpc/com.atproto.sync.subscribeRepos"
@@ -38,14 +39,11 @@ def info_frame(name: str, message: str) -> bytes:
 
 
 @dataclass
-class RelayFault:
-    """What goes wrong on one connection."""
+class RelayFault(Fault):
+    """What goes wrong on one connection: FakeJetstream's faults (close, stall, die, inject)
+    and a relay's own."""
 
-    close_after: int | None = None  # send this many frames, then close the socket
-    stall_after: int | None = None  # send this many frames, then stay open and silent
-    die_after: int | None = None  # send this many frames, then stop the whole server
     error_after: tuple[int, bytes] | None = None  # after this many frames: this error frame, then close
-    inject: dict[int, list[bytes | str]] = field(default_factory=dict)  # before frame i: these messages
     pause: dict[int, float] = field(default_factory=dict)  # before frame i: this many seconds of silence
 
 

@@ -219,6 +219,35 @@ async def send_event(ws: web.WebSocketResponse, raw: bytes,
         await ws.send_frame(compressor.compress(raw), WSMsgType.BINARY)
 
 
+class Pacer:
+    """Holds sends back to ``speed`` times real time by the events' own clock (microseconds),
+    counted from the first event paced; ``speed`` None: no pacing."""
+
+    def __init__(self, speed: float | None) -> None:
+        self.speed = speed
+        self._start: tuple[float, int] | None = None  # (loop time, event time) of the first event
+
+    async def wait(self, when_us: int) -> None:
+        """Return once the event of time ``when_us`` is due (in slices of MAX_SLEEP_S, so that a
+        shutdown never waits long)."""
+        if self.speed is None:
+            return
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = (loop.time(), when_us)
+            return
+        due = self._start[0] + (when_us - self._start[1]) / (self.speed * 1_000_000)
+        while (ahead := due - loop.time()) > 0:
+            await asyncio.sleep(min(ahead, MAX_SLEEP_S))
+
+
+async def idle_tail(ws: web.WebSocketResponse) -> None:
+    """Keep a connection open and quiet after the last event, as a live tail would (pinging)."""
+    while True:
+        await asyncio.sleep(IDLE_PING_S)
+        await ws.ping()
+
+
 def parse_speed(text: str) -> float | None:
     """``max`` -> None (as fast as the client reads), else a positive finite number."""
     if text.strip().lower() == "max":
@@ -360,12 +389,11 @@ class _Replay:
     async def _stream(self, conn: _Connection, cursor: int | None,
                       compressor: zstandard.ZstdCompressor | None) -> None:
         """Send the capture to one connection, then keep it open and idle."""
-        ws, speed = conn.ws, self.speed
-        loop = asyncio.get_running_loop()
+        ws = conn.ws
+        pacer = Pacer(self.speed)
         try:
             if conn.hello is not None:
                 await conn.hello.wait()
-            start: tuple[float, int] | None = None  # (loop time, time_us) of the first event sent
             since_yield = 0
             for head, raw in scan_capture(self.files, conn.stats):
                 since_yield += 1
@@ -379,21 +407,13 @@ class _Replay:
                     continue
                 # Pace before filtering: as on a live Jetstream, the filter in force when an
                 # event's time comes decides, so an options_update applies from then on.
-                if speed is not None:
-                    if start is None:
-                        start = (loop.time(), head.time_us)
-                    else:
-                        due = start[0] + (head.time_us - start[1]) / (speed * 1_000_000)
-                        while (ahead := due - loop.time()) > 0:
-                            await asyncio.sleep(min(ahead, MAX_SLEEP_S))
+                await pacer.wait(head.time_us)
                 if not conn.event_filter.matches(head, len(raw)):
                     continue
                 await send_event(ws, raw, compressor)
                 conn.sent += 1
             log.info("%s: end of capture after %d events; idling as a live tail", conn.peer, conn.sent)
-            while True:
-                await asyncio.sleep(IDLE_PING_S)
-                await ws.ping()
+            await idle_tail(ws)
         except ConnectionError as exc:  # the client went away mid-send
             log.info("%s: connection lost: %s", conn.peer, exc)
         except Exception:

@@ -20,8 +20,8 @@ Two kinds of input file, told apart by their first bytes:
   microseconds keep each operation's time_us equal to the line's). ``write_frame_file``
   stores them once as a frame file, which is much cheaper to serve.
 
-A wire tool like replay.py: it imports only ``captures`` and ``dagcbor``, never the store,
-ingest or the HTTP API.
+A wire tool like replay.py (whose pacing and idle tail it shares): it imports only
+``captures``, ``dagcbor`` and ``replay``, never the store, ingest or the HTTP API.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from aiohttp import WSCloseCode, web
 
 from smalldp.captures import open_capture
 from smalldp.dagcbor import CID, DecodeError, decode_prefix, encode
+from smalldp.replay import YIELD_EVERY, Pacer, idle_tail
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,6 @@ _LENGTH = struct.Struct("<I")
 _DAG_CBOR_SHA256 = b"\x01\x71\x12\x20"
 _COMMIT_HEADER = encode({"op": 1, "t": "#commit"})
 _SIG = bytes(64)  # the commit block's signature: nobody checks a replay's
-YIELD_EVERY = 256  # frames between explicit yields to the loop (see replay._stream)
-MAX_SLEEP_S = 1.0
-IDLE_PING_S = 30.0
 
 
 # ---------------------------------------------------------------------------- frames from lines
@@ -328,7 +326,7 @@ class _Relay:
                 if cursor < first - 1:
                     await ws.send_bytes(encode({"op": 1, "t": "#info"}) + encode(
                         {"name": "OutdatedCursor", "message": "Requested cursor exceeded limit. Possibly missing events"}))
-            start: tuple[float, int] | None = None
+            pacer = Pacer(self.speed)
             for n, frame in enumerate(iter_frames(self.files)):
                 if n % YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # sends only suspend when the socket is backed up
@@ -336,18 +334,12 @@ class _Relay:
                     seq, when = frame_position(frame)
                     if cursor is not None and seq is not None and seq <= cursor:
                         continue
-                    if self.speed is not None and when is not None:
-                        if start is None:
-                            start = (loop.time(), when)
-                        due = start[0] + (when - start[1]) / (self.speed * 1_000_000)
-                        while (ahead := due - loop.time()) > 0:
-                            await asyncio.sleep(min(ahead, MAX_SLEEP_S))
+                    if when is not None:
+                        await pacer.wait(when)
                 await ws.send_bytes(frame)
                 sent += 1
             log.info("end of the frames after %d sent; idling as a live tail", sent)
-            while True:
-                await asyncio.sleep(IDLE_PING_S)
-                await ws.ping()
+            await idle_tail(ws)
         except ConnectionError as exc:
             log.info("subscriber gone after %d frames: %s", sent, exc)
         except Exception:

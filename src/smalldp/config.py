@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 ENV_PREFIX = "SMALLDP_"
 MAX_BATCH_EVENTS = 100_000
 MAX_BATCH_MS = 60_000
-_TYPES = ("path", "str", "int", "bool", "list", "listen", "choice")
+_TYPES = ("path", "str", "int", "bool", "list", "listen", "choice", "url")
 _TRUE = ("true", "1", "yes")
 _FALSE = ("false", "0", "no")
 # An NSID (at least three dot-separated segments) or a prefix wildcard `a.b.*`.
@@ -48,7 +48,7 @@ class Setting:
     """One row of the settings table."""
 
     name: str
-    type: str  # one of "path", "str", "int", "bool", "list", "listen", "choice"
+    type: str  # one of "path", "str", "int", "bool", "list", "listen", "choice", "url" (http or https)
     default: object
     help: str
     minimum: int | None = None
@@ -141,6 +141,19 @@ SETTINGS: tuple[Setting, ...] = (
             0, 1 << 20),
     Setting("min_free_percent", "int", 2,
             "Free-space floor as a percentage of the filesystem's size (see min_free_mb).", 0, 50),
+    Setting("plc_url", "url", "https://plc.directory",
+            "The PLC directory did:plc documents are resolved from (backfill)."),
+    # Small by default: a backfill is a guest on other people's PDSes, and one writer thread
+    # applies what the fetches bring, so more parallel fetches mostly wait for it.
+    Setting("backfill_concurrency", "int", 4, "Repos `smalldp backfill` fetches at once.", 1, 64),
+    Setting("backfill_timeout_s", "int", 30,
+            "Seconds a backfill request may wait to connect, or between two reads, before it fails.", 1, 3600),
+    Setting("backfill_retries", "int", 4,
+            "Retries of a backfill request after a 429, a 5xx or a transport error (backing off).", 0, 20),
+    Setting("backfill_max_car_mb", "int", 512,
+            "Largest repo CAR a backfill downloads, in MiB; bigger repos are skipped and reported.", 1, 1 << 20),
+    Setting("backfill_batch_records", "int", 5000,
+            "Records of a repo applied per write transaction by a backfill (bounds its memory).", 100, MAX_BATCH_EVENTS),
 )
 MAX_WANTED_DIDS = 10_000
 _BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -177,6 +190,12 @@ class Settings:
     max_message_bytes: int
     min_free_mb: int
     min_free_percent: int
+    plc_url: str
+    backfill_concurrency: int
+    backfill_timeout_s: int
+    backfill_retries: int
+    backfill_max_car_mb: int
+    backfill_batch_records: int
 
     def listen_host_port(self) -> tuple[str, int]:
         """Return ``listen`` split into (host, port); IPv6 hosts come back without brackets."""
@@ -240,6 +259,11 @@ def _convert(setting: Setting, raw: object) -> object:
     if kind == "listen":
         parse_listen(raw)
         return raw.strip()
+    if kind == "url":
+        parts = urlsplit(raw.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http:// or https:// URL, got {raw!r}")
+        return raw.strip().rstrip("/")
     if kind == "choice":
         text = raw.strip().lower()
         if text not in setting.choices:
@@ -308,7 +332,7 @@ def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str]) -> None
                                 action=argparse.BooleanOptionalAction,
                                 help=help_text.replace("%", "%%"))
             continue
-        metavar = {"int": "N", "path": "PATH", "listen": "HOST:PORT", "list": "A,B,..."}.get(
+        metavar = {"int": "N", "path": "PATH", "listen": "HOST:PORT", "list": "A,B,...", "url": "URL"}.get(
             s.type, "{" + ",".join(s.choices) + "}" if s.type == "choice" else "VALUE")
         parser.add_argument(s.flag, dest=s.name, default=None, metavar=metavar,
                             action="append" if s.type == "list" else "store",

@@ -163,27 +163,15 @@ class FirehoseClient(StreamClient):
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         metrics = self.metrics
         sink = self.sink
-        limit = self.options.max_message_bytes
         seqs, key = self._seqs, self._key
-        binary = aiohttp.WSMsgType.BINARY
         async for msg in ws:
-            self._last_rx = time.monotonic()
-            metrics.messages_received += 1
-            kind = msg.type
-            if kind is binary:
-                data = msg.data
-                metrics.bytes_received += len(data)
-            elif kind is aiohttp.WSMsgType.TEXT:
-                metrics.bytes_received += len(msg.data)
+            data = self._arrived(ws, msg)
+            if data is None:
+                continue
+            if isinstance(data, str):
                 self._bad("text message on a firehose stream")
                 continue
-            elif kind is aiohttp.WSMsgType.ERROR:
-                raise Reconnect(f"websocket error: {ws.exception()}")
-            else:
-                continue
-            if len(data) > limit:
-                self._bad(f"message of {len(data)} bytes, more than max_message_bytes={limit}",
-                          oversized=True)
+            if self._oversized(data):
                 continue
             try:
                 frame = decode_frame_firehose(data)

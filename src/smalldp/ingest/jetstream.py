@@ -175,36 +175,22 @@ class JetstreamClient(StreamClient):
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         decompressor = self._decompressor_now
-        metrics = self.metrics
         sink = self.sink
-        limit = self.options.max_message_bytes
         v2 = self.options.wire == "v2"
-        text, binary = aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY
         async for msg in ws:
-            self._last_rx = time.monotonic()
-            metrics.messages_received += 1
-            kind = msg.type
-            data: bytes | str
-            if kind is text:
-                data = msg.data
-                metrics.bytes_received += len(data)
-            elif kind is binary:
-                metrics.bytes_received += len(msg.data)
+            data = self._arrived(ws, msg)
+            if data is None:
+                continue
+            if isinstance(data, bytes):
                 if decompressor is None:
                     self._bad("binary message on an uncompressed stream")
                     continue
                 try:
-                    data = decompressor.decompress(msg.data)
+                    data = decompressor.decompress(data)
                 except ValueError as exc:
                     self._bad(str(exc), oversized="more than" in str(exc))
                     continue
-            elif kind is aiohttp.WSMsgType.ERROR:
-                raise Reconnect(f"websocket error: {ws.exception()}")
-            else:
-                continue
-            if len(data) > limit:
-                self._bad(f"message of {len(data)} bytes, more than max_message_bytes={limit}",
-                          oversized=True)
+            if self._oversized(data):
                 continue
             try:
                 op = self._decode_v2(data) if v2 else decode_event(data)

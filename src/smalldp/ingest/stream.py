@@ -211,6 +211,28 @@ class StreamClient:
                 self._abandon(f"nothing received for {silent:.0f} s (liveness_s={limit:g})")
                 return
 
+    def _arrived(self, ws: aiohttp.ClientWebSocketResponse, msg: aiohttp.WSMessage) -> bytes | str | None:
+        """Count a received message and return its payload (None: not a data message);
+        a websocket error abandons the connection."""
+        self._last_rx = time.monotonic()
+        self.metrics.messages_received += 1
+        kind = msg.type
+        if kind is aiohttp.WSMsgType.TEXT or kind is aiohttp.WSMsgType.BINARY:
+            data: bytes | str = msg.data
+            self.metrics.bytes_received += len(data)
+            return data
+        if kind is aiohttp.WSMsgType.ERROR:
+            raise Reconnect(f"websocket error: {ws.exception()}")
+        return None
+
+    def _oversized(self, data: bytes | str) -> bool:
+        """Whether ``data`` is over max_message_bytes (then counted and logged, to be skipped)."""
+        limit = self.options.max_message_bytes
+        if len(data) <= limit:
+            return False
+        self._bad(f"message of {len(data)} bytes, more than max_message_bytes={limit}", oversized=True)
+        return True
+
     def _bad(self, why: str, oversized: bool = False, seq: int | None = None) -> None:
         """Count and (modestly) log a message or event skipped; ``seq``: the relay's, if known."""
         metrics = self.metrics

@@ -430,3 +430,58 @@ def test_sigkill_mid_stream_then_restart_resumes_from_the_committed_seq(tmp_path
     assert first_conn.seqs[-1] > killed_at  # the kill lost received, uncommitted frames...
     assert second_conn.seqs == list(range(killed_at + 1, len(generated.frames) + 1))  # ...sent again once
     assert generated.of(data) == generated.answers
+
+
+# ---------------------------------------------------------------- verify_commits
+
+
+def test_verify_commits_skips_commits_that_do_not_verify_and_applies_the_rest(
+        tmp_path: Path, jetstream_dir: Path) -> None:
+    """The corpus frames with verify_commits on and a fake PLC directory on 127.0.0.1 serving
+    the corpus's DID documents, but one account's with another account's signing key (a
+    forged commit's view): that account's commits are skipped, every other one verifies and
+    is applied, and the store answers as the Jetstream lines without that account's commits."""
+    import zstandard
+    from aiohttp import web
+
+    frames = list(read_frames(jetstream_dir / "corpus_frames.bin.zst"))
+    manifest = json.loads((jetstream_dir / "corpus_manifest.json").read_text())
+    lines = corpus_lines(jetstream_dir)
+    with (jetstream_dir / "corpus_did_docs.json.zst").open("rb") as f:
+        docs: dict[str, Any] = json.loads(zstandard.ZstdDecompressor().stream_reader(f).read())
+    commits_by_did: dict[str, int] = {}
+    for frame in frames:
+        header, body = split(frame)
+        if header.get("t") == "#commit":
+            commits_by_did[body["repo"]] = commits_by_did.get(body["repo"], 0) + 1
+    victim, other = sorted(d for d, n in commits_by_did.items() if n == 1)[:2]
+    forged = dict(docs[victim], verificationMethod=docs[other]["verificationMethod"])
+    served = dict(docs, **{victim: forged})
+    kept = [line for line in lines
+            if not (json.loads(line)["did"] == victim and json.loads(line)["kind"] == "commit")]
+    assert len(lines) - len(kept) == 1
+
+    async def plc(request: web.Request) -> web.Response:
+        doc = served.get(request.match_info["did"])
+        return web.json_response(doc) if doc is not None else web.Response(status=404)
+
+    async def main() -> Service:
+        await jetstream_store(tmp_path / "js", kept)
+        app = web.Application()
+        app.router.add_get("/{did}", plc)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            async with FakeRelay(frames) as relay:
+                settings = relay_settings(tmp_path / "fh", [relay.url], verify_commits=True,
+                                          plc_url=f"http://127.0.0.1:{port}")
+                return await run_until(settings, seq_committed(tmp_path / "fh", relay, manifest["seq_last"]))
+        finally:
+            await runner.cleanup()
+
+    service = asyncio.run(main())
+    verify = service.metrics.health()["verify"]
+    assert verify == {"verified": sum(commits_by_did.values()) - 1, "failures": 1, "chain_breaks": 0}
+    assert corpus_answers(tmp_path / "fh", lines) == corpus_answers(tmp_path / "js", lines)

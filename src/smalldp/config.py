@@ -82,7 +82,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch_events", "int", 20000,
             "Events per write transaction; live ingest stops reading while one commits.", 1, MAX_BATCH_EVENTS),
     Setting("batch_ms", "int", 1000,
-            "Max milliseconds before a partial batch is committed (live ingest).", 1, MAX_BATCH_MS),
+            "Max milliseconds after a commit before the batch received since is committed (live ingest).", 1, MAX_BATCH_MS),
     Setting("compaction_fanout", "int", 8, "Runs of the backlink index merged into one once a level holds this many.", 2, 64),
     Setting("merge_ms", "int", 250,
             "Milliseconds live ingest gives merge slices after each commit; a merge of any size goes on over many batches.",
@@ -112,6 +112,9 @@ SETTINGS: tuple[Setting, ...] = (
             "failing over to the next; a URL without a path gets /xrpc/com.atproto.sync.subscribeRepos. "
             "When set, serve follows these relays and the jetstream settings are not used. "
             "Repeat the flag or comma-separate."),
+    Setting("verify_commits", "bool", False,
+            "Relay firehose: check each commit's signature against its DID's signing key (fetched from "
+            "plc_url or did:web) and skip commits that do not verify (README: Commit verification)."),
     Setting("jetstream_wire", "choice", "v1",
             "Jetstream protocol: v1 (/subscribe, cursor = time_us) or v2 "
             "(/xrpc/network.bsky.jetstream.subscribeEvents, resumed by time).",
@@ -142,7 +145,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("min_free_percent", "int", 2,
             "Free-space floor as a percentage of the filesystem's size (see min_free_mb).", 0, 50),
     Setting("plc_url", "url", "https://plc.directory",
-            "The PLC directory did:plc documents are resolved from (backfill)."),
+            "The PLC directory did:plc documents are resolved from (backfill, verify_commits)."),
     # Small by default: a backfill is a guest on other people's PDSes, and one writer thread
     # applies what the fetches bring, so more parallel fetches mostly wait for it.
     Setting("backfill_concurrency", "int", 4, "Repos `smalldp backfill` fetches at once.", 1, 64),
@@ -178,6 +181,7 @@ class Settings:
     read_threads: int
     jetstream: tuple[str, ...]
     firehose: tuple[str, ...]
+    verify_commits: bool
     jetstream_wire: str
     wanted_collections: tuple[str, ...]
     wanted_dids: tuple[str, ...]

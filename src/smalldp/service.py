@@ -60,7 +60,8 @@ def client_options(settings: Settings) -> ClientOptions:
             endpoints=settings.firehose, wire="firehose",
             filters=Filters(settings.wanted_collections, settings.wanted_dids),
             compress=False, liveness_s=settings.liveness_s, backoff_max_s=settings.backoff_max_s,
-            max_message_bytes=settings.max_message_bytes)
+            max_message_bytes=settings.max_message_bytes, verify_commits=settings.verify_commits,
+            plc_url=settings.plc_url)
     return ClientOptions(
         endpoints=settings.jetstream, wire=settings.jetstream_wire,
         filters=Filters(settings.wanted_collections, settings.wanted_dids),

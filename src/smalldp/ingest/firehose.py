@@ -34,6 +34,14 @@ What else the relay says:
   CAR slice: counted as decode errors, logged with the seq, skipped; the connection and
   the batch go on.
 
+With ``verify_commits``, each frame also goes through smalldp.verify's ``CommitVerifier``
+(keys from ``plc_url`` or did:web, cached): a commit that does not verify is counted
+(``verify_failures``), logged with its seq and skipped, the stream going on; one that
+verifies but whose ``prevData`` is not the repo's last data seen (a commit missed, or
+the first since a restart's cache loss: the chain is kept in memory) is counted
+(``chain_breaks``) and applied.  A DID not yet cached is resolved inline, the socket
+unread meanwhile.
+
 Filters: a relay has none, so ``wanted_collections`` and ``wanted_dids`` are applied here,
 after decoding, as Jetstream applies them: DIDs to every kind of event (with wanted_dids,
 only those accounts' status is followed), collections to commits only. Every frame is
@@ -42,6 +50,7 @@ still received and decoded.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import replace
@@ -57,6 +66,7 @@ from smalldp.events_firehose import (
 from smalldp.ingest.jetstream import endpoint_url
 from smalldp.ingest.metrics import IngestMetrics
 from smalldp.ingest.stream import ClientOptions, Filters, Plan, Reconnect, StreamClient
+from smalldp.verify import ChainBreak, CommitVerifier, HttpDidResolver, VerifyError
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +118,12 @@ class FirehoseClient(StreamClient):
 
     def __init__(self, options: ClientOptions, sink: Callable[[Operation], None], metrics: IngestMetrics,
                  *, committed_cursor: int | None,
-                 committed_meta: Callable[[str], object] = lambda key: None) -> None:
+                 committed_meta: Callable[[str], object] = lambda key: None,
+                 verifier: CommitVerifier | None = None) -> None:
         super().__init__(options, sink, metrics)
+        # With verify_commits: the one given (tests), else one made by run() on its session.
+        self._given_verifier = verifier
+        self.verifier: CommitVerifier | None = verifier
         self._committed_cursor = committed_cursor  # time_us: only to measure a possible gap
         self._committed_meta = committed_meta
         # Per relay key: the seq of the last frame fully delivered to the sink; None once
@@ -120,6 +134,17 @@ class FirehoseClient(StreamClient):
         self._wanted = _Wanted(options.filters)
 
     # ------------------------------------------------------------ control
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """As StreamClient.run; with ``verify_commits``, a verifier lives as long as the run."""
+        if not self.options.verify_commits or self._given_verifier is not None:
+            return await super().run(stop)
+        async with aiohttp.ClientSession() as session:
+            self.verifier = CommitVerifier(HttpDidResolver(session, plc_url=self.options.plc_url))
+            try:
+                await super().run(stop)
+            finally:
+                self.verifier = None
 
     def commit_meta(self) -> dict[str, object]:
         """Every relay's seq delivered so far (None: dropped), for the batch's transaction."""
@@ -180,6 +205,10 @@ class FirehoseClient(StreamClient):
                 if exc.seq is not None:
                     seqs[key] = metrics.seq = exc.seq
                 continue
+            if self.verifier is not None and not await self._verified(data, frame):
+                assert isinstance(frame, (OpsFrame, SyncFrame))  # only those can fail
+                seqs[key] = metrics.seq = frame.seq
+                continue
             if isinstance(frame, OpsFrame):
                 seq = frame.seq
                 for why in frame.skipped:
@@ -200,6 +229,26 @@ class FirehoseClient(StreamClient):
                 self._last_rx = time.monotonic()
             else:
                 self._other(frame, key)
+
+    async def _verified(self, data: bytes,
+                        frame: OpsFrame | SyncFrame | UnknownFrame | InfoFrame | ErrorFrame) -> bool:
+        """Whether a decoded frame may be applied under verify_commits (see the module doc)."""
+        if not isinstance(frame, (OpsFrame, SyncFrame)):
+            return True  # info, error and unknown frames carry no commit
+        assert self.verifier is not None
+        metrics = self.metrics
+        try:
+            if await self.verifier.verify(data):
+                metrics.commits_verified += 1
+        except ChainBreak as exc:
+            metrics.commits_verified += 1
+            metrics.chain_breaks += 1
+            log.warning("seq %s: %s (applied)", frame.seq, exc)  # rate-limited: ingest/lograte.py
+        except VerifyError as exc:
+            metrics.verify_failures += 1
+            log.warning("seq %s: commit skipped, it does not verify: %s", frame.seq, exc)
+            return False
+        return True
 
     def _other(self, frame: SyncFrame | UnknownFrame | InfoFrame | ErrorFrame, key: str) -> None:
         """Frames that carry no operations."""

@@ -37,6 +37,9 @@ class IngestMetrics:
     seq: int | None = None  # relay firehose: the seq of the last frame read (None on Jetstream)
     sync_events: int = 0  # relay firehose: #sync frames seen (a repo reset; not applied, see README)
     possible_gaps: int = 0  # relay firehose: resumes that may have missed events (logged with their span)
+    commits_verified: int = 0  # relay firehose, verify_commits: commits whose signature verified
+    verify_failures: int = 0  # ... commits that did not verify: skipped
+    chain_breaks: int = 0  # ... verified commits whose prevData is not the last data seen: applied
     queue_depth: int = 0  # events received and not committed yet (the batch being filled)
     last_commit_monotonic: float = field(default_factory=time.monotonic)
     last_error: str = ""
@@ -154,6 +157,12 @@ class IngestMetrics:
             ("smalldp_ingest_possible_gaps_total", "counter",
              "Relay resumes without a usable seq of that relay (events may be missing).",
              float(self.possible_gaps)),
+            ("smalldp_ingest_commits_verified_total", "counter",
+             "Relay commits whose signature verified (verify_commits).", float(self.commits_verified)),
+            ("smalldp_ingest_verify_failures_total", "counter",
+             "Relay commits that did not verify (verify_commits): skipped.", float(self.verify_failures)),
+            ("smalldp_ingest_chain_breaks_total", "counter",
+             "Verified relay commits whose prevData is not the repo's last data seen.", float(self.chain_breaks)),
             ("smalldp_ingest_queue_depth", "gauge", "Events received and not committed yet.",
              float(self.queue_depth)),
             ("smalldp_ingest_links_added_total", "counter", "Backlinks added.", float(self.links_added)),
@@ -196,6 +205,8 @@ class IngestMetrics:
                 "events_per_s": round(self.events_per_s(), 1), "events": self.events_committed,
                 "reconnects": self.reconnects, "decode_errors": self.decode_errors,
                 "seq": self.seq, "sync_events": self.sync_events, "possible_gaps": self.possible_gaps,
+                "verify": {"verified": self.commits_verified, "failures": self.verify_failures,
+                           "chain_breaks": self.chain_breaks},
                 "queue_depth": self.queue_depth, "last_error": self.last_error,
                 "commit_gap_max_s": round(self.commit_gap_max_s, 3),
                 "merge": {"slices": self.merge_slices, "seconds": round(self.merge_seconds, 3),

@@ -60,6 +60,8 @@ class ClientOptions:
     max_message_bytes: int = 4 << 20
     heartbeat_s: float = 20.0
     connect_timeout_s: float = 15.0
+    verify_commits: bool = False  # relay firehose: check commit signatures (smalldp.verify)
+    plc_url: str = "https://plc.directory"  # where did:plc documents (signing keys) come from
 
 
 class Reconnect(Exception):

@@ -17,7 +17,8 @@ from smalldp.config import ConfigError, Settings, add_arguments, load_settings
 if TYPE_CHECKING:
     from aiohttp import web
 
-INGEST_SETTINGS = ["batch_events", "batch_ms", "merge_ms", "jetstream", "firehose", "jetstream_wire", "wanted_collections",
+INGEST_SETTINGS = ["batch_events", "batch_ms", "merge_ms", "jetstream", "firehose", "verify_commits", "plc_url",
+                   "jetstream_wire", "wanted_collections",
                    "wanted_dids", "compress", "zstd_dictionary", "zstd_dictionary_url", "rewind_s",
                    "liveness_s", "backoff_max_s", "max_message_bytes", "min_free_mb", "min_free_percent"]
 STORE_SETTINGS = ["data_dir", "cache_mb", "mmap_mb", "compaction_fanout", "actor_cache",

@@ -1,6 +1,8 @@
-"""Stores written by earlier releases (schema 2, 3 and 4) are upgraded in place, never refused.
+"""Stores written by earlier releases (schema 2 to 5) are upgraded in place, never refused.
 
-An earlier layout is made by taking a current store back to it: dropping the purge
+An earlier layout is made by taking a current store back to it: dropping the purge table's
+`reconcile` and the backfill table that schema 6 added and writing version 5 (the release
+before backfill); dropping also the purge
 table's `lap` and `start` that schema 5 added and writing version 4 (the release before
 the purge sweep); dropping also the merge table schema 4 added and writing version 3 (the
 release before merges in slices); dropping also the columns schema 3 added and writing
@@ -45,8 +47,16 @@ def tid_int(i: int) -> int:
     return value
 
 
+def back_to_schema_5(conn: sqlite3.Connection) -> None:
+    """Take the store back to the layout before schema 6: no purge.reconcile, no backfill table."""
+    conn.execute("ALTER TABLE purge DROP COLUMN reconcile")
+    conn.execute("DROP TABLE backfill")
+    assert [row[1] for row in conn.execute("PRAGMA table_info(purge)")] == ["aid", "rev", "lap", "start"]
+
+
 def back_to_schema_4(conn: sqlite3.Connection) -> None:
     """Take the purge table back to the layout before schema 5: (aid, rev)."""
+    back_to_schema_5(conn)
     conn.execute("ALTER TABLE purge DROP COLUMN lap")
     conn.execute("ALTER TABLE purge DROP COLUMN start")
     assert [row[1] for row in conn.execute("PRAGMA table_info(purge)")] == ["aid", "rev"]
@@ -170,6 +180,36 @@ def test_a_schema_4_store_with_queued_purges_upgrades_and_sweeps_them(tmp_path: 
     assert sorted(owners) == [B, B]
     assert conn.execute("SELECT count(*) FROM purge").fetchone()[0] == 0
     conn.close()
+    writer.close()
+    assert check_store(path).ok
+
+
+def test_a_schema_5_store_upgrades_its_queued_purges_stay_deletions(tmp_path: Path) -> None:
+    """Schema 6 adds purge.reconcile (backfill) and the backfill table: a deletion queued
+    before stays a deletion (an account active again is still purged at once)."""
+    path = db_path(tmp_path)
+    writer = Writer(path)
+    writer.apply([decode_event(json.dumps({"did": A, "time_us": BASE_US, "kind": "commit", "commit": {
+        "rev": tid(1), "operation": "create", "collection": "app.bsky.feed.post", "rkey": tid(1),
+        "record": {"text": "x", "createdAt": iso(BASE_US)}}}))], cursor=BASE_US)
+    writer.purges.at = tid_int(1) + 1  # past A's row: the deletion's batch leaves it queued
+    writer.apply([decode_event(event(A, "account", {"active": False, "status": "deleted", "seq": 31_000_000_000},
+                                     BASE_US + 20))], cursor=BASE_US + 20)
+    writer.conn.close()
+    conn = sqlite3.connect(path)
+    back_to_schema_5(conn)
+    conn.execute("UPDATE meta SET v=5 WHERE k='schema'")
+    conn.commit()
+    conn.close()
+    writer = Writer(path)
+    assert schema_of(path)[0] == SCHEMA_VERSION
+    assert len(writer.purges) == 1 and not writer.purges.reconciles
+    assert writer.conn.execute("SELECT count(*) FROM backfill").fetchone()[0] == 0
+    # active again before the sweep came round: a deletion is purged at once, as before
+    writer.apply([decode_event(event(A, "account", {"active": True, "seq": 31_000_000_001}, BASE_US + 30))],
+                 cursor=BASE_US + 30)
+    assert len(writer.purges) == 0
+    assert writer.conn.execute("SELECT count(*) FROM fwd").fetchone()[0] == 0
     writer.close()
     assert check_store(path).ok
 

@@ -20,6 +20,13 @@ The cursor and each account's place are committed with the batch: a crash resume
 the sweep where its last commit left it.  An account that comes back (active again)
 before its sweep is done is purged at once by a full scan (`purge_now`): its old rows
 must not show.
+
+A *reconcile* entry (``add(..., reconcile=True)``, issue 12's backfill) uses the same sweep
+for an account that is not deleted: a repo applied from its CAR at rev R leaves the
+account's rows with a rev below R exactly where the CAR no longer has the record, and the
+sweep removes those (queued with rev R - 1).  The account stays visible meanwhile, and it
+is not "active again": the writer's purge at once skips it (``reconciles``).  An account
+queued both ways keeps the larger rev and is a deletion (which removes at least as much).
 """
 
 from __future__ import annotations
@@ -45,10 +52,15 @@ class PurgeSweep:
         self.at = int(self._meta("purge_at", START))
         # aid -> (deletion rev, lap and cursor when it joined)
         self.queue: dict[int, tuple[int, int, int]] = {}
-        for aid, rev, lap, start in conn.execute("SELECT aid, rev, lap, start FROM purge"):
+        # the queued accounts that are reconciles (a backfill's stale rows), not deletions
+        self.reconciles: set[int] = set()
+        for aid, rev, lap, start, reconcile in conn.execute(
+                "SELECT aid, rev, lap, start, reconcile FROM purge"):
             if lap is None:  # queued by a smalldp before the sweep (schema 4): join now
                 lap, start = self.lap, self.at
             self.queue[aid] = (rev, lap, start)
+            if reconcile:
+                self.reconciles.add(aid)
 
     def _meta(self, key: str, default: int) -> int:
         row = self.conn.execute("SELECT v FROM meta WHERE k=?", (key,)).fetchone()
@@ -60,14 +72,26 @@ class PurgeSweep:
     def __contains__(self, aid: int) -> bool:
         return aid in self.queue
 
-    def add(self, aid: int, rev: int) -> None:
-        """Queue the rows of ``aid`` with a rev up to ``rev`` (in the caller's transaction)."""
+    def add(self, aid: int, rev: int, reconcile: bool = False) -> None:
+        """Queue the rows of ``aid`` with a rev up to ``rev`` (in the caller's transaction):
+        a deleted account's, or with ``reconcile`` the stale rows a backfill leaves."""
+        queued = self.queue.get(aid)
+        if queued is not None:
+            rev = max(rev, queued[0])
+            # a deletion stays one; a reconcile queued again stays one only if still only that
+            reconcile = reconcile and aid in self.reconciles
+        if reconcile:
+            self.reconciles.add(aid)
+        else:
+            self.reconciles.discard(aid)
         self.queue[aid] = (rev, self.lap, self.at)
-        self.conn.execute("INSERT OR REPLACE INTO purge VALUES(?, ?, ?, ?)", (aid, rev, self.lap, self.at))
+        self.conn.execute("INSERT OR REPLACE INTO purge VALUES(?, ?, ?, ?, ?)",
+                          (aid, rev, self.lap, self.at, int(reconcile)))
 
     def step(self, rows: int, drop: DropRow) -> list[int]:
         """Sweep the next ``rows`` forward rows (at least one sort key's worth), removing
-        those of queued accounts; returns the accounts whose sweep is now complete."""
+        those of queued accounts; returns the deleted accounts whose sweep is now complete
+        (reconciles that complete are not among them: nothing was purged)."""
         if not self.queue:
             return []
         conn = self.conn
@@ -83,10 +107,11 @@ class PurgeSweep:
             self.at = end
         done = [aid for aid, (_, lap, start) in self.queue.items()
                 if self.lap > lap + 1 or (self.lap == lap + 1 and self.at >= start)]
+        deleted = [aid for aid in done if aid not in self.reconciles]
         self._forget(done)
         conn.executemany("INSERT OR REPLACE INTO meta VALUES(?, ?)",
                          [("purge_lap", self.lap), ("purge_at", self.at)])
-        return done
+        return deleted
 
     def purge_now(self, aids: list[int], drop: DropRow) -> None:
         """Remove every queued row of ``aids`` at once (one scan of the whole index)."""
@@ -112,4 +137,5 @@ class PurgeSweep:
     def _forget(self, aids: list[int]) -> None:
         for aid in aids:
             del self.queue[aid]
+            self.reconciles.discard(aid)
         self.conn.executemany("DELETE FROM purge WHERE aid=?", [(aid,) for aid in aids])

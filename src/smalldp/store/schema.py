@@ -18,8 +18,11 @@ Tables (all integers are SQLite varints on disk):
                              (0 for a run's oldest chunk, which is most keys' only one)
   merge(output, level, inputs, next)  merges of runs under way, done in slices: keys with
                              target keys below next have moved to the output run
-  purge(aid, rev, lap, start)  deleted accounts whose rows are still to be removed, and
-                             where the purge sweep stood when they joined (store/purge.py)
+  purge(aid, rev, lap, start, reconcile)  deleted accounts whose rows are still to be
+                             removed, and where the purge sweep stood when they joined
+                             (store/purge.py); reconcile 1: a backfill's stale rows instead
+  backfill(did, state, ...)  per repo of `smalldp backfill`: queued, running, done or failed
+                             (and why), its rev, records and bytes (ingest/backfill.py)
   tl(bucket, seg, data)      the timeline index: per time bucket, who posted (store/timeline.py)
   actor_rev(aid, rev)        the rev of each account's newest commit seen
 
@@ -33,14 +36,16 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 5  # 2: derived links, tl, actor_rev, run.gen; 3: actor.acct_us, actor.id_us; 4: merge;
-# 5: purge.lap, purge.start
+SCHEMA_VERSION = 6  # 2: derived links, tl, actor_rev, run.gen; 3: actor.acct_us, actor.id_us; 4: merge;
+# 5: purge.lap, purge.start; 6: purge.reconcile, backfill
 # Older versions open_writer upgrades in place (a few ALTER TABLEs, no data rewritten).
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE actor ADD COLUMN acct_us INTEGER", "ALTER TABLE actor ADD COLUMN id_us INTEGER"),
     3: (),  # the merge table, which SCHEMA creates; no merge is under way in a store of version 3
     # the sweep's place per queued account; NULL (queued before): they join the sweep when opened
     4: ("ALTER TABLE purge ADD COLUMN lap INTEGER", "ALTER TABLE purge ADD COLUMN start INTEGER"),
+    # the backfill table is new (SCHEMA creates it); every purge queued before is a deletion
+    5: ("ALTER TABLE purge ADD COLUMN reconcile INTEGER NOT NULL DEFAULT 0",),
 }
 DB_NAME = "smalldp.sqlite"
 PAGE_SIZE = 8192
@@ -78,7 +83,10 @@ CREATE TABLE IF NOT EXISTS bl(
   PRIMARY KEY(run, tkey, sid, lo)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS merge(output INTEGER PRIMARY KEY, level INTEGER NOT NULL, inputs TEXT NOT NULL,
   next BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS purge(aid INTEGER PRIMARY KEY, rev INTEGER NOT NULL, lap INTEGER, start INTEGER);
+CREATE TABLE IF NOT EXISTS purge(aid INTEGER PRIMARY KEY, rev INTEGER NOT NULL, lap INTEGER, start INTEGER,
+  reconcile INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS backfill(did TEXT PRIMARY KEY, state TEXT NOT NULL, rev TEXT, reason TEXT,
+  records INTEGER, bytes INTEGER, stale INTEGER, updated_us INTEGER);
 CREATE TABLE IF NOT EXISTS tl(bucket INTEGER, seg INTEGER, data BLOB NOT NULL,
   PRIMARY KEY(bucket, seg)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS actor_rev(aid INTEGER PRIMARY KEY, rev INTEGER NOT NULL);

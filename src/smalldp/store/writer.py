@@ -243,8 +243,9 @@ class Writer:
         self.conn.close()
 
     def finish_purges(self) -> int:
-        """Remove the rows of every deleted account still queued now, in one transaction
-        (one scan of the whole forward index); returns how many accounts that was."""
+        """Remove the rows of every deleted account (and every backfill's stale rows) still
+        queued now, in one transaction (one scan of the whole forward index); returns how
+        many accounts that was."""
         queued = len(self.purges)
         if queued:
             self.conn.execute("BEGIN IMMEDIATE")
@@ -397,8 +398,47 @@ class Writer:
         return batch.stats
 
     def _purge_now(self) -> list[int]:
-        """Queued deleted accounts that are active again: purge before they show."""
-        return [aid for aid in self.purges.queue if aid not in self.hidden]
+        """Queued deleted accounts that are active again: purge before they show.  Not the
+        reconciles (backfilled accounts, never hidden): the sweep takes their stale rows."""
+        reconciles = self.purges.reconciles
+        return [aid for aid in self.purges.queue if aid not in self.hidden and aid not in reconciles]
+
+    def has_commits(self, did: str) -> bool:
+        """Whether a commit of ``did`` was ever applied here (it may have records stored)."""
+        return self.conn.execute("SELECT 1 FROM actor JOIN actor_rev USING(aid) WHERE did=?",
+                                 (did,)).fetchone() is not None
+
+    def reconcile(self, did: str, rev: int, stale: bool,
+                  statements: Sequence[tuple[str, tuple[Any, ...]]] = ()) -> None:
+        """Finish a backfill of ``did`` from its repo at ``rev`` (its records already applied
+        as puts at ``rev``), in one transaction with ``statements`` (the caller's state).
+
+        Commits up to ``rev`` are ignored from now on (``purged_rev``, as after a deletion:
+        the CAR holds their effect, and a late older commit must not bring back a record the
+        CAR no longer has).  With ``stale`` (the account may hold rows from before), the
+        rows still below ``rev`` are the records absent from the CAR: a reconcile entry of
+        the purge sweep removes them (store/purge.py), the account staying visible."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            batch = _Batch()
+            self._resolve_actors([did], batch)
+            actor = self.actors[did]
+            if batch.new_actors:
+                conn.executemany("INSERT INTO actor(aid, did) VALUES(?, ?)", batch.new_actors)
+            if actor.purged_rev is None or actor.purged_rev < rev:
+                actor.purged_rev = rev
+                conn.execute("UPDATE actor SET purged_rev=? WHERE aid=?", (rev, actor.aid))
+            if stale:
+                self.purges.add(actor.aid, rev - 1, reconcile=True)
+            for sql, params in statements:
+                conn.execute(sql, params)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._load()
+            raise
 
     def _apply(self, ops: list[Operation], batch: _Batch) -> None:
         # Pass 1: links, DIDs, collections.  DIDs in first-seen order: new accounts get

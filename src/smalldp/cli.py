@@ -1,4 +1,4 @@
-"""The `smalldp` command: import, serve, compact, replay, backup, restore, check."""
+"""The `smalldp` command: import, serve, backfill, compact, replay, backup, restore, check."""
 
 from __future__ import annotations
 
@@ -40,6 +40,20 @@ def _parser() -> argparse.ArgumentParser:
     srv = sub.add_parser("serve", help="follow Jetstream (or relays: --firehose) and serve the HTTP API")
     add_arguments(srv, [*STORE_SETTINGS, "listen", "read_threads", *INGEST_SETTINGS])
     srv.add_argument("--no-ingest", action="store_true", help="answer queries only; do not follow Jetstream")
+
+    bfl = sub.add_parser("backfill", help="fetch whole repos (getRepo) from their PDSes into the store "
+                                          "(smalldp serve stopped: the hand-off to a running serve is not built yet)")
+    add_arguments(bfl, [*STORE_SETTINGS, "plc_url", "backfill_concurrency", "backfill_timeout_s",
+                        "backfill_retries", "backfill_max_car_mb", "backfill_batch_records"])
+    bfl.add_argument("names", nargs="*", metavar="DID|HANDLE", help="accounts to backfill")
+    bfl.add_argument("--follows-of", metavar="DID|HANDLE", help="that account and every account it follows")
+    bfl.add_argument("--from-file", type=Path, metavar="FILE", help="DIDs or handles, one a line")
+    bfl.add_argument("--all-from-relay", metavar="URL", help="every repo a relay lists (listRepos, paged)")
+    bfl.add_argument("--status", action="store_true", help="list what earlier backfills did, failed and why")
+    bfl.add_argument("--refetch", action="store_true", help="fetch repos again even if done before")
+    bfl.add_argument("--allow-local", action="store_true",
+                     help="allow PDSes and did:web hosts on localhost or IP addresses, and plain http (tests)")
+    bfl.add_argument("--json", action="store_true", help="print the summary (or --status) as JSON")
 
     cmp_ = sub.add_parser("compact", help="merge every run of the backlink index into one")
     add_arguments(cmp_, STORE_SETTINGS)
@@ -139,6 +153,38 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     except ServiceError as exc:
         print(f"smalldp serve: {exc}", file=sys.stderr)
         return 2
+
+
+def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
+    """Backfill repos into the store (serve stopped), or show earlier backfills' state."""
+    from smalldp.ingest.backfill_run import BackfillRequest, print_status, print_summary, run_backfill
+    from smalldp.store.backup import database_in_use
+    from smalldp.store.schema import db_path
+    if args.status:
+        return print_status(db_path(settings.data_dir), args.json)
+    names = list(args.names)
+    if args.from_file is not None:
+        try:
+            names += [line.strip() for line in args.from_file.read_text().splitlines()
+                      if line.strip() and not line.lstrip().startswith("#")]
+        except OSError as exc:
+            print(f"smalldp backfill: cannot read {args.from_file}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+    modes = sum(1 for given in (names or args.from_file, args.follows_of, args.all_from_relay) if given)
+    if modes != 1:
+        print("smalldp backfill: give DIDs or handles (or --from-file), or --follows-of, or --all-from-relay",
+              file=sys.stderr)
+        return 2
+    busy = database_in_use(db_path(settings.data_dir))
+    if busy:
+        print(f"smalldp backfill: the store is in use ({busy}): stop `smalldp serve` first; backfilling "
+              "through a running serve (the hand-off) is not built yet", file=sys.stderr)
+        return 1
+    request = BackfillRequest(names=names, follows_of=args.follows_of, relay=args.all_from_relay,
+                              refetch=args.refetch, allow_local=args.allow_local)
+    summary = asyncio.run(run_backfill(settings, request, _writer(settings)))
+    print_summary(summary, args.json)
+    return 0 if not summary.failed and not summary.failures else 1
 
 
 def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:
@@ -298,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = _settings(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    commands = {"import": cmd_import, "serve": cmd_serve, "compact": cmd_compact,
+    commands = {"import": cmd_import, "serve": cmd_serve, "backfill": cmd_backfill, "compact": cmd_compact,
                 "replay": cmd_replay, "backup": cmd_backup, "restore": cmd_restore, "check": cmd_check}
     return commands[args.command](args, settings)
 

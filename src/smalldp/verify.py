@@ -58,7 +58,8 @@ from smalldp.events_firehose import MalformedFrame, find_block, split_frame
 
 __all__ = [
     "ChainBreak", "CommitVerifier", "DictResolver", "DidResolver", "HttpDidResolver", "SigningKey",
-    "VerifyError", "check_commit", "parse_multikey", "signing_key", "verify_commit_block",
+    "VerifyError", "check_commit", "is_local_host", "parse_multikey", "pds_endpoint", "signing_key",
+    "verify_commit_block",
 ]
 
 _V = TypeVar("_V")
@@ -312,6 +313,30 @@ class DictResolver:
         return doc
 
 
+def is_local_host(name: str) -> bool:
+    """Whether a URL's host name is ``localhost`` or an IP address literal: hosts a DID (its
+    did:web host, its PDS endpoint) must not name, or a DID could make the appliance request
+    its own network."""
+    return name == "localhost" or name.replace(".", "").isdigit() or ":" in name or name.startswith("[")
+
+
+def pds_endpoint(doc: Mapping[str, Any]) -> str | None:
+    """The account's PDS URL: the ``serviceEndpoint`` of the DID document's ``#atproto_pds``
+    service (its id written ``#atproto_pds`` or ``<did>#atproto_pds``), or None."""
+    services = doc.get("service")
+    if not isinstance(services, list):
+        return None
+    did = doc.get("id")
+    for service in services:
+        if not isinstance(service, dict):
+            continue
+        ident = service.get("id")
+        if ident == "#atproto_pds" or (isinstance(did, str) and ident == f"{did}#atproto_pds"):
+            endpoint = service.get("serviceEndpoint")
+            return endpoint if isinstance(endpoint, str) else None
+    return None
+
+
 class HttpDidResolver:
     """did:plc from a PLC directory (``plc_url``/<did>), did:web from
     https://<host>/.well-known/did.json, each request within ``timeout_s``.
@@ -341,8 +366,7 @@ class HttpDidResolver:
             if ":" in did[8:] or "/" in host or not host:
                 raise VerifyError("unresolved", f"{did[:80]}: atproto's did:web is a bare host")
             name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-            if not self.allow_local and (name == "localhost" or name.replace(".", "").isdigit() or ":" in name
-                                         or name.startswith("[")):
+            if not self.allow_local and is_local_host(name):
                 raise VerifyError("unresolved", f"{did[:80]}: did:web host is local or an IP address")
             url = f"{self.web_scheme}://{host}/.well-known/did.json"
         else:

@@ -174,3 +174,32 @@ def test_bench_live(tmp_path: Path) -> None:
     memory = result["memory"]
     assert memory["problem"] is None and memory["serve_exit"] == 0
     assert memory["samples"] and memory["rss_end_bytes"] > 0
+
+
+def test_bench_backfill(tmp_path: Path) -> None:
+    """scripts/bench_backfill.py at a tiny size: the fixture CAR, a small 'big' repo and
+    --follows-of over 3 repos, all backfilled from servers on 127.0.0.1."""
+    tests = ROOT / "tests"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(tests)) if p)}
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_backfill.py"), "3", "40", "300"],
+                         cwd=tests, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert any(line.startswith("300-record repo:") and "300 records" in line for line in lines), out.stdout
+    assert any(line.startswith("--follows-of over 3 x 40: 4 done") for line in lines), out.stdout
+
+
+def test_bench_firehose_decode() -> None:
+    """scripts/bench_firehose_decode.py, smalldp's decoder only, one pass: it agrees with
+    the Jetstream lines of the corpus and reports a rate."""
+    if not (ROOT.parent / "shared" / "fixtures" / "jetstream" / "corpus_frames.bin.zst").is_file():
+        pytest.skip("shared fixtures absent")
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_firehose_decode.py"), "--reps", "1",
+                          "--passes", "1", "--only", "smalldp"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert result["frames"] == 150
+    smalldp = result["candidates"]["smalldp"]
+    # 152 operations: the corpus's v1 events (SOURCE.md), every one equal to its line
+    assert smalldp["installed"] and smalldp["all_equal"] and smalldp["equal_to_oracle"] == 152, smalldp
+    assert smalldp["frames_per_s_median"] > 0

@@ -56,6 +56,7 @@ import zstandard
 from smalldp.events import (
     Operation, PutRecord, account_operation, commit_operation, decode_event, identity_operation,
 )
+from smalldp.dagcbor import write_varint
 from smalldp.timestamps import datetime_us
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "jetstream"
@@ -285,8 +286,8 @@ def fidelity(decode: Decoder) -> str:
     block = _encode(record)
     digest_cid = CID(b"\x01\x71\x12\x20" + hashlib.sha256(block).digest())
     car_header = _encode({"roots": [digest_cid], "version": 1})
-    car = (_uvarint(len(car_header)) + car_header
-           + _uvarint(36 + len(block)) + digest_cid.cid_bytes + block)
+    car = (write_varint(len(car_header)) + car_header
+           + write_varint(36 + len(block)) + digest_cid.cid_bytes + block)
     body: dict[str, Any] = {"seq": 1, "repo": "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", "rev": "3mptbypluud2a",
             "time": "2026-07-04T14:38:07.517Z", "since": None, "blocks": car, "tooBig": False,
             "rebase": False, "blobs": [], "commit": digest_cid,
@@ -324,15 +325,6 @@ def _encode(value: Any) -> bytes:
     if isinstance(value, CID):
         return b"\xd8\x2a" + _encode(b"\x00" + value.cid_bytes)
     raise TypeError(type(value).__name__)
-
-
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def measure(decoders: dict[str, Decoder], frames: list[bytes], reps: int, passes: int) -> dict[str, dict[str, Any]]:

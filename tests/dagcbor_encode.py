@@ -4,6 +4,8 @@ multiformats varints.  Canonical encoding is ``smalldp.dagcbor.encode`` (the one
 
 from __future__ import annotations
 
+from smalldp.dagcbor import write_varint
+
 
 def head(major: int, arg: int, width: int | None = None) -> bytes:
     """The head of major type ``major`` with argument ``arg``: in its shortest form, or with
@@ -17,11 +19,6 @@ def head(major: int, arg: int, width: int | None = None) -> bytes:
     return bytes([major << 5 | info]) + arg.to_bytes(width, "big")
 
 
-def uvarint(n: int) -> bytes:
-    """``n`` as a multiformats unsigned varint (LEB128), as CAR sections and CIDs hold it."""
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+# CAR sections' and CIDs' varints: the package's writer (tests/test_dagcbor.py checks it
+# against read_varint and hand-written bytes).
+uvarint = write_varint

@@ -22,6 +22,7 @@ from test_events_firehose import read_frames
 
 from smalldp.dagcbor import (
     CID, MAX_DEPTH, DecodeError, cid_text, decode, decode_atjson, decode_prefix, encode, read_varint,
+    write_varint,
 )
 from smalldp.events_firehose import find_block
 
@@ -134,6 +135,16 @@ def test_decode_prefix_reads_items_back_to_back() -> None:
         decode_prefix(data, 11)
     with pytest.raises(DecodeError):
         decode_prefix(data, 12)
+
+
+def test_write_varint_gives_the_leb128_bytes_read_varint_reads() -> None:
+    assert write_varint(0) == b"\x00"
+    assert write_varint(127) == b"\x7f"
+    assert write_varint(128) == b"\x80\x01"
+    assert write_varint(300) == b"\xac\x02"
+    for value in (1, 0x3FFF, 0x4000, 2**35 + 7, 2**63 - 1):
+        data = write_varint(value)
+        assert read_varint(data, 0) == (value, len(data))
 
 
 def test_read_varint() -> None:

@@ -452,6 +452,17 @@ def _valid_cid(cid: bytes) -> bool:
     return pos + size == len(cid)
 
 
+def write_varint(value: int) -> bytes:
+    """``value`` (>= 0) as a multiformats unsigned varint (LEB128, shortest form), as CAR
+    sections and CIDs hold it: what read_varint reads."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 def read_varint(data: bytes, pos: int) -> tuple[int, int]:
     """(value, offset after it) of the multiformats unsigned varint at ``pos``: LEB128, at
     most 9 bytes, in its shortest form."""

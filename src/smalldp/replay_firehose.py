@@ -42,7 +42,7 @@ import zstandard
 from aiohttp import WSCloseCode, web
 
 from smalldp.captures import open_capture
-from smalldp.dagcbor import CID, DecodeError, decode_prefix, encode
+from smalldp.dagcbor import CID, DecodeError, decode_prefix, encode, write_varint
 from smalldp.replay import YIELD_EVERY, Pacer, idle_tail
 
 log = logging.getLogger(__name__)
@@ -87,20 +87,11 @@ def _cid_of(block: bytes) -> bytes:
     return _DAG_CBOR_SHA256 + hashlib.sha256(block).digest()
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _car(root: bytes, blocks: Iterable[tuple[bytes, bytes]]) -> bytes:
     header = encode({"roots": [CID(root)], "version": 1})
-    parts = [_varint(len(header)), header]
+    parts = [write_varint(len(header)), header]
     for cid, data in blocks:
-        parts += [_varint(len(cid) + len(data)), cid, data]
+        parts += [write_varint(len(cid) + len(data)), cid, data]
     return b"".join(parts)
 
 

@@ -1,8 +1,16 @@
 """Fetching repos for `smalldp backfill` (issue 12): names to PDSes, getRepo CARs to files.
 
-* **Handles** resolve over HTTPS (``https://<handle>/.well-known/atproto-did``), and the DID
-  document must claim the handle back (``alsoKnownAs`` ``at://<handle>``).  DNS TXT
-  (``_atproto.<handle>``) is not tried: it needs a DNS library smalldp does not have.
+* **Handles** resolve as ATProto says: first the DNS TXT records of ``_atproto.<handle>``
+  (dnspython; the system's resolver from ``/etc/resolv.conf``, or ``dns_nameserver`` in
+  tests).  The ``did=<DID>`` values with a valid DID decide: one DID (repeated or not) wins,
+  several different DIDs fail the handle; other TXT strings are ignored.  No such value,
+  NXDOMAIN, no answer, SERVFAIL or no answer within ``timeout_s``: then HTTPS
+  (``https://<handle>/.well-known/atproto-did``).  A system without a usable resolv.conf
+  resolves over HTTPS only (logged once, at debug).  The system's resolver is not asked about
+  special-use names (``.test``, ``.example``, ``.invalid``, ``.localhost``..., RFC 6761):
+  the public DNS never has them.  Either way the DID document must claim the handle back
+  (``alsoKnownAs`` ``at://<handle>``); a DID named by DNS that does not is a failure, not a
+  reason to try HTTPS.
 * **DIDs** resolve with ``verify.HttpDidResolver`` (did:plc from the ``plc_url`` directory,
   did:web over HTTPS); the PDS is the document's ``#atproto_pds`` service
   (``verify.pds_endpoint``).  A PDS on ``localhost`` or an IP literal, or not https, is refused
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import os
 import tempfile
 import time
@@ -32,6 +41,10 @@ from typing import Any, Awaitable, Callable, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
+import dns.asyncresolver
+import dns.exception
+import dns.rdtypes.txtbase
+import dns.resolver
 import orjson
 
 from smalldp.events import valid_did, valid_handle
@@ -41,6 +54,12 @@ _T = TypeVar("_T")
 _CHUNK = 1 << 16  # bytes written to the temporary file at a time
 _SMALL = 256 * 1024  # largest answer kept in memory (handle, listRepos page, an error's body)
 HANDLE_URL = "https://{handle}/.well-known/atproto-did"
+RESOLV_CONF = "/etc/resolv.conf"  # the system's DNS resolver (tests point it at a missing file)
+# Special-use top-level domains (RFC 6761, 6762, 9476; ATProto's disallowed handle TLDs): the
+# public DNS has no records under them, so the system's resolver is not asked.
+SPECIAL_TLDS = frozenset({"test", "example", "invalid", "localhost", "local", "internal", "alt", "onion"})
+
+log = logging.getLogger(__name__)
 
 
 class FetchError(Exception):
@@ -86,12 +105,16 @@ class RepoFetcher:
     """Resolves names and fetches repos over one aiohttp session, politely (module docstring)."""
 
     def __init__(self, session: aiohttp.ClientSession, resolver: DidResolver, tmp_dir: Path,
-                 policy: FetchPolicy = FetchPolicy(), handle_url: str = HANDLE_URL) -> None:
+                 policy: FetchPolicy = FetchPolicy(), handle_url: str = HANDLE_URL,
+                 dns_nameserver: tuple[str, int] | None = None) -> None:
         self.session = session
         self.resolver = resolver
         self.tmp_dir = tmp_dir
         self.policy = policy
         self.handle_url = handle_url  # tests point it at a local server
+        self.dns_nameserver = dns_nameserver  # (host, port) of the DNS server (tests); None: the system's
+        self._dns: dns.asyncresolver.Resolver | None = None
+        self._dns_tried = False  # _dns made, or found impossible (no usable resolv.conf)
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=policy.timeout_s,
                                              sock_read=policy.timeout_s)
         self._not_before: dict[str, float] = {}  # host -> monotonic time it asked us to wait for
@@ -104,16 +127,65 @@ class RepoFetcher:
         handle = handle.lower()
         if not valid_handle(handle):
             raise FetchError(f"{handle[:80]!r} is neither a DID nor a handle")
-        url = self.handle_url.format(handle=handle)
-        body = await self._request(url, None, _read_small)
-        did = body.decode("utf-8", "replace").strip()
-        if not valid_did(did):
-            raise FetchError(f"handle {handle}: {url} does not answer a DID")
+        did = await self._dns_did(handle)
+        source = f"DNS TXT _atproto.{handle}"
+        if did is None:
+            url = self.handle_url.format(handle=handle)
+            body = await self._request(url, None, _read_small)
+            did = body.decode("utf-8", "replace").strip()
+            if not valid_did(did):
+                raise FetchError(f"handle {handle}: {url} does not answer a DID")
+            source = url
         doc = await self._document(did)
         aka = doc.get("alsoKnownAs")
         if not isinstance(aka, list) or f"at://{handle}" not in aka:
-            raise FetchError(f"handle {handle}: the DID document of {did} does not claim it")
+            raise FetchError(f"handle {handle}: the DID document of {did} (named by {source}) does not claim it")
         return did
+
+    async def _dns_did(self, handle: str) -> str | None:
+        """The DID of ``handle``'s ``_atproto`` TXT records, or None: then HTTPS decides."""
+        resolver = self._dns_resolver(handle)
+        if resolver is None:
+            return None
+        name = f"_atproto.{handle}."
+        try:
+            answer = await resolver.resolve(name, "TXT")
+        except (dns.exception.DNSException, OSError) as exc:  # NXDOMAIN, NoAnswer, timeout, SERVFAIL...
+            log.debug("handle %s: no DID in DNS (%s: %s), trying HTTPS", handle, type(exc).__name__, exc)
+            return None
+        dids = set()
+        for rdata in answer:
+            if isinstance(rdata, dns.rdtypes.txtbase.TXTBase):
+                text = b"".join(rdata.strings).decode("utf-8", "replace").strip()
+                if text.startswith("did=") and valid_did(did := text[4:].strip()):
+                    dids.add(did)
+        if len(dids) > 1:
+            listed = ", ".join(sorted(dids))
+            raise FetchError(f"handle {handle}: DNS TXT {name[:-1]} names {len(dids)} different DIDs "
+                             f"({listed[:300]})")
+        if not dids:
+            log.debug("handle %s: no did= value in the TXT records of %s, trying HTTPS", handle, name)
+        return dids.pop() if dids else None
+
+    def _dns_resolver(self, handle: str) -> dns.asyncresolver.Resolver | None:
+        """The DNS resolver to ask about ``handle``, or None (HTTPS only); made once."""
+        if self.dns_nameserver is None and handle.rsplit(".", 1)[-1] in SPECIAL_TLDS:
+            return None
+        if not self._dns_tried:
+            self._dns_tried = True
+            try:
+                if self.dns_nameserver is None:
+                    resolver = dns.asyncresolver.Resolver(filename=RESOLV_CONF)
+                else:
+                    resolver = dns.asyncresolver.Resolver(configure=False)
+                    resolver.nameservers = [self.dns_nameserver[0]]
+                    resolver.port = self.dns_nameserver[1]
+            except dns.resolver.NoResolverConfiguration as exc:
+                log.debug("no DNS resolver (%s): handles resolve over HTTPS only", exc)
+                return None
+            resolver.lifetime = self.policy.timeout_s  # the whole query, retransmissions included
+            self._dns = resolver
+        return self._dns
 
     async def _document(self, did: str) -> dict[str, Any]:
         try:

@@ -28,18 +28,25 @@ PAUSE_TICK_S to notice a stop and to show the watchdog it is alive, and the guar
 looks at the disk every few seconds; once there is room again the kept batch commits
 and reading goes on. A stop while paused commits nothing more: what was received is
 replayed from the committed cursor at the next start.
+
+Other writes (a backfill handed to the running service): ``submit`` queues a function of
+the writer, run on this thread between batches (after a commit, or on the quiet-stream
+tick), each in its own transaction, so the store keeps one writer and live batches wait
+at most one job; a stop fails the jobs still queued (``IngestStopped``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import logging
 import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, TypeVar
 
 from smalldp.events import Operation
 from smalldp.ingest import lograte
@@ -53,6 +60,7 @@ from smalldp.store.schema import WAL_SIZE_LIMIT
 from smalldp.store.writer import Writer
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 PAUSE_TICK_S = 0.5  # while paused: how often the thread checks for a stop and says it is alive
 # The WAL is truncated back to WAL_SIZE_LIMIT whenever SQLite restarts it (after a complete
@@ -65,6 +73,13 @@ WAL_RETRY_S = 60.0
 
 class WriterFailed(RuntimeError):
     """The store could not apply a batch; ingest stops (the service exits non-zero)."""
+
+
+class IngestStopped(RuntimeError):
+    """A job submitted to the ingest thread did not run: ingest stopped (or failed) first."""
+
+
+JOB_BUDGET_S = 0.25  # after a commit, queued jobs run for about this long (at least one runs)
 
 
 class LiveIngest:
@@ -101,6 +116,10 @@ class LiveIngest:
         self._stop_requested = threading.Event()
         self._opened = threading.Event()
         self._done = threading.Event()
+        self._jobs: collections.deque[tuple[Callable[[Writer], Any], concurrent.futures.Future[Any]]] = \
+            collections.deque()
+        self._jobs_lock = threading.Lock()
+        self._jobs_closed = False
         self._thread = threading.Thread(target=self._main, name="ingest", daemon=True)
 
     # ------------------------------------------------------------ from the service (any thread)
@@ -133,6 +152,23 @@ class LiveIngest:
             except RuntimeError:
                 pass  # the loop has already finished
 
+    def submit(self, job: Callable[[Writer], _T]) -> concurrent.futures.Future[_T]:
+        """Run ``job(writer)`` on the ingest thread between batches; its future has the
+        result, or the exception (``IngestStopped`` when ingest ended before it ran)."""
+        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+        with self._jobs_lock:
+            if self._jobs_closed:
+                future.set_exception(IngestStopped("live ingest has stopped"))
+                return future
+            self._jobs.append((job, future))
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._run_jobs)
+            except RuntimeError:
+                pass  # the loop has finished: _close_jobs fails the job
+        return future
+
     def update_filters(self, filters: Filters) -> None:
         """Follow new filters (sent on the open connection where the wire allows)."""
         loop, client = self._loop, self.client
@@ -154,6 +190,7 @@ class LiveIngest:
             self.metrics.last_error = f"{type(exc).__name__}: {exc}"
             log.exception("live ingest failed")
         finally:
+            self._close_jobs()  # also when the store never opened
             self._opened.set()
             self._done.set()
             lograte.REPEATS.flush(force=True)
@@ -169,6 +206,7 @@ class LiveIngest:
             self.metrics.cursor = writer.cursor
             self.client = self._client(writer)
             self._opened.set()
+            self._run_jobs()  # submitted while the store was opening
             if self._stop_requested.is_set():
                 self._stop.set()
             flusher = asyncio.create_task(self._flush_when_old())
@@ -185,6 +223,7 @@ class LiveIngest:
                             "received again from the committed cursor at the next start",
                             self.guard.reason, len(self._batch))
         finally:
+            self._close_jobs()
             self._close(writer)
 
     def _client(self, writer: Writer) -> StreamClient:
@@ -193,6 +232,42 @@ class LiveIngest:
                                   committed_meta=writer.meta)
         return JetstreamClient(self.options, self._deliver, self.metrics, committed_cursor=writer.cursor,
                                v1_dictionary=self._v1_dictionary, data_dir=self._data_dir)
+
+    def _run_jobs(self, budget_s: float = JOB_BUDGET_S) -> None:
+        """Run queued jobs for about ``budget_s`` (at least one), unless the disk guard holds
+        writes back; a job that finds no room is kept and runs again later."""
+        writer = self.writer
+        if writer is None or self._stop_requested.is_set():
+            return
+        deadline = time.monotonic() + budget_s
+        while self._jobs and time.monotonic() < deadline:
+            if not self._room(block=False):
+                return
+            job, future = self._jobs[0]
+            if future.cancelled():
+                self._jobs.popleft()
+                continue
+            try:
+                result = job(writer)
+            except Exception as exc:
+                if is_disk_full(exc):  # rolled back: kept, tried again once there is room
+                    self.guard.commit_failed(exc)
+                    self._show_guard()
+                    return
+                self._jobs.popleft()
+                future.set_exception(exc)
+                continue
+            self._jobs.popleft()
+            future.set_result(result)
+
+    def _close_jobs(self) -> None:
+        """Fail what is still queued: ingest is stopping."""
+        with self._jobs_lock:
+            self._jobs_closed = True
+            jobs, self._jobs = list(self._jobs), collections.deque()
+        for _, future in jobs:
+            if not future.done():
+                future.set_exception(IngestStopped("live ingest stopped before the job ran"))
 
     def _close(self, writer: Writer) -> None:
         try:
@@ -254,6 +329,7 @@ class LiveIngest:
             self._meta_committed = meta or {}
             self._committed(batch, cursor, stats.links_added, stats.links_removed)
             self._merge(writer)
+            self._run_jobs()
             self._bound_wal(writer)
             return True
         return True
@@ -366,6 +442,7 @@ class LiveIngest:
                     self._flush(block=False)
                 elif not self._batch and self.writer is not None and not self.guard.paused:
                     self._commit_position(self.writer)
+                    self._run_jobs()
                     self._merge(self.writer)  # a quiet stream: merges go on between ticks
             except WriterFailed as exc:
                 self._failure = exc

@@ -173,6 +173,10 @@ class Writer:
         self._body_prefixes = tuple(c[:-1] for c in body_collections if c.endswith(".*"))
         self._keeps_body: dict[int, bool] = {}
         self._pause: Callable[[], None] = _no_pause
+        # Backfills under way (did -> the CAR's rev) and those of them that had an older
+        # commit applied meanwhile (live ingest through a running serve): see watch_backfill.
+        self._backfills: dict[str, int] = {}
+        self._backfills_stale: set[str] = set()
         self._load()
 
     @property
@@ -408,6 +412,20 @@ class Writer:
         return self.conn.execute("SELECT 1 FROM actor JOIN actor_rev USING(aid) WHERE did=?",
                                  (did,)).fetchone() is not None
 
+    def watch_backfill(self, did: str, rev: int) -> bool:
+        """A backfill of ``did`` at ``rev`` begins: returns whether a commit of it was applied
+        before (``has_commits``), and from now until ``reconcile`` notes whether a commit
+        below ``rev`` is applied (live ingest, between the backfill's batches): such a commit
+        leaves rows the CAR may not have, so its reconcile sweeps them as if stale."""
+        self._backfills[did] = rev
+        self._backfills_stale.discard(did)
+        return self.has_commits(did)
+
+    def unwatch_backfill(self, did: str) -> None:
+        """The backfill of ``did`` failed: stop watching it."""
+        self._backfills.pop(did, None)
+        self._backfills_stale.discard(did)
+
     def reconcile(self, did: str, rev: int, stale: bool,
                   statements: Sequence[tuple[str, tuple[Any, ...]]] = ()) -> None:
         """Finish a backfill of ``did`` from its repo at ``rev`` (its records already applied
@@ -418,6 +436,7 @@ class Writer:
         CAR no longer has).  With ``stale`` (the account may hold rows from before), the
         rows still below ``rev`` are the records absent from the CAR: a reconcile entry of
         the purge sweep removes them (store/purge.py), the account staying visible."""
+        stale = stale or did in self._backfills_stale
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -434,6 +453,7 @@ class Writer:
             for sql, params in statements:
                 conn.execute(sql, params)
             conn.execute("COMMIT")
+            self.unwatch_backfill(did)
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -512,6 +532,9 @@ class Writer:
         if current is not None and current[0] >= op.rev:
             batch.stats.replays += 1  # this record already reflects a newer or equal commit
             return
+        backfills = self._backfills
+        if backfills and op.rev < backfills.get(op.did, 0):
+            self._backfills_stale.add(op.did)
         entry = (sk, aid)
         old: LinkList = (current[1] or []) if current is not None else []
         was_live = current is not None and current[1] is not None

@@ -49,8 +49,9 @@ class FakeJetstream:
     """Serves ``lines`` at /subscribe (v1) or the v2 path, honouring ``cursor`` (time_us, >=)."""
 
     def __init__(self, lines: list[str], *, wire: str = "v1", dictionary: bytes | None = None,
-                 faults: dict[int, Fault] | None = None) -> None:
+                 faults: dict[int, Fault] | None = None, pace_s: float = 0.0) -> None:
         self.lines = lines
+        self.pace_s = pace_s  # a pause after each line: a stream that lasts a while
         self.times: list[int] = []
         previous = 0
         for line in lines:
@@ -136,6 +137,8 @@ class FakeJetstream:
                     await ws.send_str(data.decode())
                 sent += 1
                 conn.sent = sent
+                if self.pace_s:
+                    await asyncio.sleep(self.pace_s)
             if sent == fault.die_after:
                 asyncio.get_running_loop().create_task(self.stop())
             elif sent == fault.close_after:

@@ -455,5 +455,6 @@ def test_refuses_while_the_store_is_in_use(tmp_path: Path) -> None:
                                  timeout=60)
     finally:
         writer.close()
-    assert run.returncode == 1 and "stop `smalldp serve` first" in run.stderr
-    assert "not built yet" in run.stderr
+    # the store's holder is not a serve taking backfills: refused, saying why and what to do
+    assert run.returncode == 1 and "the store is in use" in run.stderr, run.stderr
+    assert "no smalldp serve answers on" in run.stderr and "admin socket" in run.stderr

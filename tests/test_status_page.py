@@ -193,6 +193,7 @@ READ_PAGE = """(() => {
     pausedText: document.getElementById('paused').textContent,
     pausedHtml: document.getElementById('paused').innerHTML,
     offline: !document.getElementById('offline').hidden,
+    backfill: !document.getElementById('backfill').hidden,
     bars: [...document.querySelectorAll('#chart rect')].map(r => ({
       t: Number(r.dataset.t), value: Number(r.dataset.value), height: Number(r.getAttribute('height')),
       partial: r.classList.contains('partial')})),
@@ -532,8 +533,14 @@ def test_paused_ingest_shows_its_reason(tmp_path: Path) -> None:
               "reconnects": 0, "last_error": "", "queue_depth": 0,
               "disk": {"free_bytes": 812 << 20, "total_bytes": 8 << 30, "floor_bytes": 1 << 30}}
 
+    # and a backfill handed to the serve, shown while it runs (its figures, its error as text)
+    backfill: dict[str, Any] | None = {
+        "id": 1, "state": "running", "error": "<i>x</i>", "total": 40, "listing": False,
+        "summary": {"done": 3, "failed": 1, "skipped": 2, "records": 12345, "bytes": 5 << 20,
+                    "records_per_s": 2469.0, "seconds": 5.0}}
+
     async def main() -> dict[str, Any]:
-        app = make_app(db, ingest_status=lambda: dict(ingest))
+        app = make_app(db, ingest_status=lambda: dict(ingest), backfill_status=lambda: backfill)
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -545,7 +552,9 @@ def test_paused_ingest_shows_its_reason(tmp_path: Path) -> None:
                 await browser.wait_for("Number(document.documentElement.dataset.refreshes || 0) >= 1")
                 first = await browser.evaluate(READ_PAGE)
                 # Ingest resumes: the page follows on its next refresh.
+                nonlocal backfill
                 ingest.update(state="streaming", paused_reason="")
+                backfill = None
                 await browser.wait_for("document.getElementById('paused').hidden", timeout=status.REFRESH_S * 3)
                 second = await browser.evaluate(READ_PAGE)
                 return {"first": first, "second": second}
@@ -560,6 +569,10 @@ def test_paused_ingest_shows_its_reason(tmp_path: Path) -> None:
     assert first["fields"]["disk_floor"] == {"text": "1.00 GiB", "value": str(1 << 30)}
     assert first["fields"]["records"]["value"] == "0" and first["fields"]["links"]["text"] == "0"
     assert not pages["second"]["paused"] and pages["second"]["fields"]["ingest"]["text"] == "streaming"
+    assert first["backfill"] and not pages["second"]["backfill"]
+    assert first["fields"]["backfill"] == {
+        "text": "running: 6/40 repos (1 failed), 12,345 records, 2,469 records/s, 5.00 MiB, 5.0 s — <i>x</i>",
+        "value": "running"}
 
 
 def test_lexicons_are_package_data() -> None:

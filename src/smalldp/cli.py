@@ -17,10 +17,14 @@ from smalldp.config import ConfigError, Settings, add_arguments, load_settings
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from smalldp.ingest.backfill_run import BackfillRequest
+
 INGEST_SETTINGS = ["batch_events", "batch_ms", "merge_ms", "jetstream", "firehose", "verify_commits", "plc_url",
                    "jetstream_wire", "wanted_collections",
                    "wanted_dids", "compress", "zstd_dictionary", "zstd_dictionary_url", "rewind_s",
-                   "liveness_s", "backoff_max_s", "max_message_bytes", "min_free_mb", "min_free_percent"]
+                   "liveness_s", "backoff_max_s", "max_message_bytes", "min_free_mb", "min_free_percent",
+                   "admin_socket", "backfill_concurrency", "backfill_timeout_s", "backfill_retries",
+                   "backfill_max_car_mb", "backfill_batch_records"]
 STORE_SETTINGS = ["data_dir", "cache_mb", "mmap_mb", "compaction_fanout", "actor_cache",
                   "body_collections", "log_level"]
 
@@ -42,14 +46,15 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--no-ingest", action="store_true", help="answer queries only; do not follow Jetstream")
 
     bfl = sub.add_parser("backfill", help="fetch whole repos (getRepo) from their PDSes into the store "
-                                          "(smalldp serve stopped: the hand-off to a running serve is not built yet)")
+                                          "(through a running smalldp serve, else directly)")
     add_arguments(bfl, [*STORE_SETTINGS, "plc_url", "backfill_concurrency", "backfill_timeout_s",
-                        "backfill_retries", "backfill_max_car_mb", "backfill_batch_records"])
+                        "backfill_retries", "backfill_max_car_mb", "backfill_batch_records", "admin_socket"])
     bfl.add_argument("names", nargs="*", metavar="DID|HANDLE", help="accounts to backfill")
     bfl.add_argument("--follows-of", metavar="DID|HANDLE", help="that account and every account it follows")
     bfl.add_argument("--from-file", type=Path, metavar="FILE", help="DIDs or handles, one a line")
     bfl.add_argument("--all-from-relay", metavar="URL", help="every repo a relay lists (listRepos, paged)")
     bfl.add_argument("--status", action="store_true", help="list what earlier backfills did, failed and why")
+    bfl.add_argument("--cancel", action="store_true", help="stop the backfill a running smalldp serve is doing")
     bfl.add_argument("--refetch", action="store_true", help="fetch repos again even if done before")
     bfl.add_argument("--allow-local", action="store_true",
                      help="allow PDSes and did:web hosts on localhost or IP addresses, and plain http (tests)")
@@ -156,12 +161,16 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
-    """Backfill repos into the store (serve stopped), or show earlier backfills' state."""
-    from smalldp.ingest.backfill_run import BackfillRequest, print_status, print_summary, run_backfill
+    """Backfill repos: handed to a running `smalldp serve` (its admin socket), else into the
+    store directly; or show earlier backfills' state, or cancel the serve's."""
+    from smalldp import admin
+    from smalldp.ingest.backfill_run import RUN_SETTINGS, BackfillRequest, print_summary, run_backfill
     from smalldp.store.backup import database_in_use
     from smalldp.store.schema import db_path
-    if args.status:
-        return print_status(db_path(settings.data_dir), args.json)
+    sock = settings.admin_socket_path()
+    serving = sock is not None and admin.answers(sock)
+    if args.status or args.cancel:
+        return _backfill_admin(args, sock if serving else None, db_path(settings.data_dir))
     names = list(args.names)
     if args.from_file is not None:
         try:
@@ -175,16 +184,67 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
         print("smalldp backfill: give DIDs or handles (or --from-file), or --follows-of, or --all-from-relay",
               file=sys.stderr)
         return 2
+    request = BackfillRequest(names=names, follows_of=args.follows_of, relay=args.all_from_relay,
+                              refetch=args.refetch, allow_local=args.allow_local,
+                              settings={name: str(getattr(args, name)) for name in RUN_SETTINGS
+                                        if getattr(args, name, None) is not None})
+    if serving:
+        assert sock is not None
+        return _hand_off(sock, request, args.json)
     busy = database_in_use(db_path(settings.data_dir))
     if busy:
-        print(f"smalldp backfill: the store is in use ({busy}): stop `smalldp serve` first; backfilling "
-              "through a running serve (the hand-off) is not built yet", file=sys.stderr)
+        where = f"no smalldp serve answers on {sock}" if sock is not None else "admin_socket is off"
+        print(f"smalldp backfill: the store is in use ({busy}) and {where}: a serve with live ingest takes "
+              "backfills on its admin socket (not `serve --no-ingest`); stop what holds the store, or "
+              "set admin_socket as that serve has it", file=sys.stderr)
         return 1
-    request = BackfillRequest(names=names, follows_of=args.follows_of, relay=args.all_from_relay,
-                              refetch=args.refetch, allow_local=args.allow_local)
     summary = asyncio.run(run_backfill(settings, request, _writer(settings)))
     print_summary(summary, args.json)
     return 0 if not summary.failed and not summary.failures else 1
+
+
+def _hand_off(sock: Path, request: BackfillRequest, as_json: bool) -> int:
+    """Run a backfill in the serve answering on ``sock`` and follow it."""
+    from smalldp import admin
+    from smalldp.ingest.backfill import BackfillProgress, BackfillSummary
+    from smalldp.ingest.backfill_run import print_summary
+    print(f"smalldp backfill: handing the backfill to the running smalldp serve ({sock})", file=sys.stderr)
+    try:
+        status = asyncio.run(admin.hand_off(sock, request, BackfillProgress()))
+    except KeyboardInterrupt:
+        print("\nsmalldp backfill: the backfill goes on in smalldp serve; `smalldp backfill --status` shows "
+              "it, `smalldp backfill --cancel` stops it", file=sys.stderr)
+        return 130
+    except admin.AdminError as exc:
+        admin.print_error(str(exc))
+        return 1
+    summary = BackfillSummary.from_dict(status["summary"])
+    print_summary(summary, as_json)
+    if status["state"] != "done":
+        admin.print_error(f"the backfill {status['state']}: {status.get('error')}")
+        return 1
+    return 0 if not summary.failed and not summary.failures else 1
+
+
+def _backfill_admin(args: argparse.Namespace, sock: Path | None, db: Path) -> int:
+    """--status (the serve's backfill first, when one answers) or --cancel."""
+    from smalldp import admin
+    from smalldp.ingest.backfill_run import print_status
+    try:
+        if args.cancel:
+            if sock is None:
+                admin.print_error("no smalldp serve answers on the admin socket: nothing to cancel")
+                return 1
+            status = asyncio.run(admin.admin_cancel(sock))
+            print("cancelled the running backfill" if status["cancelled"] else "no backfill was running")
+            return 0
+        running = asyncio.run(admin.admin_status(sock)) if sock is not None else None
+    except admin.AdminError as exc:
+        admin.print_error(str(exc))
+        return 1
+    if running is not None and running["id"] and not args.json:
+        print(admin.describe_running(running))
+    return print_status(db, args.json, running if running is not None and running["id"] else None)
 
 
 def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:

@@ -12,6 +12,7 @@ setting and where the value came from, e.g.::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import os
 import re
@@ -157,6 +158,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Largest repo CAR a backfill downloads, in MiB; bigger repos are skipped and reported.", 1, 1 << 20),
     Setting("backfill_batch_records", "int", 5000,
             "Records of a repo applied per write transaction by a backfill (bounds its memory).", 100, MAX_BATCH_EVENTS),
+    Setting("admin_socket", "str", "",
+            "Unix socket (mode 0600) on which `smalldp serve` takes backfills from `smalldp backfill`; "
+            "empty: admin.sock in data_dir; off: none."),
 )
 MAX_WANTED_DIDS = 10_000
 _BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -200,6 +204,14 @@ class Settings:
     backfill_retries: int
     backfill_max_car_mb: int
     backfill_batch_records: int
+    admin_socket: str
+
+    def admin_socket_path(self) -> Path | None:
+        """Where the admin socket is (None: ``off``)."""
+        value = self.admin_socket.strip()
+        if value.lower() == "off":
+            return None
+        return Path(value) if value else Path(self.data_dir) / "admin.sock"
 
     def listen_host_port(self) -> tuple[str, int]:
         """Return ``listen`` split into (host, port); IPv6 hosts come back without brackets."""
@@ -381,6 +393,22 @@ def load_settings(cli: Mapping[str, object] | argparse.Namespace | None = None,
         except ValueError as e:
             raise ConfigError(f"invalid setting {s.name} (from {source}): {e}") from None
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def with_overrides(settings: Settings, values: Mapping[str, object], allowed: Iterable[str],
+                   source: str) -> Settings:
+    """``settings`` with some of them replaced by ``values`` (raw, as from a flag), each
+    converted and validated; ConfigError for a bad value or a name not ``allowed``."""
+    allowed = set(allowed)
+    changed: dict[str, object] = {}
+    for name, value in values.items():
+        if name not in allowed or name not in _BY_NAME:
+            raise ConfigError(f"setting {name} cannot be given here (from {source})")
+        try:
+            changed[name] = _convert(_BY_NAME[name], value)
+        except ValueError as e:
+            raise ConfigError(f"invalid setting {name} (from {source}): {e}") from None
+    return dataclasses.replace(settings, **changed)  # type: ignore[arg-type]
 
 
 def _format_default(s: Setting) -> str:

@@ -21,9 +21,11 @@ from typing import Any, Callable
 
 from aiohttp import web
 
+from smalldp.admin import AdminError, AdminServer, check_socket_path
 from smalldp.api.server import make_app
 from smalldp.config import ConfigError, Settings
 from smalldp.ingest import zdict
+from smalldp.ingest.backfill_service import BackfillHandOff
 from smalldp.ingest.diskguard import DiskGuard
 from smalldp.ingest.jetstream import ClientOptions, Filters
 from smalldp.ingest.live import LiveIngest
@@ -97,6 +99,8 @@ class Service:
         self.ready = asyncio.Event()
         self._live: LiveIngest | None = None
         self.gate = QueryGate()
+        self.backfill: BackfillHandOff | None = None  # backfills handed over by `smalldp backfill`
+        self._admin: AdminServer | None = None
 
     def pending_events(self) -> int:
         """Events received and not yet committed."""
@@ -114,6 +118,12 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         path = db_path(settings.data_dir)
+        admin_path = settings.admin_socket_path()
+        if self.ingest and admin_path is not None:
+            try:
+                check_socket_path(admin_path)  # before anything is opened
+            except AdminError as exc:
+                raise ServiceError(str(exc)) from None
         if self.ingest:
             live = self._live = LiveIngest(
                 lambda: open_writer(settings), client_options(settings), self.metrics,
@@ -132,10 +142,12 @@ class Service:
                                "or serve without --no-ingest")
         else:
             upgrade_in_place(path)  # a store from an earlier release: the queries need its new columns
-        if self.ingest:
+        if self._live is not None:
+            self.backfill = BackfillHandOff(settings, self._live)
             app = make_app(path, read_threads=settings.read_threads, cache_mb=settings.cache_mb,
                            mmap_mb=settings.mmap_mb, ingest_status=self.metrics.health,
-                           sample_sources=[self.metrics.samples], query_gate=self.gate)
+                           sample_sources=[self.metrics.samples], query_gate=self.gate,
+                           backfill_status=self.backfill.health)
         else:
             app = make_app(path, read_threads=settings.read_threads, cache_mb=settings.cache_mb,
                            mmap_mb=settings.mmap_mb)
@@ -151,6 +163,16 @@ class Service:
                 self._live.stop()
                 await loop.run_in_executor(None, self._live.wait_done, STOP_WAIT_S)
             raise ServiceError(f"cannot listen on {settings.listen}: {exc.strerror or exc}") from None
+        if self.backfill is not None and admin_path is not None:
+            self._admin = AdminServer(admin_path, self.backfill)
+            try:
+                await self._admin.start()
+            except AdminError as exc:
+                await runner.cleanup()
+                assert self._live is not None
+                self._live.stop()
+                await loop.run_in_executor(None, self._live.wait_done, STOP_WAIT_S)
+                raise ServiceError(str(exc)) from None
         self.port = runner.addresses[0][1] if runner.addresses else port
         following = "relays " + ", ".join(settings.firehose) if settings.firehose else "Jetstream"
         log.info("serving on http://%s:%d (%s)", host, self.port,
@@ -176,10 +198,12 @@ class Service:
         waiters: list[asyncio.Future[Any]] = [loop.run_in_executor(None, live.wait_done),
                                               asyncio.create_task(self.stop.wait())]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        # Shutdown: stop reading, commit the batch, close the store.
-        log.info("stopping: committing %d received events", live.pending())
+        # Shutdown: end a backfill (its done repos stay done), stop reading, commit the
+        # batch, close the store.
         self.metrics.state = "stopping"
         self.notifier.stopping()
+        await self._stop_backfill()
+        log.info("stopping: committing %d received events", live.pending())
         live.stop()
         finished = await loop.run_in_executor(None, live.wait_done, STOP_WAIT_S)
         waiters[1].cancel()
@@ -188,6 +212,12 @@ class Service:
             log.error("the ingest thread did not finish within %.0f s", STOP_WAIT_S)
             return 1
         return 1 if live.error is not None else 0
+
+    async def _stop_backfill(self) -> None:
+        if self._admin is not None:
+            await self._admin.close()
+        if self.backfill is not None and await self.backfill.cancel():
+            log.info("the backfill was stopped; `smalldp backfill` run again resumes it")
 
     async def _heartbeat(self) -> None:
         """STATUS= every few seconds; WATCHDOG=1 only while ingest is healthy."""

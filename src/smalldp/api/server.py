@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 IngestStatus = Callable[[], dict[str, object]]
 INGEST_STATUS: web.AppKey[IngestStatus] = web.AppKey("ingest_status")
+BackfillStatus = Callable[[], "dict[str, object] | None"]
+BACKFILL_STATUS: web.AppKey[BackfillStatus] = web.AppKey("backfill_status")
 
 
 QUERY_GATE: web.AppKey[QueryGate] = web.AppKey("query_gate")
@@ -94,6 +96,9 @@ async def health(request: web.Request) -> web.Response:
         body["paused_reason"] = ingest["paused_reason"]
     if len(ingest) > 1:
         body["jetstream"] = {k: v for k, v in ingest.items() if k != "state"}
+    backfill = request.app[BACKFILL_STATUS]()
+    if backfill is not None:  # a backfill handed to this serve (running, or how the last one ended)
+        body["backfill"] = backfill
     # What the status page at / shows: disk, file, counts, history, top targets (api/status.py).
     body.update(await status.health_fields(request.app))
     return json_response(body)
@@ -102,12 +107,14 @@ async def health(request: web.Request) -> web.Response:
 def make_app(db_path: Path, *, read_threads: int = 1, cache_mb: int = 64, mmap_mb: int = 0,
              ingest_status: IngestStatus = _ingest_disabled,
              sample_sources: list[metrics.SampleSource] | None = None,
-             query_gate: QueryGate | None = None) -> web.Application:
+             query_gate: QueryGate | None = None,
+             backfill_status: BackfillStatus = lambda: None) -> web.Application:
     """Build the application answering from read-only connections to ``db_path``.
 
     ``ingest_status`` says what live ingest is doing (a dict with at least "state");
     ``sample_sources`` add Prometheus samples to /metrics; with a ``query_gate`` every
-    request marks itself in flight so that live ingest lets it go first.
+    request marks itself in flight so that live ingest lets it go first;
+    ``backfill_status`` says what a backfill handed to the service is doing (None: none).
     """
     middlewares = [cors_preflight, xrpc_errors] if query_gate is None else [cors_preflight, queries_first, xrpc_errors]
     # 100 at-uris in one query string are ~12 KB: above aiohttp's default 8 KB request line.
@@ -116,6 +123,7 @@ def make_app(db_path: Path, *, read_threads: int = 1, cache_mb: int = 64, mmap_m
         app[QUERY_GATE] = query_gate
     app[READERS] = ReaderPool(db_path, threads=read_threads, cache_mb=cache_mb, mmap_mb=mmap_mb)
     app[INGEST_STATUS] = ingest_status
+    app[BACKFILL_STATUS] = backfill_status
     app.on_response_prepare.append(allow_any_origin)
     app[metrics.SAMPLE_SOURCES] = list(sample_sources or [])
     app.add_routes(constellation.routes)

@@ -19,9 +19,12 @@ marks the repo done, in one transaction with its state (store/backfill_state.py)
 So applying a repo again changes nothing, which is what makes resuming simple: a backfill
 killed at any moment redoes the repos it had not marked done.
 
-**Concurrency.**  ``concurrency`` fetches run at once on the event loop; all store work
-(state, applying, reconciling) runs on one writer thread, so the loop keeps reading sockets
-while a big repo is applied, and at most ``concurrency`` CARs wait on disk.
+**Concurrency.**  ``concurrency`` fetches run at once on the event loop; CARs are read and
+turned into operations on one backfill thread, so the loop keeps reading sockets while a
+big repo is applied, and at most ``concurrency`` CARs wait on disk.  Store work (state,
+applying, reconciling) goes through a ``WriterRunner``: with serve stopped, ``DirectWriter``
+(the backfill thread is the writer's only thread); through a running serve, its ingest
+thread, between live batches (ingest/backfill_service.py).
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TextIO, TypeVar
+from typing import Any, Protocol, TextIO, TypeVar
 
 import msgspec
 
@@ -70,6 +74,15 @@ class BackfillSummary:
     def records_per_s(self) -> float:
         return self.records / self.seconds if self.seconds > 0 else 0.0
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> BackfillSummary:
+        """The summary ``as_dict`` gave (a running serve's, read by `smalldp backfill`)."""
+        return cls(repos=int(values["repos"]), done=int(values["done"]), failed=int(values["failed"]),
+                   skipped=int(values["skipped"]), records=int(values["records"]),
+                   bad_records=int(values["bad_records"]), bytes=int(values["bytes"]),
+                   retries=int(values["retries"]), seconds=float(values["seconds"]),
+                   failures=[(str(f["did"]), str(f["reason"])) for f in values["failures"]])
+
     def as_dict(self) -> dict[str, Any]:
         """The summary as JSON-ready values."""
         return {"repos": self.repos, "done": self.done, "failed": self.failed, "skipped": self.skipped,
@@ -89,14 +102,15 @@ class BackfillProgress:
         self.interval = interval if self.tty else plain_interval
         self._last = 0.0
 
-    def update(self, summary: BackfillSummary, total: int, listing: bool, started: float,
+    def update(self, summary: BackfillSummary, total: int, listing: bool, elapsed: float,
                force: bool = False) -> None:
-        """Show the figures (at most every interval, unless ``force``)."""
+        """Show the figures after ``elapsed`` seconds of the run (at most every interval,
+        unless ``force``)."""
         now = time.monotonic()
         if not force and now - self._last < self.interval:
             return
         self._last = now
-        elapsed = max(now - started, 1e-9)
+        elapsed = max(elapsed, 1e-9)
         finished = summary.done + summary.failed + summary.skipped
         eta = ""
         if not listing and finished and total > finished:
@@ -122,27 +136,56 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-class Backfill:
-    """One `smalldp backfill` run over a writer (the store's only one) and a fetcher."""
+class WriterRunner(Protocol):
+    """Where the store's writes run."""
 
-    def __init__(self, writer: Writer, fetcher: RepoFetcher, *, concurrency: int = 4,
+    def run(self, job: Callable[[Writer], _T]) -> _T:
+        """``job(writer)`` on the writer's thread; blocks the caller until it has run."""
+        ...
+
+
+class DirectWriter:
+    """With serve stopped: the backfill's own writer, used on the backfill thread itself."""
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+
+    def run(self, job: Callable[[Writer], _T]) -> _T:
+        """Run ``job`` here and now."""
+        return job(self.writer)
+
+
+class BackfillStopped(RuntimeError):
+    """The run was stopped (cancelled, or the service is stopping) while a repo was applied."""
+
+
+class Backfill:
+    """One `smalldp backfill` run over the store's writer (through a runner) and a fetcher."""
+
+    def __init__(self, runner: WriterRunner, fetcher: RepoFetcher, *, concurrency: int = 4,
                  batch_records: int = 5000, refetch: bool = False,
                  progress: BackfillProgress | None = None) -> None:
-        self.writer = writer
+        self.runner = runner
         self.fetcher = fetcher
         self.concurrency = concurrency
         self.batch_records = batch_records
         self.refetch = refetch
         self.progress = progress
         self.summary = BackfillSummary()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="backfill-writer")
-        self._total = 0
-        self._listing = False
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="backfill")
+        self._stopping = threading.Event()
+        self.total = 0
+        self.listing = False
         self._started = time.monotonic()
 
-    async def _store(self, call: Callable[..., _T], *args: Any) -> _T:
-        """Run ``call`` on the writer thread (all store work goes there, one at a time)."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call, *args)
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the run began."""
+        return time.monotonic() - self._started
+
+    async def _store(self, job: Callable[[Writer], _T]) -> _T:
+        """Run ``job(writer)`` through the runner, from the backfill thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self.runner.run, job)
 
     # --- what to backfill ------------------------------------------------------------------------
 
@@ -160,13 +203,13 @@ class Backfill:
         async def chunks() -> AsyncIterator[list[tuple[str, str | None]]]:
             follows: list[str] = []
             self.summary.repos += 1
-            self._total += 1
+            self.total += 1
             root_did = await self._one(root, None, follows, force=True)
-            self._listing = False
+            self.listing = False
             subjects = [did for did in dict.fromkeys(follows) if did != root_did]
             for start in range(0, len(subjects), CHUNK_NAMES):
                 yield [(did, None) for did in subjects[start:start + CHUNK_NAMES]]
-        self._listing = True
+        self.listing = True
         return await self._run(chunks())
 
     async def run_relay(self, relay: str) -> BackfillSummary:
@@ -176,8 +219,8 @@ class Backfill:
             page: list[ListedRepo]
             async for page in self.fetcher.list_repos(relay):
                 yield [(repo.did, repo.inactive) for repo in page]
-            self._listing = False
-        self._listing = True
+            self.listing = False
+        self.listing = True
         return await self._run(chunks())
 
     # --- the run -------------------------------------------------------------------------------
@@ -192,24 +235,27 @@ class Backfill:
                     # DIDs are queued a chunk at a time (one transaction, done ones skipped);
                     # handles once they are DIDs (_one)
                     dids = [name for name in known if valid_did(name)]
-                    todo = set(await self._store(state.queue, self.writer.conn, dids, self.refetch))
+                    todo = set(await self._store(lambda w: state.queue(w.conn, dids, self.refetch)))
                     self.summary.repos += len(known)
                     self.summary.skipped += len(dids) - len(todo)
-                    self._total += len(known)
+                    self.total += len(known)
                     for name in known:
                         if name in todo or not valid_did(name):
                             await queue.put((name, known[name]))
             except FetchError as exc:  # the listing itself failed (listRepos): what was listed goes on
                 self._fail_run(f"listing failed: {exc.reason}")
             finally:
-                self._listing = False
+                self.listing = False
                 for _ in workers:
                     await queue.put(None)
             await asyncio.gather(*workers)
         finally:
             for task in workers:
                 task.cancel()
-            self._pool.shutdown(wait=True)
+            # A repo being applied stops at its next batch; wait for it without holding up
+            # the loop (a running serve answers queries on it).
+            self._stopping.set()
+            await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown)
         self.summary.seconds = time.monotonic() - self._started
         self.summary.retries = self.fetcher.retried
         self._show(force=True)
@@ -226,8 +272,9 @@ class Backfill:
             await self._one(*item, None)
 
     def _show(self, force: bool = False) -> None:
+        self.summary.seconds = self.elapsed
         if self.progress is not None:
-            self.progress.update(self.summary, self._total, self._listing, self._started, force)
+            self.progress.update(self.summary, self.total, self.listing, self.elapsed, force)
 
     async def _one(self, name: str, known_failure: str | None, follows: list[str] | None,
                    force: bool = False) -> str:
@@ -241,14 +288,15 @@ class Backfill:
             if not valid_did(name):
                 did = await self.fetcher.resolve_handle(name)
             if force or did != name:
-                todo = await self._store(state.queue, self.writer.conn, [did], self.refetch or force)
+                refetch = self.refetch or force
+                todo = await self._store(lambda w: state.queue(w.conn, [did], refetch))
                 if not todo:
                     self.summary.skipped += 1
                     return did
             fetched = await self.fetcher.fetch_repo(did)
             try:
-                records, bad = await self._store(self._apply, did, fetched.path, fetched.size,
-                                                 fetched.fetched_us, follows)
+                records, bad = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self._apply, did, fetched.path, fetched.size, fetched.fetched_us, follows)
             finally:
                 fetched.path.unlink(missing_ok=True)
             self.summary.done += 1
@@ -262,16 +310,16 @@ class Backfill:
                 self.summary.failures.append((did, reason))
             if self.summary.failed <= LOGGED_FAILURES:
                 log.warning("backfill %s: %s", did, reason)
-            await self._store(state.mark_failed, self.writer.conn, did, reason)
+            await self._store(lambda w: _failed(w, did, reason))
         self._show()
         return did
 
-    # --- on the writer thread ------------------------------------------------------------------
+    # --- on the backfill thread ----------------------------------------------------------------
 
     def _apply(self, did: str, path: Any, size: int, time_us: int,
                follows: list[str] | None) -> tuple[int, int]:
         """Apply one fetched repo and mark it done; returns (records applied, bad records)."""
-        writer = self.writer
+        run = self.runner.run
         with open_repo(path) as repo:
             commit = repo.commit
             if commit.did != did:
@@ -279,8 +327,7 @@ class Backfill:
             rev = tid_to_int(commit.rev)
             if rev is None:
                 raise FetchError(f"the commit's rev {commit.rev[:40]!r} is not a TID")
-            stale = writer.has_commits(did)
-            state.mark_running(writer.conn, did, stale)
+            stale = run(lambda w: _begin(w, did, rev))
             ops: list[Operation] = []
             records = bad = 0
             for record in repo.records():
@@ -299,11 +346,29 @@ class Backfill:
                         follows.append(subject)
                 ops.append(op)
                 if len(ops) >= self.batch_records:
-                    writer.apply(ops)
+                    self._write(ops)
                     records += len(ops)
                     ops = []
             if ops:
-                writer.apply(ops)
+                self._write(ops)
                 records += len(ops)
-            writer.reconcile(did, rev, stale, [state.done_statement(did, commit.rev, records, size)])
+            done = state.done_statement(did, commit.rev, records, size)
+            run(lambda w: w.reconcile(did, rev, stale, [done]))
         return records, bad
+
+    def _write(self, ops: list[Operation]) -> None:
+        if self._stopping.is_set():
+            raise BackfillStopped("the backfill was stopped")
+        self.runner.run(lambda w: w.apply(ops))
+
+
+def _begin(writer: Writer, did: str, rev: int) -> bool:
+    """A repo's apply begins: watched by the writer, marked running; whether it is stale."""
+    stale = writer.watch_backfill(did, rev)
+    state.mark_running(writer.conn, did, stale)
+    return stale
+
+
+def _failed(writer: Writer, did: str, reason: str) -> None:
+    writer.unwatch_backfill(did)
+    state.mark_failed(writer.conn, did, reason)

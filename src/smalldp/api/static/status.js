@@ -65,6 +65,8 @@ function render(h) {
   show("last_error", js.last_error || "", js.last_error || "");
   document.getElementById("last-error").hidden = !js.last_error || h.ingest === "streaming";
 
+  backfill(h.backfill);
+
   show("lag_s", h.lag_s, duration(h.lag_s));
   show("cursor", h.cursor, h.cursor === null ? "none yet" : utc(h.cursor / 1000));
   show("events_per_s", js.events_per_s, rate(js.events_per_s));
@@ -100,6 +102,19 @@ function render(h) {
 
   chart(h.events_per_s_history || [], h.ingest);
   topTargets(h.top_targets_last_hour);
+}
+
+// A backfill handed to this serve by `smalldp backfill`: running, or how the last one ended.
+function backfill(b) {
+  document.getElementById("backfill").hidden = !b;
+  if (!b) return;
+  const s = b.summary || {};
+  const finished = (s.done || 0) + (s.failed || 0) + (s.skipped || 0);
+  let text = `${b.state}: ${integer(finished)}/${integer(b.total)}${b.listing ? "+" : ""} repos` +
+    ` (${integer(s.failed)} failed), ${integer(s.records)} records, ${rate(s.records_per_s)} records/s,` +
+    ` ${bytes(s.bytes)}, ${duration(s.seconds)}`;
+  if (b.error) text += ` — ${b.error}`;
+  show("backfill", b.state, text);
 }
 
 // A number at least `v` of the form 1, 2 or 5 times a power of ten: a readable axis top.

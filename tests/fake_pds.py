@@ -29,6 +29,7 @@ class FakeNetwork:
     behaviour: dict[str, str] = field(default_factory=dict)
     handles: dict[str, str] = field(default_factory=dict)  # handle -> DID
     unlisted_docs: set[str] = field(default_factory=set)  # DIDs the PLC directory does not know
+    keys: dict[str, str] = field(default_factory=dict)  # DID -> its #atproto Multikey (publicKeyMultibase)
     delay_s: float = 0.0  # before each getRepo answer (makes a run long enough to kill)
     page_size: int = 3
     requests: dict[str, int] = field(default_factory=dict)
@@ -40,9 +41,13 @@ class FakeNetwork:
 
     def doc(self, did: str) -> dict[str, Any]:
         aka = [f"at://{h}" for h, d in self.handles.items() if d == did]
-        return {"id": did, "alsoKnownAs": aka,
-                "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer",
-                             "serviceEndpoint": f"{self.base}/pds"}]}
+        doc: dict[str, Any] = {"id": did, "alsoKnownAs": aka,
+                               "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer",
+                                            "serviceEndpoint": f"{self.base}/pds"}]}
+        if did in self.keys:
+            doc["verificationMethod"] = [{"id": f"{did}#atproto", "type": "Multikey", "controller": did,
+                                          "publicKeyMultibase": self.keys[did]}]
+        return doc
 
     # --- handlers ---------------------------------------------------------------------------
 

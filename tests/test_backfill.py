@@ -20,7 +20,10 @@ from typing import Any
 import pytest
 
 from fake_pds import RATE_LIMITED_ONCE, STALL, TAKENDOWN, TRUNCATED, ERROR_500_ONCE, FakeNetwork
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from repo_builder import build_repo, generated_records
+from smalldp.dagcbor import CID, encode
 from smalldp.config import Settings, load_settings
 from smalldp.events import decode_event
 from smalldp.ingest.backfill_run import BackfillRequest, run_backfill
@@ -31,6 +34,7 @@ from smalldp.store.schema import db_path
 from smalldp.store.writer import Writer
 from smalldp.tid import int_to_tid, tid_to_int
 from test_import import answers
+from test_verify import Account
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "jetstream"
 CORPUS_DID = "did:plc:53iucmf5ldftgqyf2ac7hmhd"
@@ -104,6 +108,39 @@ def test_the_fixture_repo_lands_whole_with_its_cids(tmp_path: Path) -> None:
     conn = sqlite3.connect(db_path(tmp_path))
     assert conn.execute("SELECT rev FROM backfill").fetchone()[0] == commit["Revision"]
     conn.close()
+
+
+def test_verify_commits_applies_only_repos_signed_with_the_did_documents_key(tmp_path: Path) -> None:
+    """With verify_commits, a repo lands only when its commit is signed with its DID
+    document's #atproto key (secp256k1 or P-256); without it, every readable repo lands."""
+    good_k1, good_p256, forged, unsigned, keyless = (did_of(300 + i) for i in range(5))
+    accounts = {good_k1: Account(ec.SECP256K1(), good_k1), good_p256: Account(ec.SECP256R1(), good_p256),
+                forged: Account(ec.SECP256K1(), forged), unsigned: Account(ec.SECP256R1(), unsigned)}
+    other = Account(ec.SECP256K1(), forged)  # signs the forged repo: not the key its document names
+    rev = int_to_tid(tid_to_int("3migo7fijwi2k") or 0)
+    cars = {}
+    for n, did in enumerate((good_k1, good_p256, forged, unsigned, keyless)):
+        records = generated_records(30, seed=70 + n)
+        unsigned_commit = {"did": did, "version": 3, "data": CID(build_repo(records, did=did, rev=rev).data_cid),
+                           "rev": rev, "prev": None}
+        signer = other if did == forged else accounts.get(did)
+        sig = signer.sign(encode(unsigned_commit)) if signer is not None and did != unsigned else bytes(64)
+        cars[did] = build_repo(records, did=did, rev=rev, sig=sig).car()
+    keys = {did: account.multibase for did, account in accounts.items()}
+    with FakeNetwork(cars=cars, keys=keys) as net:
+        summary = backfill(tmp_path / "on", net, names=sorted(cars), settings={"verify_commits": "true"})
+        assert (summary.done, summary.failed) == (2, 3), summary
+        summary = backfill(tmp_path / "off", net, names=sorted(cars))
+        assert (summary.done, summary.failed) == (5, 0), summary
+    on = status(tmp_path / "on")
+    assert on[good_k1] == ("done", None) and on[good_p256] == ("done", None)
+    for did in (forged, unsigned):
+        assert on[did][0] == "failed" and "does not verify" in str(on[did][1]) and "bad_signature" in str(on[did][1]), on
+    assert on[keyless][0] == "failed" and "no signing key" in str(on[keyless][1]), on
+    for did in (good_k1, good_p256):
+        assert record_cids(tmp_path / "on", did) == record_cids(tmp_path / "off", did) != {}
+    for did in (forged, unsigned, keyless):
+        assert record_cids(tmp_path / "on", did) == {}  # nothing of a repo that did not verify
 
 
 # --- failures, each recorded and the rest going on -----------------------------------------------

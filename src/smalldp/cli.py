@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 
     bfl = sub.add_parser("backfill", help="fetch whole repos (getRepo) from their PDSes into the store "
                                           "(through a running smalldp serve, else directly)")
-    add_arguments(bfl, [*STORE_SETTINGS, "plc_url", "backfill_concurrency", "backfill_timeout_s",
+    add_arguments(bfl, [*STORE_SETTINGS, "plc_url", "verify_commits", "backfill_concurrency", "backfill_timeout_s",
                         "backfill_retries", "backfill_max_car_mb", "backfill_batch_records", "admin_socket"])
     bfl.add_argument("names", nargs="*", metavar="DID|HANDLE", help="accounts to backfill")
     bfl.add_argument("--follows-of", metavar="DID|HANDLE", help="that account and every account it follows")

@@ -114,8 +114,9 @@ SETTINGS: tuple[Setting, ...] = (
             "When set, serve follows these relays and the jetstream settings are not used. "
             "Repeat the flag or comma-separate."),
     Setting("verify_commits", "bool", False,
-            "Relay firehose: check each commit's signature against its DID's signing key (fetched from "
-            "plc_url or did:web) and skip commits that do not verify (README: Commit verification)."),
+            "Check each commit's signature against its DID's signing key (fetched from plc_url or did:web): "
+            "relay firehose commits that do not verify are skipped, backfilled repos whose commit does not "
+            "verify are recorded failed (README: Commit verification)."),
     Setting("jetstream_wire", "choice", "v1",
             "Jetstream protocol: v1 (/subscribe, cursor = time_us) or v2 "
             "(/xrpc/network.bsky.jetstream.subscribeEvents, resumed by time).",

@@ -338,6 +338,12 @@ class RepoCar:
         self._mst_root = data.cid_bytes
         return Commit(did, 3, data.encode(), rev, prev.encode() if prev is not None else None, sig, name)
 
+    def commit_block(self) -> bytes:
+        """The signed commit's block as it is in the CAR (for its signature check)."""
+        block = self._block(self._roots[0].cid_bytes)
+        assert block is not None  # read on opening
+        return block
+
     # --- the MST walk ------------------------------------------------------------------------
 
     def records(self) -> Iterator[RepoRecord]:

@@ -34,7 +34,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO, TypeVar
@@ -47,6 +47,7 @@ from smalldp.repo_car import RepoError, open_repo
 from smalldp.store import backfill_state as state
 from smalldp.store.writer import Writer
 from smalldp.tid import tid_to_int
+from smalldp.verify import SigningKey, VerifyError, signing_key, verify_commit_block
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -163,9 +164,10 @@ class Backfill:
     """One `smalldp backfill` run over the store's writer (through a runner) and a fetcher."""
 
     def __init__(self, runner: WriterRunner, fetcher: RepoFetcher, *, concurrency: int = 4,
-                 batch_records: int = 5000, refetch: bool = False,
+                 batch_records: int = 5000, refetch: bool = False, verify: bool = False,
                  progress: BackfillProgress | None = None) -> None:
         self.runner = runner
+        self.verify = verify  # check each repo's commit signature (verify_commits)
         self.fetcher = fetcher
         self.concurrency = concurrency
         self.batch_records = batch_records
@@ -295,8 +297,9 @@ class Backfill:
                     return did
             fetched = await self.fetcher.fetch_repo(did)
             try:
+                key = _signing_key(did, fetched.document) if self.verify else None
                 records, bad = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self._apply, did, fetched.path, fetched.size, fetched.fetched_us, follows)
+                    self._pool, self._apply, did, fetched.path, fetched.size, fetched.fetched_us, follows, key)
             finally:
                 fetched.path.unlink(missing_ok=True)
             self.summary.done += 1
@@ -317,13 +320,19 @@ class Backfill:
     # --- on the backfill thread ----------------------------------------------------------------
 
     def _apply(self, did: str, path: Any, size: int, time_us: int,
-               follows: list[str] | None) -> tuple[int, int]:
-        """Apply one fetched repo and mark it done; returns (records applied, bad records)."""
+               follows: list[str] | None, key: SigningKey | None) -> tuple[int, int]:
+        """Apply one fetched repo and mark it done; returns (records applied, bad records).
+        With ``key``, nothing is applied unless the commit is signed with it."""
         run = self.runner.run
         with open_repo(path) as repo:
             commit = repo.commit
             if commit.did != did:
                 raise FetchError(f"the CAR is the repo of {commit.did[:80]}, not of {did}")
+            if key is not None:
+                try:
+                    verify_commit_block(repo.commit_block(), key, did, commit.rev)
+                except VerifyError as exc:
+                    raise FetchError(f"the commit does not verify ({exc})") from None
             rev = tid_to_int(commit.rev)
             if rev is None:
                 raise FetchError(f"the commit's rev {commit.rev[:40]!r} is not a TID")
@@ -360,6 +369,14 @@ class Backfill:
         if self._stopping.is_set():
             raise BackfillStopped("the backfill was stopped")
         self.runner.run(lambda w: w.apply(ops))
+
+
+def _signing_key(did: str, document: Mapping[str, Any]) -> SigningKey:
+    """``did``'s signing key from its DID document (FetchError when it has none usable)."""
+    try:
+        return signing_key(document)
+    except VerifyError as exc:
+        raise FetchError(f"no signing key to verify the commit of {did} with ({exc})") from None
 
 
 def _begin(writer: Writer, did: str, rev: int) -> bool:

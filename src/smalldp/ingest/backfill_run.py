@@ -22,7 +22,7 @@ from smalldp.verify import HttpDidResolver
 TMP_DIR = "backfill-tmp"  # under data_dir: CARs being downloaded (removed once applied)
 # What `smalldp backfill`'s own flags may set in a backfill it hands to a running serve
 # (the serve's settings fill in the rest).
-RUN_SETTINGS = ("plc_url", "backfill_concurrency", "backfill_timeout_s", "backfill_retries",
+RUN_SETTINGS = ("plc_url", "verify_commits", "backfill_concurrency", "backfill_timeout_s", "backfill_retries",
                 "backfill_max_car_mb", "backfill_batch_records")
 
 
@@ -97,6 +97,7 @@ async def run_backfill_with(settings: Settings, request: BackfillRequest, runner
                               **({"handle_url": request.handle_url} if request.handle_url else {}))
         backfill = Backfill(runner, fetcher, concurrency=settings.backfill_concurrency,
                             batch_records=settings.backfill_batch_records, refetch=request.refetch,
+                            verify=settings.verify_commits,
                             progress=progress or BackfillProgress())
         if started is not None:
             started(backfill)

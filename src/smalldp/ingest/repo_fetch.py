@@ -34,7 +34,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
@@ -91,6 +91,7 @@ class FetchedRepo:
     path: Path
     size: int
     fetched_us: int  # wall clock when the answer began: the time_us of its operations
+    document: Mapping[str, Any]  # the DID document the PDS came from (its signing key, for verify_commits)
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,10 @@ class RepoFetcher:
 
     async def pds_of(self, did: str) -> str:
         """The PDS base URL of ``did``, from its DID document."""
-        endpoint = pds_endpoint(await self._document(did))
+        return self._pds_in(await self._document(did))
+
+    def _pds_in(self, document: Mapping[str, Any]) -> str:
+        endpoint = pds_endpoint(document)
         if endpoint is None:
             raise FetchError("DID document has no #atproto_pds service")
         parts = urlsplit(endpoint)
@@ -210,7 +214,8 @@ class RepoFetcher:
 
     async def fetch_repo(self, did: str) -> FetchedRepo:
         """Download ``did``'s repo (com.atproto.sync.getRepo) into a temporary file."""
-        pds = await self.pds_of(did)
+        document = await self._document(did)
+        pds = self._pds_in(document)
         url = f"{pds}/xrpc/com.atproto.sync.getRepo"
         fd, name = tempfile.mkstemp(prefix="getRepo-", suffix=".car", dir=self.tmp_dir)
         os.close(fd)
@@ -236,7 +241,7 @@ class RepoFetcher:
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        return FetchedRepo(did, pds, path, size, started[0])
+        return FetchedRepo(did, pds, path, size, started[0], document)
 
     async def list_repos(self, relay: str) -> AsyncIterator[list[ListedRepo]]:
         """Every repo a relay lists (com.atproto.sync.listRepos), a page at a time."""

@@ -4,8 +4,8 @@ prefetching several sources of a target in one query, tallies of live entries an
 walks without inactive accounts, pages and their cursors, and turning index keys back
 into at-uris.
 
-Every query module builds on :class:`DataPlaneBase`; nothing here answers a DataPlane
-method by itself.
+Every query module builds on :class:`DataPlaneBase`; the one method here is what several
+families share: an actor's records of one author-linked collection (``authored``).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from pyroaring import BitMap
 
-from smalldp.derived import FOLLOW, OUT_SUBJECT
+from smalldp.derived import AUTHOR, FOLLOW, OUT_SUBJECT
 from smalldp.store.summaries import BIG_KEY_CHUNKS, Key, RunSummary, SummaryCache
 from smalldp.store.encoding import Entry, decode_links, did_key, split_target
-from smalldp.store.reader import BadCursor, Reader, _Chunk, encode_cursor
+from smalldp.store.reader import BadCursor, Reader, _Chunk, decode_cursor, encode_cursor
 from smalldp.tid import int_to_tid, tid_to_int
 
 _TIMELINE_CURSOR = struct.Struct(">qIB")
@@ -50,6 +50,21 @@ class DataPlaneBase(Reader):
         # Chunks fetched during one request, by (target key, source): a request about 25
         # targets asks for the viewer's follows 25 times. Cleared at every read.
         self._memo: dict[tuple[bytes, int], list[_Chunk]] = {}
+
+    def authored(self, actor: str, collection: str, limit: int, cursor: str | None) -> tuple[list[str], str | None]:
+        """The actor's live records of a collection that links records to their author
+        (smalldp.derived.AUTHOR_COLLECTIONS: lists, reposts, feed generators, starter
+        packs, ...), newest first: getActorLists, getActorFeeds, getActorStarterPacks,
+        getActorReposts."""
+        after = decode_cursor(cursor) if cursor else None
+
+        def read() -> tuple[list[str], str | None]:
+            aid = self._active(actor)
+            if aid is None:
+                return [], None
+            picked, next_cursor = self._page(self._live(self._of(aid, collection, AUTHOR), after), limit)
+            return [self._uri(aid, collection, sk) for sk, _ in picked], next_cursor
+        return self._read(read)
 
     # ------------------------------------------------------------ plumbing
 

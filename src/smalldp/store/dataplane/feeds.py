@@ -1,13 +1,15 @@
 """Feeds: an author's feed (derived author links merged with reposts, per filter), the
-home timeline (timeline buckets, store/timeline.py, filtered by the viewer's follow
-bitmap), threads (ancestors through reply links, descendants through backlinks), and
+home timeline and list feeds (timeline buckets, store/timeline.py, filtered by the
+viewer's follow bitmap or the list's members), threads (ancestors through reply links, descendants through backlinks), and
 the feed item of a post or repost.
 """
 
 from __future__ import annotations
 
 import heapq
-from typing import Iterator
+from typing import Callable, Iterator
+
+from pyroaring import BitMap
 
 from smalldp.derived import AUTHOR, MEDIA, NO_REPLY, POST, REPOST, THREAD, VIDEO
 from smalldp.store import timeline
@@ -32,7 +34,10 @@ TIMELINE_SEGMENTS_MAX = 4000  # segments read per timeline page (one per closed 
 
 
 class FeedQueries(DataPlaneBase):
-    """getAuthorFeed, getTimeline, getThread."""
+    """getAuthorFeed, getTimeline, getThread; for bsky.Service also list feeds."""
+
+    # A list's member set, from ListQueries (DataPlaneReader combines both mixins).
+    _list_member_set: Callable[[str], BitMap]
 
     def author_feed(self, actor: str, limit: int, cursor: str | None,
                     filter: str) -> tuple[list[dict[str, str]], str | None]:
@@ -108,29 +113,47 @@ class FeedQueries(DataPlaneBase):
                 return [], None
             authors = self._follow_set(aid)
             authors.add(aid)
-            authors -= self.hidden
-            start = 1 << 40
-            if after is not None:
-                # A work-bound cursor (bucket floor, 0, 0) continues below that bucket:
-                # account IDs start at 1, so no entry of it can be older than the cursor.
-                start = timeline.bucket_of(after[0] - 1 if after[1:] == (0, 0) else after[0])
-            stopped: list[FeedEntry] = []  # where the work bound ended the walk, if it did
-
-            def entries() -> Iterator[FeedEntry]:
-                segments_read = 0
-                for bucket, segments in timeline.buckets_before(self.conn, start):
-                    yield from timeline.newest_first(segments, authors, after)
-                    segments_read += len(segments)
-                    if segments_read >= TIMELINE_SEGMENTS_MAX:
-                        # Work bound reached: the next page continues below this bucket.
-                        stopped.append((timeline.bucket_floor(bucket), 0, 0))
-                        return
-
-            items, last = self._feed_page(entries(), limit)
-            if last is None and stopped:
-                last = stopped[0]
-            return items, None if last is None else encode_feed_cursor(last)
+            return self._timeline_page(authors, limit, after, posts_only=False)
         return self._read(read)
+
+    def list_feed(self, list_uri: str, limit: int, cursor: str | None) -> tuple[list[dict[str, str]], str | None]:
+        """A list's feed: posts (no reposts) by the accounts the list's owner put in it (its
+        newest LIST_FEED_MEMBERS_MAX listitems), newest first, read from the timeline
+        buckets as getTimeline is."""
+        after = decode_feed_cursor(cursor) if cursor else None
+        return self._read(lambda: self._timeline_page(self._list_member_set(list_uri), limit, after, posts_only=True))
+
+    def _timeline_page(self, authors: BitMap, limit: int, after: FeedEntry | None,
+                       posts_only: bool) -> tuple[list[dict[str, str]], str | None]:
+        """A page of the live posts and reposts (``posts_only``: posts) of ``authors`` from the
+        timeline buckets, newest first, strictly past ``after``; at most TIMELINE_SEGMENTS_MAX
+        segments read, a page the bound cut short carrying a cursor below its last bucket."""
+        authors = authors - self.hidden
+        if not authors:
+            return [], None
+        start = 1 << 40
+        if after is not None:
+            # A work-bound cursor (bucket floor, 0, 0) continues below that bucket:
+            # account IDs start at 1, so no entry of it can be older than the cursor.
+            start = timeline.bucket_of(after[0] - 1 if after[1:] == (0, 0) else after[0])
+        stopped: list[FeedEntry] = []  # where the work bound ended the walk, if it did
+
+        def entries() -> Iterator[FeedEntry]:
+            segments_read = 0
+            for bucket, segments in timeline.buckets_before(self.conn, start):
+                for entry in timeline.newest_first(segments, authors, after):
+                    if not posts_only or entry[2] == timeline.KIND_POST:
+                        yield entry
+                segments_read += len(segments)
+                if segments_read >= TIMELINE_SEGMENTS_MAX:
+                    # Work bound reached: the next page continues below this bucket.
+                    stopped.append((timeline.bucket_floor(bucket), 0, 0))
+                    return
+
+        items, last = self._feed_page(entries(), limit)
+        if last is None and stopped:
+            last = stopped[0]
+        return items, None if last is None else encode_feed_cursor(last)
 
     def thread(self, uri: str, above: int, below: int) -> list[str]:
         """getThread: ancestors (root-most first), the post, then descendants breadth-first."""

@@ -1,10 +1,12 @@
 """The social graph: followers, follows and blocks (derived reverse links filed under the
 author, smalldp.derived), follows-following intersections, relationships and block
-existence (direct or through list blocks), and an account's counts.
+existence (direct or through list blocks, with the records or lists behind them),
+list-block subscriptions, an account's counts, and actors by handle prefix.
 """
 
 from __future__ import annotations
 
+import base64
 import itertools
 from typing import Any
 
@@ -14,15 +16,19 @@ from smalldp.derived import (
     AUTHOR, BLOCK, FOLLOW, GENERATOR, LIST, LISTBLOCK, LISTITEM, OUT_SUBJECT, POST, REPOST, STARTERPACK,
 )
 from smalldp.store.dataplane.lists import ListQueries
-from smalldp.store.encoding import did_key, key_record
-from smalldp.store.reader import decode_cursor
+from smalldp.store.encoding import Entry, did_key, key_record
+from smalldp.store.reader import BadCursor, decode_cursor, encode_cursor
 
 LIST_BLOCKS_MAX = 1000  # an account's newest list blocks considered by relationships
+SEARCH_SCAN_MAX = 1000  # actor rows read per search page (inactive accounts are skipped)
+BLOCK_KINDS = ("blocking", "blockedBy", "blockingByList", "blockedByList")
 
 
 class GraphQueries(ListQueries):
     """getFollowers, getFollows, getBlocks, getFollowsFollowing, getActorFollowsActors,
-    getRelationships, getBlockExistence, getCountsForUsers (list blocks ask ListQueries)."""
+    getRelationships, getBlockExistence, getCountsForUsers (list blocks ask ListQueries);
+    for bsky.Service also the blocks behind a pair, bidirectional blocks, list-block
+    subscriptions and actors by handle prefix."""
 
     def followers(self, actor: str, limit: int, cursor: str | None) -> tuple[list[dict[str, str]], str | None]:
         """getFollowers: follow records of the actor, newest first."""
@@ -85,8 +91,9 @@ class GraphQueries(ListQueries):
             return [self._edge_uri(aid, FOLLOW, self._active(t)) for t in targets]
         return self._read(read)
 
-    def relationships(self, viewer: str, targets: list[str]) -> list[dict[str, str]]:
-        """getRelationships."""
+    def relationships(self, viewer: str, targets: list[str], *, list_uris: bool = False) -> list[dict[str, str]]:
+        """getRelationships. ``blockingByList`` / ``blockedByList`` name the listblock record,
+        or with ``list_uris`` the list it blocks (what bsky.Service answers)."""
         def read() -> list[dict[str, str]]:
             v = self._active(viewer)
             out = []
@@ -98,10 +105,12 @@ class GraphQueries(ListQueries):
                     out.append({"targetDid": target, "following": "", "followedBy": "", "blocking": "",
                                 "blockedBy": "", "blockingByList": "", "blockedByList": ""})
                     continue
+                which = 1 if list_uris else 0
                 out.append({"targetDid": target, "following": self._edge_uri(v, FOLLOW, t),
                             "followedBy": self._edge_uri(t, FOLLOW, v), "blocking": self._edge_uri(v, BLOCK, t),
-                            "blockedBy": self._edge_uri(t, BLOCK, v), "blockingByList": self._list_block(v, t),
-                            "blockedByList": self._list_block(t, v)})
+                            "blockedBy": self._edge_uri(t, BLOCK, v),
+                            "blockingByList": self._list_block_ref(v, t)[which],
+                            "blockedByList": self._list_block_ref(t, v)[which]})
             return out
         return self._read(read)
 
@@ -112,25 +121,67 @@ class GraphQueries(ListQueries):
 
     def block_existence(self, pairs: list[tuple[str, str]]) -> list[bool]:
         """getBlockExistence: a block either way, direct or through a list."""
-        def read() -> list[bool]:
+        return self._read(lambda: [bool(self._pair_blocks(a, b, first=True)) for a, b in pairs])
+
+    def block_refs(self, pairs: list[tuple[str, str]]) -> list[dict[str, str]]:
+        """Per pair (a, b), what blocks there are between them (bsky.Service's BlockExistence):
+        ``blocking`` a's block record of b, ``blockedBy`` b's of a, ``blockingByList`` the
+        list through which a blocks b (a's newest listblock of a list holding b),
+        ``blockedByList`` the list through which b blocks a; each a uri or ""."""
+        def read() -> list[dict[str, str]]:
             out = []
-            for a_did, b_did in pairs:
-                a, b = self._active(a_did), self._active(b_did)
-                for aid in (a, b):
-                    if aid is not None and (did_key(aid), -1) not in self._memo:
-                        self._prefetch_edges(aid)
-                out.append(a is not None and b is not None and bool(
-                    self._edge_uri(a, BLOCK, b) or self._edge_uri(b, BLOCK, a)
-                    or self._list_block(a, b) or self._list_block(b, a)))
+            for a, b in pairs:
+                found = self._pair_blocks(a, b, first=False)
+                out.append({kind: found.get(kind, "") for kind in BLOCK_KINDS})
             return out
         return self._read(read)
 
-    def _list_block(self, blocker: int, blocked: int) -> str:
-        """The blocker's listblock of a list that contains ``blocked``, or ""."""
+    def _pair_blocks(self, a_did: str, b_did: str, *, first: bool) -> dict[str, str]:
+        """The blocks between two accounts by kind (BLOCK_KINDS; list kinds name the list),
+        only the first one found when ``first``; empty when either account is inactive."""
+        a, b = self._active(a_did), self._active(b_did)
+        if a is None or b is None:
+            return {}
+        for aid in (a, b):
+            if (did_key(aid), -1) not in self._memo:
+                self._prefetch_edges(aid)
+        found: dict[str, str] = {}
+        for kind, look in (("blocking", lambda: self._edge_uri(a, BLOCK, b)),
+                           ("blockedBy", lambda: self._edge_uri(b, BLOCK, a)),
+                           ("blockingByList", lambda: self._list_block_ref(a, b)[1]),
+                           ("blockedByList", lambda: self._list_block_ref(b, a)[1])):
+            uri = look()
+            if uri:
+                found[kind] = uri
+                if first:
+                    break
+        return found
+
+    def bidirectional_block(self, actor: str, target: str) -> str:
+        """A direct block record between two accounts, either way (the actor's first), or ""."""
+        def read() -> str:
+            a, t = self._active(actor), self._active(target)
+            if a is None or t is None:
+                return ""
+            return self._edge_uri(a, BLOCK, t) or self._edge_uri(t, BLOCK, a)
+        return self._read(read)
+
+    def bidirectional_block_via_list(self, actor: str, target: str) -> str:
+        """The list through which one of two accounts blocks the other (the actor's first), or ""."""
+        def read() -> str:
+            a, t = self._active(actor), self._active(target)
+            if a is None or t is None:
+                return ""
+            return self._list_block_ref(a, t)[1] or self._list_block_ref(t, a)[1]
+        return self._read(read)
+
+    def _list_block_ref(self, blocker: int, blocked: int) -> tuple[str, str]:
+        """(the blocker's newest listblock of a list that contains ``blocked``, that list's
+        uri), or ("", "")."""
         for sk, list_key in self._blocked_lists(blocker):
             if self._member_item(list_key, blocked):
-                return self._uri(blocker, LISTBLOCK, sk)
-        return ""
+                return self._uri(blocker, LISTBLOCK, sk), self._target_name(list_key)
+        return "", ""
 
     def _blocked_lists(self, blocker: int) -> list[tuple[int, bytes]]:
         """(listblock sort key, list key) of an account's newest list blocks (memoized per request)."""
@@ -170,3 +221,114 @@ class GraphQueries(ListQueries):
             return out
         return self._read(read)
 
+    # ------------------------------------------------------------ list-block subscriptions
+
+    def blocklist_subscription(self, actor: str, list_uri: str) -> str:
+        """The actor's newest listblock record of the list, or ""."""
+        def read() -> str:
+            aid = self._active(actor)
+            if aid is None:
+                return ""
+            sk = self._newest_of(self._keyed(self._target_key(list_uri), LISTBLOCK, ".subject"), aid)
+            return "" if sk is None else self._uri(aid, LISTBLOCK, sk)
+        return self._read(read)
+
+    def blocklist_subscriptions(self, actor: str, limit: int, cursor: str | None) -> tuple[list[str], str | None]:
+        """The live lists the actor blocks through listblocks, each once, ordered by the
+        actor's newest listblock of each (newest first)."""
+        after = decode_cursor(cursor) if cursor else None
+
+        def read() -> tuple[list[str], str | None]:
+            aid = self._active(actor)
+            listblock = self._coll_id(LISTBLOCK)
+            if aid is None or listblock is None:
+                return [], None
+            uris: list[str] = []
+            last: Entry | None = None
+            for sk, _ in self._live(self._of(aid, LISTBLOCK, AUTHOR), after):
+                list_key = self._link_target(self._links_of(sk, aid, listblock) or [], LISTBLOCK, ".subject")
+                if list_key is None or not self._is_live_list(list_key):
+                    continue
+                if self._newest_of(self._keyed(list_key, LISTBLOCK, ".subject"), aid) != sk:
+                    continue  # an older listblock of a list already listed at its newest one
+                if len(uris) == limit:
+                    return uris, encode_cursor(last)  # type: ignore[arg-type]
+                uris.append(self._target_name(list_key))
+                last = (sk, aid)
+            return uris, None
+        return self._read(read)
+
+    def _is_live_list(self, key: bytes) -> bool:
+        """Whether an at-uri key names a live app.bsky.graph.list record of an active account."""
+        parts = key_record(key)
+        if parts is None or parts[0] in self.hidden or self._coll_name(parts[1]) != LIST:
+            return False
+        sk = parts[2] if isinstance(parts[2], int) else self._sort_key(parts[0], parts[1], parts[2])
+        return sk is not None and self._links_of(sk, parts[0], parts[1]) is not None
+
+    # ------------------------------------------------------------ actor search
+
+    def search_actors(self, prefix: str, limit: int, cursor: str | None) -> tuple[list[str], str | None]:
+        """Active accounts whose handle (from identity events, lower case) starts with
+        ``prefix``, in handle order (then account ID). At most SEARCH_SCAN_MAX rows are read
+        per page: a page cut short by inactive accounts still carries a cursor."""
+        after = decode_search_cursor(cursor) if cursor else None
+        prefix = prefix.lower()
+
+        def read() -> tuple[list[str], str | None]:
+            low, low_aid = after if after is not None else (prefix, 0)
+            query = "SELECT handle, aid, did FROM actor WHERE handle IS NOT NULL AND (handle, aid) > (?, ?)"
+            args: list[Any] = [low, low_aid]
+            upper = _prefix_upper(prefix)
+            if upper is not None:
+                query += " AND handle < ?"
+                args.append(upper)
+            if prefix:
+                query += " AND handle >= ?"
+                args.append(prefix)
+            query += " ORDER BY handle, aid LIMIT ?"
+            args.append(SEARCH_SCAN_MAX)
+            rows = self.conn.execute(query, args).fetchall()
+            hidden = self.hidden
+            dids: list[str] = []
+            for i, (handle, aid, did) in enumerate(rows):
+                if aid in hidden:
+                    continue
+                if len(dids) == limit:
+                    previous = rows[i - 1]
+                    return dids, encode_search_cursor(previous[0], previous[1])
+                dids.append(did)
+            if len(rows) == SEARCH_SCAN_MAX:
+                return dids, encode_search_cursor(rows[-1][0], rows[-1][1])
+            return dids, None
+        return self._read(read)
+
+
+def _prefix_upper(prefix: str) -> str | None:
+    """The least string above every string that starts with ``prefix`` (None: no bound)."""
+    while prefix:
+        following = ord(prefix[-1]) + 1
+        if 0xD800 <= following <= 0xDFFF:
+            following = 0xE000  # surrogates are no characters (and no UTF-8)
+        if following <= 0x10FFFF:
+            return prefix[:-1] + chr(following)
+        prefix = prefix[:-1]
+    return None
+
+
+def encode_search_cursor(handle: str, aid: int) -> str:
+    """An opaque cursor for a position in a handle search: after (handle, account ID)."""
+    return base64.urlsafe_b64encode(f"{aid}:{handle}".encode()).decode().rstrip("=")
+
+
+def decode_search_cursor(cursor: str) -> tuple[str, int]:
+    """Inverse of encode_search_cursor; raises BadCursor."""
+    try:
+        text = base64.b64decode(cursor.encode("ascii") + b"=" * (-len(cursor) % 4), altchars=b"-_",
+                                validate=True).decode()
+        aid_text, sep, handle = text.partition(":")
+        if not sep or not aid_text.isdigit() or not aid_text.isascii() or not handle:
+            raise ValueError(cursor)
+        return handle, int(aid_text)
+    except (ValueError, UnicodeError):
+        raise BadCursor("invalid cursor") from None

@@ -1,23 +1,40 @@
 """Interactions with records: counts of likes, reposts, replies and quotes, who liked or
 reposted a subject (getLikesBySubject and kin), an actor's likes or reposts of given
-subjects, and the likers a viewer follows (getKnownLikers, a bitmap intersection).
+subjects, the likers a viewer follows (getKnownLikers, a bitmap intersection), an
+actor's own likes (a bounded scan: likes have no author link), and how many accounts
+joined through a starter pack.
 """
 
 from __future__ import annotations
 
+import base64
 import heapq
+import itertools
+import struct
+import time
 from typing import Any, Iterable, Iterator
 
+import orjson
 from pyroaring import BitMap
 
-from smalldp.derived import POST, REPOST
+from smalldp.derived import POST, PROFILE, REPOST
 from smalldp.store.dataplane.base import DataPlaneBase
 from smalldp.store.encoding import Entry
-from smalldp.store.reader import decode_cursor
+from smalldp.store.reader import BadCursor, decode_cursor
+from smalldp.timestamps import datetime_us
 
 
 LIKE = "app.bsky.feed.like"
 QUOTE_PATHS = (".embed.record.uri", ".embed.record.record.uri")
+JOINED_VIA = ".joinedViaStarterPack.uri"  # a profile's link to the starter pack it signed up through
+# Forward-index rows read per page of an actor's likes: likes carry no link to their
+# author, so they are found by walking `fwd` newest first (see actor_likes).
+ACTOR_LIKES_SCAN_ROWS = 20_000
+JOINED_WEEK_SCAN_MAX = 1000  # profiles read per starter pack for its joins of the last week
+WEEK_US = 7 * 86_400 * 1_000_000
+_SCAN_CURSOR = struct.Struct(">BqII")  # (tag, sort key, account, collection): a row of fwd
+_SCAN_TAG = 0x4C
+_SK_MAX, _U32_MAX = (1 << 63) - 1, (1 << 32) - 1
 
 
 class InteractionQueries(DataPlaneBase):
@@ -65,6 +82,80 @@ class InteractionQueries(DataPlaneBase):
             return out
         return self._read(read)
 
+    def actor_likes(self, actor: str, limit: int, cursor: str | None) -> tuple[list[dict[str, str]], str | None]:
+        """The actor's live likes, newest first: ``{uri, subject}`` (``subject`` the liked
+        uri, "" when the like names none).
+
+        Likes have no derived author link (smalldp.derived), so this walks the forward
+        index newest first, ACTOR_LIKES_SCAN_ROWS rows per page at most: a page can hold
+        fewer than ``limit`` likes (even none) and still carry a cursor, which continues
+        the walk where it stopped. Exact, but a store with much traffic between an
+        actor's likes needs many pages to reach them."""
+        after = decode_scan_cursor(cursor) if cursor else None
+
+        def read() -> tuple[list[dict[str, str]], str | None]:
+            aid = self._active(actor)
+            like = self._coll_id(LIKE)
+            if aid is None or like is None:
+                return [], None
+            start = after if after is not None else (_SK_MAX, _U32_MAX, _U32_MAX)
+            rows = self.conn.execute(
+                "SELECT sk, aid, coll, links FROM fwd WHERE (sk, aid, coll) < (?, ?, ?) "
+                "ORDER BY sk DESC, aid DESC, coll DESC LIMIT ?", (*start, ACTOR_LIKES_SCAN_ROWS))
+            likes: list[dict[str, str]] = []
+            last: tuple[int, int, int] | None = None
+            read_rows = 0
+            for sk, a, coll, links in rows:
+                read_rows += 1
+                if a != aid or coll != like or links is None:
+                    last = (sk, a, coll)
+                    continue
+                if len(likes) == limit:
+                    return likes, encode_scan_cursor(last)  # type: ignore[arg-type]
+                subject = self._link_target(self._links_of(sk, a, coll) or [], LIKE, ".subject.uri")
+                likes.append({"uri": self._uri(aid, LIKE, sk),
+                              "subject": "" if subject is None else self._target_name(subject)})
+                last = (sk, a, coll)
+            if read_rows == ACTOR_LIKES_SCAN_ROWS and last is not None:
+                return likes, encode_scan_cursor(last)
+            return likes, None
+        return self._read(read)
+
+    def starter_pack_counts(self, uris: list[str], now_us: int | None = None) -> tuple[list[int], list[int]]:
+        """Per starter pack: (live profiles whose ``joinedViaStarterPack`` names it, those of
+        them whose own ``createdAt`` lies in the week before ``now_us``). The week's count
+        reads the newest JOINED_WEEK_SCAN_MAX profiles (bodies, when profiles keep them)."""
+        now = time.time_ns() // 1000 if now_us is None else now_us
+
+        def read() -> tuple[list[int], list[int]]:
+            all_time: list[int] = []
+            week: list[int] = []
+            profile = self._coll_id(PROFILE)
+            for uri in uris:
+                tkey = self._target_key(uri)
+                all_time.append(self._tally(tkey, PROFILE, JOINED_VIA)[0])
+                recent = 0
+                if profile is not None:
+                    for sk, aid in itertools.islice(self._live(self._keyed(tkey, PROFILE, JOINED_VIA)),
+                                                    JOINED_WEEK_SCAN_MAX):
+                        created = self._created_us(sk, aid, profile)
+                        recent += created is not None and now - WEEK_US < created <= now
+                week.append(recent)
+            return all_time, week
+        return self._read(read)
+
+    def _created_us(self, sk: int, aid: int, coll: int) -> int | None:
+        """A stored record body's ``createdAt`` in microseconds, or None."""
+        row = self.conn.execute("SELECT data FROM body WHERE sk=? AND aid=? AND coll=?", (sk, aid, coll)).fetchone()
+        if row is None:
+            return None
+        record = orjson.loads(self._bodies.decompress(row[0]))
+        created = record.get("createdAt") if isinstance(record, dict) else None
+        try:
+            return datetime_us(created) if isinstance(created, str) else None
+        except ValueError:
+            return None
+
     def known_likers(self, viewer: str, subjects: list[str], limit: int) -> list[dict[str, Any]]:
         """getKnownLikers: per subject, likers the viewer follows."""
         def read() -> list[dict[str, Any]]:
@@ -89,3 +180,18 @@ def _distinct(entries: Iterable[Entry]) -> Iterator[Entry]:
             yield entry
         previous = entry
 
+
+def encode_scan_cursor(row: tuple[int, int, int]) -> str:
+    """An opaque cursor for a position in a walk of the forward index: after this row."""
+    return base64.urlsafe_b64encode(_SCAN_CURSOR.pack(_SCAN_TAG, *row)).decode().rstrip("=")
+
+
+def decode_scan_cursor(cursor: str) -> tuple[int, int, int]:
+    """Inverse of encode_scan_cursor; raises BadCursor."""
+    try:
+        tag, sk, aid, coll = _SCAN_CURSOR.unpack(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, struct.error):
+        raise BadCursor("invalid cursor") from None
+    if tag != _SCAN_TAG:
+        raise BadCursor("invalid cursor")
+    return sk, aid, coll

@@ -1,58 +1,80 @@
-"""Lists: a list's members (the owner's listitems only), an actor's lists, and whether
-an actor is in given lists (also what list blocks in store/dataplane/graph.py ask).
+"""Lists: a list's members (the owner's listitems only), their number and set, an
+actor's lists, and whether an actor is in given lists (also what list blocks in
+store/dataplane/graph.py and list feeds in store/dataplane/feeds.py ask).
 """
 
 from __future__ import annotations
 
-from smalldp.derived import AUTHOR, LIST, LISTITEM
+import itertools
+from typing import Iterator
+
+from pyroaring import BitMap
+
+from smalldp.derived import LIST, LISTITEM
 from smalldp.store.dataplane.base import DataPlaneBase
 from smalldp.store.encoding import Entry, did_key, key_account, key_did_account, split_target
 from smalldp.store.reader import decode_cursor, encode_cursor
 
+LIST_FEED_MEMBERS_MAX = 5000  # a list's newest listitems whose members a list feed shows
+
 
 class ListQueries(DataPlaneBase):
-    """getListMembers, getActorLists, getListMembership."""
+    """getListMembers, getActorLists, getListMembership; for bsky.Service also list counts
+    and a list's member set."""
 
     def list_members(self, list_uri: str, limit: int, cursor: str | None) -> tuple[list[dict[str, str]], str | None]:
         """getListMembers: the owner's listitems of the list, newest first."""
         after = decode_cursor(cursor) if cursor else None
 
         def read() -> tuple[list[dict[str, str]], str | None]:
-            parts = split_target(list_uri)
-            owner = self._active(parts[0]) if parts else None
-            listitem = self._coll_id(LISTITEM)
-            if owner is None or listitem is None:
-                return [], None
             items: list[dict[str, str]] = []
             last: Entry | None = None
-            # Only the owner's listitems count: chunks whose bitmap lacks the owner are skipped,
-            # so listitems others point at the list cost nothing.
-            chunks = [c for c in self._keyed(self._target_key(list_uri), LISTITEM, ".list") if owner in c.header.bitmap]
-            for sk, aid in self._live(chunks, after):
-                if aid != owner:
-                    continue
-                subject = self._link_target(self._links_of(sk, aid, listitem) or [], LISTITEM, ".subject")
-                member = key_did_account(subject) if subject is not None else None
-                if member is None:
-                    continue
+            for sk, owner, member in self._list_items(list_uri, after):
                 if len(items) == limit:
                     return items, encode_cursor(last)  # type: ignore[arg-type]
-                items.append({"uri": self._uri(aid, LISTITEM, sk), "did": self._did(member)})
-                last = (sk, aid)
+                items.append({"uri": self._uri(owner, LISTITEM, sk), "did": self._did(member)})
+                last = (sk, owner)
             return items, None
+        return self._read(read)
+
+    def _list_items(self, list_uri: str, after: Entry | None = None) -> Iterator[tuple[int, int, int]]:
+        """(sort key, owner, member) of the live listitems of the list's owner that put a DID
+        in the list, newest first, strictly past ``after``."""
+        parts = split_target(list_uri)
+        owner = self._active(parts[0]) if parts else None
+        listitem = self._coll_id(LISTITEM)
+        if owner is None or listitem is None:
+            return
+        # Only the owner's listitems count: chunks whose bitmap lacks the owner are skipped,
+        # so listitems others point at the list cost nothing.
+        chunks = [c for c in self._keyed(self._target_key(list_uri), LISTITEM, ".list") if owner in c.header.bitmap]
+        for sk, aid in self._live(chunks, after):
+            if aid != owner:
+                continue
+            subject = self._link_target(self._links_of(sk, aid, listitem) or [], LISTITEM, ".subject")
+            member = key_did_account(subject) if subject is not None else None
+            if member is not None:
+                yield sk, owner, member
+
+    def _list_member_set(self, list_uri: str) -> BitMap:
+        """The accounts the list's newest LIST_FEED_MEMBERS_MAX listitems put in it."""
+        return BitMap(member for _, _, member in itertools.islice(self._list_items(list_uri), LIST_FEED_MEMBERS_MAX))
+
+    def list_counts(self, lists: list[str]) -> list[int]:
+        """Per list, the live listitem records of its owner that point at it (0 for anything else)."""
+        def read() -> list[int]:
+            out = []
+            for list_uri in lists:
+                parts = split_target(list_uri)
+                owner = self._active(parts[0]) if parts else None
+                out.append(0 if owner is None else
+                           self._tally(self._target_key(list_uri), LISTITEM, ".list", BitMap([owner]))[0])
+            return out
         return self._read(read)
 
     def actor_lists(self, actor: str, limit: int, cursor: str | None) -> tuple[list[str], str | None]:
         """getActorLists: the actor's list records, newest first."""
-        after = decode_cursor(cursor) if cursor else None
-
-        def read() -> tuple[list[str], str | None]:
-            aid = self._active(actor)
-            if aid is None:
-                return [], None
-            picked, next_cursor = self._page(self._live(self._of(aid, LIST, AUTHOR), after), limit)
-            return [self._uri(aid, LIST, sk) for sk, _ in picked], next_cursor
-        return self._read(read)
+        return self.authored(actor, LIST, limit, cursor)
 
     def list_membership(self, actor: str, lists: list[str]) -> list[str]:
         """getListMembership: per list, the listitem putting the actor in it, or ""."""

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 ENV_PREFIX = "SMALLDP_"
 MAX_BATCH_EVENTS = 100_000
 MAX_BATCH_MS = 60_000
-_TYPES = ("path", "str", "int", "bool", "list", "listen", "choice", "url")
+_TYPES = ("path", "str", "int", "bool", "list", "listen", "listen_or_off", "choice", "url")
 _TRUE = ("true", "1", "yes")
 _FALSE = ("false", "0", "no")
 # An NSID (at least three dot-separated segments) or a prefix wildcard `a.b.*`.
@@ -49,7 +49,7 @@ class Setting:
     """One row of the settings table."""
 
     name: str
-    type: str  # one of "path", "str", "int", "bool", "list", "listen", "choice", "url" (http or https)
+    type: str  # one of "path", "str", "int", "bool", "list", "listen", "listen_or_off", "choice", "url" (http or https)
     default: object
     help: str
     minimum: int | None = None
@@ -72,6 +72,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Directory holding the SQLite databases."),
     Setting("listen", "listen", "127.0.0.1:8080",
             "HOST:PORT the HTTP API listens on; IPv6 as [::1]:8080."),
+    Setting("grpc_listen", "listen_or_off", "127.0.0.1:8081",
+            "HOST:PORT `smalldp serve` answers bsky.Service on over gRPC (HTTP/2 cleartext: the official "
+            "AppView's BSKY_DATAPLANE_URLS); IPv6 as [::1]:8081; off: no gRPC server (Connect on the HTTP "
+            "port still answers)."),
     Setting("cache_mb", "int", 64, "SQLite page cache per connection, in MiB.", 1, 65536),
     Setting("mmap_mb", "int", 0,
             "SQLite mmap size in MiB; 0 (off) is safest on SD cards.", 0, 65536),
@@ -174,6 +178,7 @@ class Settings:
 
     data_dir: Path
     listen: str
+    grpc_listen: str
     cache_mb: int
     mmap_mb: int
     batch_events: int
@@ -217,6 +222,10 @@ class Settings:
     def listen_host_port(self) -> tuple[str, int]:
         """Return ``listen`` split into (host, port); IPv6 hosts come back without brackets."""
         return parse_listen(self.listen)
+
+    def grpc_host_port(self) -> tuple[str, int] | None:
+        """``grpc_listen`` split into (host, port) as ``listen_host_port``; None when ``off``."""
+        return None if self.grpc_listen == "off" else parse_listen(self.grpc_listen)
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -275,6 +284,14 @@ def _convert(setting: Setting, raw: object) -> object:
         return Path(raw).expanduser()
     if kind == "listen":
         parse_listen(raw)
+        return raw.strip()
+    if kind == "listen_or_off":
+        if raw.strip().lower() == "off":
+            return "off"
+        try:
+            parse_listen(raw)
+        except ValueError as exc:
+            raise ValueError(f"{exc} or 'off'") from None
         return raw.strip()
     if kind == "url":
         parts = urlsplit(raw.strip())
@@ -349,7 +366,8 @@ def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str]) -> None
                                 action=argparse.BooleanOptionalAction,
                                 help=help_text.replace("%", "%%"))
             continue
-        metavar = {"int": "N", "path": "PATH", "listen": "HOST:PORT", "list": "A,B,...", "url": "URL"}.get(
+        metavar = {"int": "N", "path": "PATH", "listen": "HOST:PORT", "listen_or_off": "HOST:PORT|off",
+                   "list": "A,B,...", "url": "URL"}.get(
             s.type, "{" + ",".join(s.choices) + "}" if s.type == "choice" else "VALUE")
         parser.add_argument(s.flag, dest=s.name, default=None, metavar=metavar,
                             action="append" if s.type == "list" else "store",
@@ -432,6 +450,8 @@ def settings_table_markdown() -> str:
             kind = f"int ({s.minimum}..{s.maximum})"
         elif s.type == "choice":
             kind = "one of " + ", ".join(s.choices)
+        elif s.type == "listen_or_off":
+            kind = "listen or off"
         if s.type == "list":
             default = "<br>".join(f"`{x}`" for x in s.default) or "(empty)"  # type: ignore[attr-defined]
         elif s.name == "data_dir":

@@ -1,0 +1,295 @@
+"""bsky.Service served: the dispatch both transports share, its counters, and the gRPC server.
+
+**Dispatch** (``Dispatcher.call``): one RPC, whatever carried it (gRPC here, Connect in
+``connect.py``). It bounds the RPCs in flight (``MAX_IN_FLIGHT``, both transports together:
+past it, ``resource_exhausted`` at once rather than a queue that grows without end), marks
+the query gate (live ingest steps aside, as for HTTP queries), decodes the request with the
+transport's decoder (bad bytes or JSON: ``invalid_argument``), runs the registered handler
+(``smalldp.appview.rpcs``): a sync one on the ReaderPool's threads, an async one on the loop
+with the ``AppViewContext``; a method of bsky.Service with no handler is ``unimplemented``,
+named. ``RpcError`` is the answer's status; anything else is a bug: logged with the method's
+name, counted, answered ``internal``. Every call is counted by transport, method and code.
+
+**gRPC** (``GrpcServer``): grpc.aio on the service's event loop, HTTP/2 cleartext (what the
+official AppView's client speaks by default; grpc.aio has no HTTP/1.1, README-dev.md: the
+spike). One generic handler answers every path: the 108 methods read from
+``bsky_pb2.DESCRIPTOR`` take raw bytes (decoded in dispatch, so a corrupt message is
+INVALID_ARGUMENT, not grpc's UNKNOWN), any other path is UNIMPLEMENTED naming it.
+
+* Requests are capped at ``MAX_MESSAGE_BYTES`` (4 MiB, grpc's own default, kept explicit):
+  the AppView's biggest requests are batches of a few hundred at-uris or DIDs (tens of KB),
+  so this is ~100x headroom while bounding what one call can make the server hold
+  (``MAX_IN_FLIGHT`` x 4 MiB at worst). Bigger ones get grpc's RESOURCE_EXHAUSTED before
+  any handler runs. Responses are not capped (they are ours).
+* ``grpc.so_reuseport`` is off: with grpc's default (on), a second ``smalldp serve`` on the
+  same port would bind silently and the kernel would split the AppView's calls between the
+  two. Off, the bind fails and the service stops with a message naming the address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, TypeVar, cast
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.message import DecodeError, Message
+
+from smalldp.api.readers import ReaderPool
+from smalldp.appview.proto import bsky_pb2
+from smalldp.appview.rpcs import handlers
+from smalldp.appview.rpcs.base import AppViewContext, AsyncHandler, RpcError, SyncHandler
+from smalldp.priority import QueryGate
+from smalldp.store.dataplane import DataPlaneReader
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Sample = tuple[str, str, str, float]  # as smalldp.api.metrics.Sample
+
+SERVICE = "bsky.Service"
+MAX_MESSAGE_BYTES = 4 << 20
+MAX_IN_FLIGHT = 512
+STOP_GRACE_S = 2.0
+UNKNOWN_METHOD = "(unknown)"  # the metrics' method label for paths outside bsky.Service
+GRPC_CODES: dict[str, grpc.StatusCode] = {code.name.lower(): code for code in grpc.StatusCode}
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method of bsky.Service and its message classes."""
+
+    name: str
+    request: type[Message]
+    response: type[Message]
+
+
+def _methods() -> dict[str, Method]:
+    service = bsky_pb2.DESCRIPTOR.services_by_name["Service"]
+    return {m.name: Method(m.name, message_factory.GetMessageClass(m.input_type),
+                           message_factory.GetMessageClass(m.output_type))
+            for m in service.methods}
+
+
+METHODS: dict[str, Method] = _methods()
+Decoder = Callable[[type[Message]], Message]
+
+
+def decode_proto(raw: bytes) -> Decoder:
+    """A decoder of binary protobuf: ``invalid_argument`` for bytes that are not the message."""
+    def decode(cls: type[Message]) -> Message:
+        try:
+            return cls.FromString(raw)
+        except (DecodeError, RecursionError, ValueError) as exc:
+            raise RpcError("invalid_argument",
+                           f"not a valid {cls.DESCRIPTOR.full_name}: {exc}"[:300]) from None
+    return decode
+
+
+@dataclass
+class RpcMetrics:
+    """What the RPC transports count, for /xrpc/_health and /metrics (updated on the loop)."""
+
+    listen: str = "off"  # the gRPC address bound ("off": none)
+    state: str = "off"  # off, serving, stopped
+    in_flight: int = 0
+    calls: Counter[tuple[str, str]] = field(default_factory=Counter)  # (transport, method)
+    codes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (transport, code), errors only
+    seconds: Counter[str] = field(default_factory=Counter)  # per method, float seconds
+
+    def record(self, transport: str, method: str, code: str, seconds: float) -> None:
+        """One finished call (``code`` "ok" or an error code)."""
+        self.calls[(transport, method)] += 1
+        if code != "ok":
+            self.codes[(transport, code)] += 1
+        self.seconds[method] += seconds
+
+    def health(self) -> dict[str, object]:
+        """The ``grpc`` part of /xrpc/_health."""
+        errors: Counter[str] = Counter()
+        for (_, code), n in self.codes.items():
+            errors[code] += n
+        by_transport: Counter[str] = Counter()
+        for (transport, _), n in self.calls.items():
+            by_transport[transport] += n
+        return {"listen": self.listen, "state": self.state, "in_flight": self.in_flight,
+                "calls": by_transport.get("grpc", 0), "connect_calls": by_transport.get("connect", 0),
+                "errors": dict(sorted(errors.items()))}
+
+    def samples(self) -> list[Sample]:
+        """Prometheus samples; labelled ones share their metric's HELP and TYPE."""
+        out: list[Sample] = [
+            ("smalldp_grpc_serving", "gauge", "1 while the gRPC server (grpc_listen) accepts calls.",
+             1.0 if self.state == "serving" else 0.0),
+            ("smalldp_rpc_in_flight", "gauge", "bsky.Service calls being answered (gRPC and Connect).",
+             float(self.in_flight))]
+        for (transport, method), n in sorted(self.calls.items()):
+            out.append((f'smalldp_rpc_calls_total{{transport="{transport}",method="{method}"}}', "counter",
+                        "bsky.Service calls answered, by transport and method.", float(n)))
+        for (transport, code), n in sorted(self.codes.items()):
+            out.append((f'smalldp_rpc_errors_total{{transport="{transport}",code="{code}"}}', "counter",
+                        "bsky.Service calls answered with an error, by transport and status code.", float(n)))
+        for method, s in sorted(self.seconds.items()):
+            out.append((f'smalldp_rpc_seconds_total{{method="{method}"}}', "counter",
+                        "Time spent answering bsky.Service calls, by method.", s))
+        return out
+
+
+class Dispatcher:
+    """Answers bsky.Service calls with the registered handlers (see the module docstring)."""
+
+    def __init__(self, pool: ReaderPool, *, gate: QueryGate | None = None,
+                 services: dict[str, Any] | None = None, max_in_flight: int = MAX_IN_FLIGHT,
+                 registry: tuple[dict[str, SyncHandler], dict[str, AsyncHandler]] | None = None) -> None:
+        self.pool = pool
+        self.gate = gate
+        self.max_in_flight = max_in_flight
+        self.sync, self.async_ = registry if registry is not None else handlers()
+        self.context = AppViewContext(read=self.read, services=dict(services or {}))
+        self.metrics = RpcMetrics()
+
+    async def read(self, fn: Callable[[DataPlaneReader], T]) -> T:
+        """Run ``fn`` with a DataPlaneReader on one of the pool's threads."""
+        return await self.pool.run(cast(Callable[[Any], T], fn))
+
+    async def call(self, method: str, decode: Decoder, transport: str, timeout: float | None = None) -> Message:
+        """Answer bsky.Service/``method`` (within ``timeout`` seconds, if given: else
+        deadline_exceeded); raises RpcError (counted) for every failure."""
+        started = time.perf_counter()
+        metrics = self.metrics
+        known = METHODS.get(method)
+        code = "ok"
+        if metrics.in_flight >= self.max_in_flight:
+            metrics.record(transport, method if known else UNKNOWN_METHOD, "resource_exhausted", 0.0)
+            raise RpcError("resource_exhausted", f"more than {self.max_in_flight} bsky.Service calls in flight")
+        metrics.in_flight += 1
+        if self.gate is not None:
+            self.gate.enter()
+        try:
+            if known is None:
+                raise RpcError("unimplemented", f"{method[:200]!r} is not a method of {SERVICE}")
+            request = decode(known.request)
+            async with asyncio.timeout(timeout) as deadline:
+                try:
+                    response = await self._answer(known, request)
+                except asyncio.CancelledError:
+                    if deadline.expired():
+                        raise RpcError("deadline_exceeded", f"{SERVICE}/{method}: no answer within "
+                                                            f"{timeout} s") from None
+                    raise
+            if not isinstance(response, known.response):
+                raise TypeError(f"the handler answered a {type(response).__name__}, "
+                                f"not a {known.response.__name__}")
+            return response
+        except RpcError as exc:
+            code = exc.code
+            raise
+        except asyncio.CancelledError:
+            code = "cancelled"
+            raise
+        except Exception:
+            code = "internal"
+            log.exception("%s/%s: internal error", SERVICE, method)
+            raise RpcError("internal", f"{SERVICE}/{method}: internal error (logged)") from None
+        finally:
+            metrics.in_flight -= 1
+            if self.gate is not None:
+                self.gate.leave()
+            metrics.record(transport, method if known else UNKNOWN_METHOD, code, time.perf_counter() - started)
+
+    def _answer(self, method: Method, request: Message) -> Awaitable[Message]:
+        sync = self.sync.get(method.name)
+        if sync is not None:
+            return self.pool.run(lambda reader: sync(cast(DataPlaneReader, reader), request))
+        handler = self.async_.get(method.name)
+        if handler is not None:
+            return handler(self.context, request)
+        raise RpcError("unimplemented", f"{SERVICE}/{method.name} is not implemented by smalldp")
+
+
+class _Handlers(grpc.GenericRpcHandler):
+    """Every path answered: bsky.Service's methods dispatched, any other UNIMPLEMENTED."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+        self._by_path = {f"/{SERVICE}/{name}": self._unary(dispatcher, name) for name in METHODS}
+
+    @staticmethod
+    def _unary(dispatcher: Dispatcher, name: str) -> grpc.RpcMethodHandler:
+        async def answer(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            try:
+                response = await dispatcher.call(name, decode_proto(raw), "grpc")
+            except RpcError as exc:
+                await context.abort(GRPC_CODES[exc.code], exc.message)
+                raise AssertionError("abort returned") from None
+            return response.SerializeToString()
+        # No (de)serializers: the handler gets the request's bytes and returns the answer's.
+        return grpc.unary_unary_rpc_method_handler(answer)
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        path = cast(str, handler_call_details.method)  # type: ignore[attr-defined]
+        # a path outside bsky.Service goes to dispatch too: UNIMPLEMENTED naming it, counted
+        return self._by_path.get(path) or self._unary(self._dispatcher, path)
+
+
+class GrpcBindError(OSError):
+    """The gRPC server could not listen; ``address`` and the reason are in the message."""
+
+
+class GrpcServer:
+    """grpc.aio serving bsky.Service on ``host:port`` (see the module docstring)."""
+
+    def __init__(self, dispatcher: Dispatcher, host: str, port: int, *,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        self.dispatcher = dispatcher
+        self.host, self.port = host, port
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._max_message_bytes = max_message_bytes
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> int:
+        """Bind and serve; returns the port bound (useful with port 0). GrpcBindError if
+        the address cannot be bound."""
+        server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 0),
+                     ("grpc.max_receive_message_length", self._max_message_bytes),
+                     ("grpc.max_send_message_length", -1)])
+        server.add_generic_rpc_handlers((_Handlers(self.dispatcher),))
+        try:
+            port = server.add_insecure_port(self.address)
+        except RuntimeError:
+            raise GrpcBindError(f"cannot listen for gRPC on {self.address}: "
+                                f"{bind_problem(self.host, self.port)}") from None
+        await server.start()
+        self._server, self.port = server, port
+        metrics = self.dispatcher.metrics
+        metrics.listen = f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}"
+        metrics.state = "serving"
+        log.info("answering %s over gRPC on %s", SERVICE, metrics.listen)
+        return port
+
+    async def stop(self, grace: float = STOP_GRACE_S) -> None:
+        """Refuse new calls, give those under way ``grace`` seconds, then cancel them."""
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(grace)
+            self.dispatcher.metrics.state = "stopped"
+
+
+def bind_problem(host: str, port: int) -> str:
+    """Why ``host:port`` cannot be bound, found by trying (grpc only says that it failed)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return f"cannot resolve {host!r}: {exc.strerror}"
+    for family, kind, proto, _, addr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            try:
+                probe.bind(addr)
+            except OSError as exc:
+                return exc.strerror or str(exc)
+    return "grpc could not bind it (it may have been taken meanwhile)"

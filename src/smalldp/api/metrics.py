@@ -32,11 +32,17 @@ def _number(value: float) -> str:
 
 
 def exposition(samples: list[Sample]) -> str:
-    """The text format: HELP and TYPE lines, then the value, for each metric."""
+    """The text format: HELP and TYPE lines, then the value, for each metric. A name may
+    carry labels (``name{a="b"}``): samples of one metric, adjacent, share its HELP and TYPE."""
     lines = []
+    described = set()
     for name, kind, help_text, value in samples:
-        help_text = help_text.replace("\\", "\\\\").replace("\n", "\\n")
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {_number(value)}"]
+        family = name.partition("{")[0]
+        if family not in described:
+            described.add(family)
+            help_text = help_text.replace("\\", "\\\\").replace("\n", "\\n")
+            lines += [f"# HELP {family} {help_text}", f"# TYPE {family} {kind}"]
+        lines.append(f"{name} {_number(value)}")
     return "\n".join(lines) + "\n"
 
 

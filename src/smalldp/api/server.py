@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -13,6 +13,8 @@ from smalldp import __version__
 from smalldp.api import NAMESPACE, constellation, dataplane, metrics, status
 from smalldp.api.readers import READERS, ReaderPool
 from smalldp.api.xrpc import Handler, Params, XrpcError, json_response, xrpc_errors
+from smalldp.appview import connect
+from smalldp.appview.grpc_server import Dispatcher
 from smalldp.links import is_at_uri
 from smalldp.priority import QueryGate
 
@@ -46,6 +48,7 @@ async def queries_first(request: web.Request, handler: Handler) -> web.StreamRes
 # CORS: the read API is public and takes no credentials, so any page may call it with
 # fetch() (Constellation answers the same way: every route, any origin).
 CORS_METHODS = "GET, HEAD, OPTIONS"
+CONNECT_CORS_METHODS = "POST, OPTIONS"  # bsky.Service over Connect (appview/connect.py)
 CORS_MAX_AGE_S = 86400
 
 
@@ -55,13 +58,14 @@ async def cors_preflight(request: web.Request, handler: Handler) -> web.StreamRe
     if request.method != "OPTIONS":
         return await handler(request)
     asked = request.headers.get("Access-Control-Request-Headers", "").strip()
+    methods = CONNECT_CORS_METHODS if request.path.startswith(connect.PATH_PREFIX) else CORS_METHODS
     return web.Response(status=204, headers={
-        "Access-Control-Allow-Methods": CORS_METHODS,
+        "Access-Control-Allow-Methods": methods,
         # The headers the page asks for (they cannot widen anything: nothing is read
         # from them but Accept), else any.
         "Access-Control-Allow-Headers": asked[:1000] or "*",
         "Access-Control-Max-Age": str(CORS_MAX_AGE_S),
-        "Allow": CORS_METHODS})
+        "Allow": methods})
 
 
 async def allow_any_origin(request: web.Request, response: web.StreamResponse) -> None:
@@ -99,6 +103,8 @@ async def health(request: web.Request) -> web.Response:
     backfill = request.app[BACKFILL_STATUS]()
     if backfill is not None:  # a backfill handed to this serve (running, or how the last one ended)
         body["backfill"] = backfill
+    # bsky.Service: the gRPC server (grpc_listen) and the calls of both transports
+    body["grpc"] = request.app[connect.DISPATCHER].metrics.health()
     # What the status page at / shows: disk, file, counts, history, top targets (api/status.py).
     body.update(await status.health_fields(request.app))
     return json_response(body)
@@ -108,13 +114,16 @@ def make_app(db_path: Path, *, read_threads: int = 1, cache_mb: int = 64, mmap_m
              ingest_status: IngestStatus = _ingest_disabled,
              sample_sources: list[metrics.SampleSource] | None = None,
              query_gate: QueryGate | None = None,
-             backfill_status: BackfillStatus = lambda: None) -> web.Application:
+             backfill_status: BackfillStatus = lambda: None,
+             rpc_services: dict[str, Any] | None = None) -> web.Application:
     """Build the application answering from read-only connections to ``db_path``.
 
     ``ingest_status`` says what live ingest is doing (a dict with at least "state");
     ``sample_sources`` add Prometheus samples to /metrics; with a ``query_gate`` every
     request marks itself in flight so that live ingest lets it go first;
-    ``backfill_status`` says what a backfill handed to the service is doing (None: none).
+    ``backfill_status`` says what a backfill handed to the service is doing (None: none);
+    ``rpc_services`` are the named services bsky.Service's async handlers get
+    (``AppViewContext.services``). The app's ``connect.DISPATCHER`` answers bsky.Service.
     """
     middlewares = [cors_preflight, xrpc_errors] if query_gate is None else [cors_preflight, queries_first, xrpc_errors]
     # 100 at-uris in one query string are ~12 KB: above aiohttp's default 8 KB request line.
@@ -125,7 +134,11 @@ def make_app(db_path: Path, *, read_threads: int = 1, cache_mb: int = 64, mmap_m
     app[INGEST_STATUS] = ingest_status
     app[BACKFILL_STATUS] = backfill_status
     app.on_response_prepare.append(allow_any_origin)
-    app[metrics.SAMPLE_SOURCES] = list(sample_sources or [])
+    # bsky.Service (issue 15): Connect on this port; smalldp.service adds the gRPC server,
+    # which shares this dispatcher and so this reader pool.
+    dispatcher = Dispatcher(app[READERS], gate=query_gate, services=rpc_services)
+    connect.setup(app, dispatcher)
+    app[metrics.SAMPLE_SOURCES] = [*(sample_sources or []), dispatcher.metrics.samples]
     app.add_routes(constellation.routes)
     app.add_routes(dataplane.routes)
     app.add_routes(metrics.routes)

@@ -41,8 +41,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="read files from the start even if an earlier import of them got further")
     imp.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    srv = sub.add_parser("serve", help="follow Jetstream (or relays: --firehose) and serve the HTTP API")
-    add_arguments(srv, [*STORE_SETTINGS, "listen", "read_threads", *INGEST_SETTINGS])
+    srv = sub.add_parser("serve", help="follow Jetstream (or relays: --firehose) and serve the HTTP API "
+                                       "and bsky.Service (gRPC on --grpc-listen, Connect on --listen)")
+    add_arguments(srv, [*STORE_SETTINGS, "listen", "grpc_listen", "read_threads", *INGEST_SETTINGS])
     srv.add_argument("--no-ingest", action="store_true", help="answer queries only; do not follow Jetstream")
 
     bfl = sub.add_parser("backfill", help="fetch whole repos (getRepo) from their PDSes into the store "

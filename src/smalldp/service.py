@@ -3,11 +3,12 @@
 This is the composition root: the only module that knows both the ingest side and the
 HTTP side. Lifecycle (aiosmtpd-style, kept apart from protocol and policy):
 
-  open the store (ingest thread) -> bind HTTP -> READY=1 -> follow Jetstream (or, with
-  the `firehose` setting, relays)
+  open the store (ingest thread) -> bind HTTP (Connect included) -> bind gRPC
+  (grpc_listen, unless off) -> READY=1 -> follow Jetstream (or, with the `firehose`
+  setting, relays)
   SIGHUP: re-read the config, send the new filters
   SIGTERM/SIGINT: STOPPING=1 -> stop reading -> commit the batch -> close the
-  store -> close HTTP
+  store -> stop gRPC (calls under way get a grace period) -> close HTTP
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from aiohttp import web
 
 from smalldp.admin import AdminError, AdminServer, check_socket_path
 from smalldp.api.server import make_app
+from smalldp.appview import connect
+from smalldp.appview.grpc_server import GrpcBindError, GrpcServer
 from smalldp.config import ConfigError, Settings
 from smalldp.ingest import zdict
 from smalldp.ingest.backfill_service import BackfillHandOff
@@ -96,6 +99,8 @@ class Service:
         self.metrics = IngestMetrics(state="starting" if ingest else "disabled")
         self.stop = asyncio.Event()
         self.port: int | None = None  # the bound port (useful with port 0)
+        self.grpc_port: int | None = None  # the gRPC server's bound port (None: grpc_listen off)
+        self._grpc: GrpcServer | None = None
         self.ready = asyncio.Event()
         self._live: LiveIngest | None = None
         self.gate = QueryGate()
@@ -154,35 +159,48 @@ class Service:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_S)
         await runner.setup()
         host, port = settings.listen_host_port()
-        try:
-            site = web.TCPSite(runner, host, port)
-            await site.start()
-        except OSError as exc:
+
+        async def give_up(message: str) -> ServiceError:
+            """Undo what started (gRPC, HTTP, ingest) and say why the service cannot run."""
+            if self._grpc is not None:
+                await self._grpc.stop(0)
             await runner.cleanup()
             if self._live is not None:
                 self._live.stop()
                 await loop.run_in_executor(None, self._live.wait_done, STOP_WAIT_S)
-            raise ServiceError(f"cannot listen on {settings.listen}: {exc.strerror or exc}") from None
+            return ServiceError(message)
+
+        try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+        except OSError as exc:
+            raise await give_up(f"cannot listen on {settings.listen}: {exc.strerror or exc}") from None
+        grpc_address = settings.grpc_host_port()
+        if grpc_address is not None:
+            self._grpc = GrpcServer(app[connect.DISPATCHER], *grpc_address)
+            try:
+                self.grpc_port = await self._grpc.start()
+            except GrpcBindError as exc:
+                self._grpc = None
+                raise await give_up(f"{exc} (grpc_listen; off disables it)") from None
         if self.backfill is not None and admin_path is not None:
             self._admin = AdminServer(admin_path, self.backfill)
             try:
                 await self._admin.start()
             except AdminError as exc:
-                await runner.cleanup()
-                assert self._live is not None
-                self._live.stop()
-                await loop.run_in_executor(None, self._live.wait_done, STOP_WAIT_S)
-                raise ServiceError(str(exc)) from None
+                raise await give_up(str(exc)) from None
         self.port = runner.addresses[0][1] if runner.addresses else port
         following = "relays " + ", ".join(settings.firehose) if settings.firehose else "Jetstream"
-        log.info("serving on http://%s:%d (%s)", host, self.port,
-                 f"following {following}" if self.ingest else "no ingest")
+        log.info("serving on http://%s:%d, gRPC %s (%s)", host, self.port,
+                 app[connect.DISPATCHER].metrics.listen, f"following {following}" if self.ingest else "no ingest")
         self.notifier.ready(self.metrics.status_line() if self.ingest else "serving, no ingest")
         self.ready.set()
         try:
             return await self._until_stopped()
         finally:
             self.notifier.stopping()
+            if self._grpc is not None:  # before HTTP: its cleanup closes the reader pool
+                await self._grpc.stop()
             await runner.cleanup()
             self.notifier.close()
             log.info("stopped")

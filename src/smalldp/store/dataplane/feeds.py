@@ -96,7 +96,9 @@ class FeedQueries(DataPlaneBase):
             return {"uri": "", "cid": "", "repost": uri, "repostCid": ""}
         s_aid, s_coll, s_rkey = parts
         s_sk = s_rkey if isinstance(s_rkey, int) else self._sort_key(s_aid, s_coll, s_rkey)
-        cid = "" if s_sk is None or s_aid in self.hidden else self._cid(s_sk, s_aid, s_coll)
+        # The reposted *post's* cid: a repost of anything else (a list, ...) names none.
+        live = s_sk is not None and s_aid not in self.hidden and self._coll_name(s_coll) == POST
+        cid = self._cid(s_sk, s_aid, s_coll) if live else ""  # type: ignore[arg-type]
         return {"uri": self._target_name(subject), "cid": cid, "repost": uri, "repostCid": ""}
 
     def _cid(self, sk: int, aid: int, coll: int) -> str:

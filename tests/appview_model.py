@@ -398,30 +398,74 @@ class AppViewModel:
         return any(rec.value.get("list") == list_uri and rec.value.get("subject") == member
                    for _, rec in self.live(LISTITEM, owner[0]))
 
-    def list_block(self, blocker: str, blocked: str) -> str:
-        """The blocker's newest live listblock of a list containing blocked, or "".
+    def _list_block_rid(self, blocker: str, blocked: str) -> RecordId | None:
+        """The blocker's newest live listblock of a list containing blocked, or None.
 
         A list block is a block: invisible when the blocked account is inactive."""
         if not self.active(blocked):
-            return ""
+            return None
         rids = [rid for rid, rec in self.live(LISTBLOCK, blocker)
                 if self._list_contains(_get(rec.value, "subject"), blocked)]
-        return uri_of(self.newest_first(rids)[0]) if rids else ""
+        return self.newest_first(rids)[0] if rids else None
 
-    def get_relationships(self, viewer: str, targets: list[str]) -> list[dict[str, str]]:
-        """getRelationships."""
+    def list_block(self, blocker: str, blocked: str) -> str:
+        """The uri of that listblock (_list_block_rid), or ""."""
+        rid = self._list_block_rid(blocker, blocked)
+        return "" if rid is None else uri_of(rid)
+
+    def list_block_list(self, blocker: str, blocked: str) -> str:
+        """The list that listblock (_list_block_rid) blocks, or ""."""
+        rid = self._list_block_rid(blocker, blocked)
+        return "" if rid is None else self.records[rid].value["subject"]
+
+    def get_relationships(self, viewer: str, targets: list[str], list_uris: bool = False) -> list[dict[str, str]]:
+        """getRelationships; with ``list_uris`` the by-list fields name the list (bsky.Service)
+        instead of the listblock record (dev.smalldp)."""
+        by_list = self.list_block_list if list_uris else self.list_block
         return [{"targetDid": t,
                  "following": self.newest_edge(FOLLOW, viewer, t),
                  "followedBy": self.newest_edge(FOLLOW, t, viewer),
                  "blocking": self.newest_edge(BLOCK, viewer, t),
                  "blockedBy": self.newest_edge(BLOCK, t, viewer),
-                 "blockingByList": self.list_block(viewer, t),
-                 "blockedByList": self.list_block(t, viewer)} for t in targets]
+                 "blockingByList": by_list(viewer, t),
+                 "blockedByList": by_list(t, viewer)} for t in targets]
 
     def get_block_existence(self, pairs: list[tuple[str, str]]) -> list[bool]:
         """getBlockExistence."""
         return [bool(self.newest_edge(BLOCK, a, b) or self.newest_edge(BLOCK, b, a)
                      or self.list_block(a, b) or self.list_block(b, a)) for a, b in pairs]
+
+    def get_block_refs(self, pairs: list[tuple[str, str]]) -> list[dict[str, str]]:
+        """bsky.Service's BlockExistence per pair (a, b): block records both ways, and the
+        lists through which a blocks b / b blocks a."""
+        return [{"blocking": self.newest_edge(BLOCK, a, b), "blockedBy": self.newest_edge(BLOCK, b, a),
+                 "blockingByList": self.list_block_list(a, b), "blockedByList": self.list_block_list(b, a)}
+                for a, b in pairs]
+
+    def get_bidirectional_block(self, actor: str, target: str) -> str:
+        """A block record either way: the actor's newest of the target, else the target's of the actor."""
+        return self.newest_edge(BLOCK, actor, target) or self.newest_edge(BLOCK, target, actor)
+
+    def get_bidirectional_block_via_list(self, actor: str, target: str) -> str:
+        """The list through which the actor blocks the target, else the other way, or ""."""
+        return self.list_block_list(actor, target) or self.list_block_list(target, actor)
+
+    def get_blocklist_subscription(self, actor: str, list_uri: str) -> str:
+        """The actor's newest live listblock whose subject is the list (live or not), or ""."""
+        rids = [rid for rid, rec in self.live(LISTBLOCK, actor) if rec.value.get("subject") == list_uri]
+        return uri_of(self.newest_first(rids)[0]) if rids else ""
+
+    def get_blocklist_subscriptions(self, actor: str) -> list[str]:
+        """All pages: the live lists the actor has a live listblock of, each once, ordered by
+        the actor's newest listblock of each, newest first."""
+        newest: dict[str, tuple[int, int]] = {}
+        for rid, rec in self.live(LISTBLOCK, actor):
+            subject = rec.value.get("subject")
+            target = split_uri(subject) if isinstance(subject, str) else None
+            if target is None or target[1] != LIST or self.get_record(subject) is None:
+                continue
+            newest[subject] = max(newest.get(subject, (-1, -1)), self.sk(rid))
+        return sorted(newest, key=lambda list_uri: newest[list_uri], reverse=True)
 
     def get_counts_for_users(self, dids: list[str]) -> dict[str, list[int]]:
         """getCountsForUsers."""
@@ -586,6 +630,60 @@ class AppViewModel:
                     if rec.value.get("list") == list_uri and rec.value.get("subject") == actor]
             out.append(uri_of(self.newest_first(rids)[0]) if rids else "")
         return out
+
+    def get_list_counts(self, lists: list[str]) -> list[int]:
+        """Per list, the owner's live listitem records pointing at it (0 when the owner is
+        inactive or the value names no record)."""
+        out = []
+        for list_uri in lists:
+            owner = split_uri(list_uri)
+            out.append(0 if owner is None else
+                       sum(1 for _, rec in self.live(LISTITEM, owner[0]) if rec.value.get("list") == list_uri))
+        return out
+
+    def list_members_set(self, list_uri: str) -> set[str]:
+        """The DIDs the owner's live listitems of the list name."""
+        return {item["did"] for item in self.get_list_members(list_uri)
+                if isinstance(item["did"], str) and item["did"].startswith("did:")}
+
+    def get_list_feed(self, list_uri: str) -> list[dict[str, str]]:
+        """bsky.Service GetListFeed, all pages: posts (no reposts) by the list's members."""
+        return [item for item in self._feed_items(self.list_members_set(list_uri)) if not item["repost"]]
+
+    # ------------------------------------------------------------ bsky.Service extras
+
+    def get_actor_records(self, actor: str, collection: str) -> list[str]:
+        """The actor's live records of a collection, newest first, all pages."""
+        return [uri_of(r) for r in self.newest_first(rid for rid, _ in self.live(collection, actor))]
+
+    def get_actor_likes(self, actor: str) -> list[dict[str, str]]:
+        """GetActorLikes, all pages: {uri, subject} of the actor's live likes, newest first
+        (subject "" when the like's subject.uri is no string)."""
+        out = []
+        for rid in self.newest_first(rid for rid, _ in self.live(LIKE, actor)):
+            subject = self._subject_uri(self.records[rid])
+            out.append({"uri": uri_of(rid), "subject": subject if isinstance(subject, str) else ""})
+        return out
+
+    def get_starter_pack_counts(self, uris: list[str], now_us: int) -> tuple[list[int], list[int]]:
+        """Per starter pack: live profiles whose joinedViaStarterPack.uri names it, and those
+        whose createdAt lies in the week before now_us."""
+        week_us = 7 * 86_400 * 1_000_000
+        now = time_us_to_datetime(now_us)
+        week_ago = time_us_to_datetime(now_us - week_us)
+        all_time, week = [], []
+        for uri in uris:
+            joined = [rec for _, rec in self.live(PROFILE) if _get(rec.value, "joinedViaStarterPack", "uri") == uri]
+            all_time.append(len(joined))
+            created = [parse_datetime(rec.value.get("createdAt")) for rec in joined]
+            week.append(sum(1 for c in created if c is not None and week_ago < c <= now))
+        return all_time, week
+
+    def search_actors(self, prefix: str) -> list[tuple[str, str]]:
+        """(handle, did) of active accounts whose handle starts with prefix (any case), by handle."""
+        prefix = prefix.lower()
+        return sorted((a.handle, d) for d, a in self.actors.items()
+                      if a.active and a.handle is not None and a.handle.startswith(prefix))
 
 
 def _when(body: dict[str, Any], time_us: int) -> int:

@@ -330,7 +330,7 @@ def test_interaction_counts(stores: list[Store]) -> None:
     assert total > 20
 
 
-@pytest.mark.parametrize("scan_rows", [20_000, 1, 7])
+@pytest.mark.parametrize("scan_rows", [10_000, 1, 7])
 def test_actor_likes_and_reposts(stores: list[Store], monkeypatch: pytest.MonkeyPatch, scan_rows: int) -> None:
     """GetActorLikes: {uri, subject} of the actor's live likes, newest first, also when the
     forward walk is cut every few rows (pages short or empty, with a cursor);

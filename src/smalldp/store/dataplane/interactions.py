@@ -28,8 +28,9 @@ LIKE = "app.bsky.feed.like"
 QUOTE_PATHS = (".embed.record.uri", ".embed.record.record.uri")
 JOINED_VIA = ".joinedViaStarterPack.uri"  # a profile's link to the starter pack it signed up through
 # Forward-index rows read per page of an actor's likes: likes carry no link to their
-# author, so they are found by walking `fwd` newest first (see actor_likes).
-ACTOR_LIKES_SCAN_ROWS = 20_000
+# author, so they are found by walking `fwd` newest first (see actor_likes). About 0.5 µs
+# a row on the development machine (x86, 2 cores, 200k rows): ~5 ms a page at most.
+ACTOR_LIKES_SCAN_ROWS = 10_000
 JOINED_WEEK_SCAN_MAX = 1000  # profiles read per starter pack for its joins of the last week
 WEEK_US = 7 * 86_400 * 1_000_000
 _SCAN_CURSOR = struct.Struct(">BqII")  # (tag, sort key, account, collection): a row of fwd
@@ -100,14 +101,14 @@ class InteractionQueries(DataPlaneBase):
                 return [], None
             start = after if after is not None else (_SK_MAX, _U32_MAX, _U32_MAX)
             rows = self.conn.execute(
-                "SELECT sk, aid, coll, links FROM fwd WHERE (sk, aid, coll) < (?, ?, ?) "
+                "SELECT sk, aid, coll, links IS NOT NULL FROM fwd WHERE (sk, aid, coll) < (?, ?, ?) "
                 "ORDER BY sk DESC, aid DESC, coll DESC LIMIT ?", (*start, ACTOR_LIKES_SCAN_ROWS))
             likes: list[dict[str, str]] = []
             last: tuple[int, int, int] | None = None
             read_rows = 0
-            for sk, a, coll, links in rows:
+            for sk, a, coll, live in rows:
                 read_rows += 1
-                if a != aid or coll != like or links is None:
+                if a != aid or coll != like or not live:
                     last = (sk, a, coll)
                     continue
                 if len(likes) == limit:

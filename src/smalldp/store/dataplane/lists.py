@@ -15,7 +15,9 @@ from smalldp.store.dataplane.base import DataPlaneBase
 from smalldp.store.encoding import Entry, did_key, key_account, key_did_account, split_target
 from smalldp.store.reader import decode_cursor, encode_cursor
 
-LIST_FEED_MEMBERS_MAX = 5000  # a list's newest listitems whose members a list feed shows
+# A list's newest listitems whose members a list feed shows: one forward lookup each,
+# ~3.3 µs on the development machine (x86, 2 cores), so ~17 ms a page at 5,000.
+LIST_FEED_MEMBERS_MAX = 5000
 
 
 class ListQueries(DataPlaneBase):

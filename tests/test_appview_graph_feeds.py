@@ -557,9 +557,10 @@ def test_by_hand_blocks_lists_and_inactive(tmp_path: Path) -> None:
         writer.close()
 
 
-def test_starter_pack_counts(tmp_path: Path) -> None:
+def test_starter_pack_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Profiles that joined through a starter pack, all time and in the last week (by the
-    profile's own createdAt); a deactivated account's profile does not count."""
+    profile's own createdAt); a deactivated account's profile does not count. With the
+    bodies read per request cut, the week counts the most recently first-seen profiles."""
     ev = Events()
     creator = did("creator")
     pack = f"at://{creator}/{am.STARTERPACK}/{tidk(1, 10)}"
@@ -590,6 +591,11 @@ def test_starter_pack_counts(tmp_path: Path) -> None:
         assert list(response.joined_week) == [3, 0, 3, 0]  # 0.5, 2 and 6.5 days ago
         all_time, week = model.get_starter_pack_counts(uris, now_us)
         assert (list(response.joined_all_time), list(response.joined_week)) == (all_time, week)
+        # four reads: "nodate", then joiners 4 (30 days), 3 (8 days), 2 (6.5 days): one in the week
+        monkeypatch.setattr("smalldp.store.dataplane.interactions.JOINED_WEEK_READS", 4)
+        monkeypatch.setattr("smalldp.store.dataplane.interactions.JOINED_WEEK_MIN", 1)
+        response = call(dp, "GetStarterPackCounts", refs=[ref(pack)])
+        assert (list(response.joined_all_time), list(response.joined_week)) == ([6], [1])
     finally:
         dp.close()
         writer.close()

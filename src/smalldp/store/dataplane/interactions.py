@@ -31,7 +31,10 @@ JOINED_VIA = ".joinedViaStarterPack.uri"  # a profile's link to the starter pack
 # author, so they are found by walking `fwd` newest first (see actor_likes). About 0.5 µs
 # a row on the development machine (x86, 2 cores, 200k rows): ~5 ms a page at most.
 ACTOR_LIKES_SCAN_ROWS = 10_000
-JOINED_WEEK_SCAN_MAX = 1000  # profiles read per starter pack for its joins of the last week
+# Profile bodies read per request for starter packs' joins of the last week, shared by
+# the packs asked (each reads at least JOINED_WEEK_MIN): see starter_pack_counts.
+JOINED_WEEK_READS = 1000
+JOINED_WEEK_MIN = 10
 WEEK_US = 7 * 86_400 * 1_000_000
 _SCAN_CURSOR = struct.Struct(">BqII")  # (tag, sort key, account, collection): a row of fwd
 _SCAN_TAG = 0x4C
@@ -124,9 +127,15 @@ class InteractionQueries(DataPlaneBase):
 
     def starter_pack_counts(self, uris: list[str], now_us: int | None = None) -> tuple[list[int], list[int]]:
         """Per starter pack: (live profiles whose ``joinedViaStarterPack`` names it, those of
-        them whose own ``createdAt`` lies in the week before ``now_us``). The week's count
-        reads the newest JOINED_WEEK_SCAN_MAX profiles (bodies, when profiles keep them)."""
+        them whose own ``createdAt`` lies in the week before ``now_us``).
+
+        The week's count reads profile bodies (when profiles keep them), the most recently
+        first-seen first (a profile's rkey is "self": its sort key is an alias given in
+        first-seen order, so the newest accounts come first), JOINED_WEEK_READS per
+        request shared by the packs (at least JOINED_WEEK_MIN each): a pack that more
+        accounts joined recently than its share counts its share's joins (a lower bound)."""
         now = time.time_ns() // 1000 if now_us is None else now_us
+        share = max(JOINED_WEEK_MIN, JOINED_WEEK_READS // max(1, len(uris)))
 
         def read() -> tuple[list[int], list[int]]:
             all_time: list[int] = []
@@ -137,8 +146,7 @@ class InteractionQueries(DataPlaneBase):
                 all_time.append(self._tally(tkey, PROFILE, JOINED_VIA)[0])
                 recent = 0
                 if profile is not None:
-                    for sk, aid in itertools.islice(self._live(self._keyed(tkey, PROFILE, JOINED_VIA)),
-                                                    JOINED_WEEK_SCAN_MAX):
+                    for sk, aid in itertools.islice(self._live(self._keyed(tkey, PROFILE, JOINED_VIA)), share):
                         created = self._created_us(sk, aid, profile)
                         recent += created is not None and now - WEEK_US < created <= now
                 week.append(recent)

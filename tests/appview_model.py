@@ -46,6 +46,8 @@ LISTBLOCK = "app.bsky.graph.listblock"
 PROFILE = "app.bsky.actor.profile"
 GENERATOR = "app.bsky.feed.generator"
 STARTERPACK = "app.bsky.graph.starterpack"
+LABELER = "app.bsky.labeler.service"
+MENTION = "app.bsky.richtext.facet#mention"
 
 BODY_COLLECTIONS = frozenset({
     POST, PROFILE, LIST, GENERATOR, STARTERPACK, "app.bsky.feed.threadgate",
@@ -461,7 +463,9 @@ class AppViewModel:
         newest: dict[str, tuple[int, int]] = {}
         for rid, rec in self.live(LISTBLOCK, actor):
             subject = rec.value.get("subject")
-            target = split_uri(subject) if isinstance(subject, str) else None
+            if not isinstance(subject, str):
+                continue
+            target = split_uri(subject)
             if target is None or target[1] != LIST or self.get_record(subject) is None:
                 continue
             newest[subject] = max(newest.get(subject, (-1, -1)), self.sk(rid))
@@ -684,6 +688,97 @@ class AppViewModel:
         prefix = prefix.lower()
         return sorted((a.handle, d) for d, a in self.actors.items()
                       if a.active and a.handle is not None and a.handle.startswith(prefix))
+
+    # ------------------------------------------------------------ Notifications
+
+    def get_notifications(self, actor: str, post_floor: int = 0, repost_floor: int = 0) -> list[dict[str, Any]]:
+        """GetNotifications, all pages: {uri, reason, reasonSubject, timeUs, priority},
+        newest first (rkey time, then account; a like or repost of the actor's record before
+        one via its repost; a starter-pack join at its profile's receive time).
+
+        The reference's rules (store/dataplane/notifications.py), with smalldp's documented
+        limits: only the actor's posts (reposts) whose rkey time is >= post_floor
+        (repost_floor) are looked at, as if the others did not exist; replies more than one
+        level down count only in threads the actor started.  The reason is decided first;
+        a notification whose subject record is not live is then dropped."""
+        if actor not in self.actors or not self.active(actor):
+            return []
+        follows = self.follows_of(actor)
+        found: list[tuple[tuple[int, int, int], dict[str, Any]]] = []
+
+        def mine(uri: Any, collections: tuple[str, ...]) -> bool:
+            rid = split_uri(uri)
+            if rid is None or rid[0] != actor or rid[1] not in collections:
+                return False
+            floor = post_floor if rid[1] == POST else repost_floor if rid[1] == REPOST else 0
+            return tid_to_int(rid[2]) is None or tid_to_int(rid[2]) >= floor  # type: ignore[operator]
+
+        def add(rid: RecordId, time: int, place: int, reason: str, subject: str | None) -> None:
+            if subject is not None and self.get_record(subject) is None:
+                return
+            found.append(((time << 10 if rid[1] == PROFILE else tid_to_int(rid[2]),  # type: ignore[arg-type]
+                           self.aid(rid[0]), place),
+                          {"uri": uri_of(rid), "reason": reason, "reasonSubject": subject or "", "timeUs": time,
+                           "priority": rid[0] in follows}))
+
+        for rid, rec in self.live():
+            author, collection, rkey = rid
+            value = rec.value
+            if collection == PROFILE:
+                pack = _get(value, "joinedViaStarterPack", "uri")
+                if rkey == "self" and mine(pack, (STARTERPACK,)):
+                    add(rid, rec.time_us, 1, "starterpack-joined", pack)
+                continue
+            if tid_to_int(rkey) is None:
+                continue
+            time = tid_to_int(rkey) >> 10  # type: ignore[operator]
+            if collection == FOLLOW:
+                if value.get("subject") == actor:  # a self-follow notifies too
+                    add(rid, time, 1, "follow", None)
+                continue
+            if author == actor:
+                continue
+            if collection in (LIKE, REPOST):
+                name = "like" if collection == LIKE else "repost"
+                subject = _get(value, "subject", "uri")
+                if mine(subject, (POST, GENERATOR, LIST, STARTERPACK, LABELER)):
+                    add(rid, time, 2, name, subject)
+                via = _get(value, "via", "uri")
+                if mine(via, (REPOST,)):
+                    add(rid, time, 1, f"{name}-via-repost", via)
+            elif collection == POST:
+                mentioned = [feature.get("did") for facet in (value.get("facets") or []) if isinstance(facet, dict)
+                             for feature in (facet.get("features") or []) if isinstance(feature, dict)
+                             and feature.get("$type") == MENTION]
+                quoted = _get(value, "embed", "record", "uri")
+                if not isinstance(quoted, str):
+                    quoted = _get(value, "embed", "record", "record", "uri")
+                parent = _get(value, "reply", "parent", "uri")
+                if actor in mentioned:
+                    add(rid, time, 1, "mention", None)
+                elif mine(quoted, (POST,)):
+                    add(rid, time, 1, "quote", quoted)
+                elif mine(parent, (POST,)):
+                    add(rid, time, 1, "reply", parent)
+                elif mine(_get(value, "reply", "root", "uri"), (POST,)):
+                    ancestor = self._reply_ancestor(actor, parent)
+                    if ancestor is not None:
+                        add(rid, time, 1, "reply", ancestor)
+        found.sort(key=lambda item: item[0], reverse=True)
+        return [item for _, item in found]
+
+    def _reply_ancestor(self, actor: str, parent: Any) -> str | None:
+        """The actor's nearest post 1..4 levels up from a reply whose parent is ``parent``,
+        through live posts only, or None."""
+        for _ in range(4):
+            rid = split_uri(parent)
+            rec = self.get_record(parent) if rid is not None and rid[1] == POST else None
+            if rec is None:
+                return None
+            if rid[0] == actor:  # type: ignore[index]
+                return parent  # type: ignore[no-any-return]
+            parent = _get(rec.value, "reply", "parent", "uri")
+        return None
 
 
 def _when(body: dict[str, Any], time_us: int) -> int:

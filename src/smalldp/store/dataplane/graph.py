@@ -146,11 +146,15 @@ class GraphQueries(ListQueries):
             if (did_key(aid), -1) not in self._memo:
                 self._prefetch_edges(aid)
         found: dict[str, str] = {}
-        for kind, look in (("blocking", lambda: self._edge_uri(a, BLOCK, b)),
-                           ("blockedBy", lambda: self._edge_uri(b, BLOCK, a)),
-                           ("blockingByList", lambda: self._list_block_ref(a, b)[1]),
-                           ("blockedByList", lambda: self._list_block_ref(b, a)[1])):
-            uri = look()
+        for kind in BLOCK_KINDS:
+            if kind == "blocking":
+                uri = self._edge_uri(a, BLOCK, b)
+            elif kind == "blockedBy":
+                uri = self._edge_uri(b, BLOCK, a)
+            elif kind == "blockingByList":
+                uri = self._list_block_ref(a, b)[1]
+            else:
+                uri = self._list_block_ref(b, a)[1]
             if uri:
                 found[kind] = uri
                 if first:

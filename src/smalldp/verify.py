@@ -57,7 +57,7 @@ from smalldp.dagcbor import CID, DecodeError, decode, encode
 from smalldp.events_firehose import MalformedFrame, find_block, split_frame
 
 __all__ = [
-    "ChainBreak", "CommitVerifier", "DictResolver", "DidResolver", "HttpDidResolver", "SigningKey",
+    "ChainBreak", "CommitVerifier", "DictResolver", "DidNotFound", "DidResolver", "HttpDidResolver", "SigningKey",
     "VerifyError", "check_commit", "is_local_host", "parse_multikey", "pds_endpoint", "signing_key",
     "verify_commit_block",
 ]
@@ -72,6 +72,14 @@ class VerifyError(ValueError):
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
+
+
+class DidNotFound(VerifyError):
+    """A DID that has no usable document, as a definite answer (kind ``unresolved``, like
+    every resolution failure): the PLC directory answered 404 or 410, a did:web host a 4xx
+    other than 429, the document is not this DID's JSON object, or the DID is not one
+    atproto resolves.  Other failures (timeouts, transport errors, 5xx, 429) are plain
+    ``VerifyError``: asking again later may succeed."""
 
 
 class ChainBreak(VerifyError):
@@ -358,34 +366,38 @@ class HttpDidResolver:
         self.allow_local = allow_local
 
     async def resolve(self, did: str) -> Mapping[str, Any]:
-        """Fetch and parse the DID document of ``did``; its ``id`` must be ``did``."""
+        """Fetch and parse the DID document of ``did``; its ``id`` must be ``did``.
+
+        ``DidNotFound`` when the answer is definite (see there), ``VerifyError`` otherwise."""
         if did.startswith("did:plc:"):
             url = f"{self.plc_url}/{did}"
         elif did.startswith("did:web:"):
             host = unquote(did[8:])  # a port is written %3A
             if ":" in did[8:] or "/" in host or not host:
-                raise VerifyError("unresolved", f"{did[:80]}: atproto's did:web is a bare host")
+                raise DidNotFound("unresolved", f"{did[:80]}: atproto's did:web is a bare host")
             name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
             if not self.allow_local and is_local_host(name):
-                raise VerifyError("unresolved", f"{did[:80]}: did:web host is local or an IP address")
+                raise DidNotFound("unresolved", f"{did[:80]}: did:web host is local or an IP address")
             url = f"{self.web_scheme}://{host}/.well-known/did.json"
         else:
-            raise VerifyError("unresolved", f"{did[:80]}: only did:plc and did:web are atproto DIDs")
+            raise DidNotFound("unresolved", f"{did[:80]}: only did:plc and did:web are atproto DIDs")
         try:
             async with self.session.get(url, timeout=self.timeout, allow_redirects=False) as resp:
                 if resp.status != 200:
-                    raise VerifyError("unresolved", f"{did}: HTTP {resp.status} from {url}")
+                    gone = resp.status in (404, 410) if did.startswith("did:plc:") else \
+                        400 <= resp.status < 500 and resp.status != 429
+                    raise (DidNotFound if gone else VerifyError)("unresolved", f"{did}: HTTP {resp.status} from {url}")
                 raw = await resp.content.read(self.max_bytes + 1)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise VerifyError("unresolved", f"{did}: {type(exc).__name__} from {url}: {exc}") from None
         if len(raw) > self.max_bytes:
-            raise VerifyError("unresolved", f"{did}: DID document larger than {self.max_bytes} bytes")
+            raise DidNotFound("unresolved", f"{did}: DID document larger than {self.max_bytes} bytes")
         try:
             doc = json.loads(raw)
         except ValueError:
-            raise VerifyError("unresolved", f"{did}: DID document is not JSON") from None
+            raise DidNotFound("unresolved", f"{did}: DID document is not JSON") from None
         if not isinstance(doc, dict) or doc.get("id") != did:
-            raise VerifyError("unresolved", f"{did}: the document at {url} is not this DID's")
+            raise DidNotFound("unresolved", f"{did}: the document at {url} is not this DID's")
         return doc
 
 

@@ -20,6 +20,7 @@ One module per family of methods, each a mixin over the shared plumbing (base.py
 * graph.py: followers, follows, blocks, relationships, block existence, counts for users
 * lists.py: list members, an actor's lists, list membership
 * feeds.py: author feed, timeline, thread, feed items
+* notifications.py: an account's notifications (GetNotifications), identity facts of a DID
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from smalldp.store.dataplane.feeds import (
 from smalldp.store.dataplane.graph import LIST_BLOCKS_MAX, GraphQueries
 from smalldp.store.dataplane.interactions import LIKE, QUOTE_PATHS, InteractionQueries
 from smalldp.store.dataplane.lists import ListQueries
+from smalldp.store.dataplane.notifications import NotificationQueries
 from smalldp.store.dataplane.records import RecordQueries
 
 __all__ = [
@@ -44,5 +46,5 @@ __all__ = [
 ]
 
 
-class DataPlaneReader(RecordQueries, InteractionQueries, GraphQueries, ListQueries, FeedQueries):
+class DataPlaneReader(RecordQueries, InteractionQueries, GraphQueries, ListQueries, FeedQueries, NotificationQueries):
     """A Reader that also answers the DataPlane methods."""

@@ -1,0 +1,439 @@
+"""An account's notifications (bsky.Service GetNotifications) as a view of the backlink
+index, and the identity facts the AppView's DID-document cache reads.
+
+**What the reference does.**  The reference indexer writes a ``notification`` row when a
+record is indexed (``dist/data-plane/server/indexing/plugins/*.js``); GetNotifications
+lists an account's rows newest first by ``sortAt`` and drops rows whose ``reasonSubject``
+record no longer exists.  Per record type:
+
+* follow: to the subject, ``follow``, no subject (a self-follow notifies too);
+* like / repost: to the subject's author, ``like`` / ``repost`` with the subject; and to
+  the author of ``.via`` (a repost), ``like-via-repost`` / ``repost-via-repost`` with the
+  via record; never to the liker or reposter itself;
+* post: at most one notification per recipient, never to its author, first come first
+  kept: ``mention`` for each facet mention DID; ``quote`` to the author of the embedded
+  post (``embed.record``, or ``embed.record.record`` of a recordWithMedia) with it; then
+  ``reply`` to the author of each ancestor 1..4 levels up the ``reply.parent`` chain
+  (walked through posts that exist) with that ancestor;
+* profile with ``joinedViaStarterPack``: ``starterpack-joined`` to the pack's author, with
+  the pack, at the profile's indexing time.
+
+**How smalldp finds them.**  The backlink index is keyed by target, and every record of
+an account X has a target key starting with X's account ID in key order (store/encoding.py:
+kind byte, account, collection, TID), so "everything linking to X's records" is a key
+range per collection.  One query per range reads the chunks of the sources that notify:
+
+* under X's DID key: follows (``.subject``) and post mentions (``.facets[].features
+  [app.bsky.richtext.facet#mention].did``), whole;
+* X's **newest NOTIFICATION_POSTS posts** (the author links ``@`` give them newest first)
+  older than the cursor (plus a slack of CURSOR_SLACK_US for clocks): their likes, reposts
+  (``.subject.uri``), replies (``.reply.parent.uri``, ``.reply.root.uri``) and quotes
+  (``.embed.record.uri``, ``.embed.record.record.uri``);
+* X's newest NOTIFICATION_REPOSTS reposts older than the cursor: likes and reposts via them
+  (``.via.uri``);
+* all of X's feed generators, lists, starter packs and labeler services: likes and reposts
+  of them, and profiles joining through X's starter packs (``.joinedViaStarterPack.uri``).
+
+Each (target, source) is a newest-first stream of (sort key, account); a heap merges them,
+records seen through several links are grouped, and each group becomes the reference's
+notifications (rules above) as it is reached, so a page decodes little more than it shows.
+A record's position is its rkey TID (its creation time at its PDS), ties by account; a
+starter-pack join's is the profile's receive time.  Inactive authors are skipped, as are
+notifications whose subject record is not live.  ``priority`` is "X follows the author".
+
+**Approximate, by design** (README): interactions with posts older than X's newest
+NOTIFICATION_POSTS posts before the cursor (reposts: NOTIFICATION_REPOSTS) are not found;
+replies more than one level down are found only in threads X started (through the
+``.reply.root.uri`` links of X's posts; the reference also notifies X of replies below X's
+replies in other people's threads); records whose rkey is not a TID have no time and are
+left out (starter-pack joins excepted); thread gates, hidden replies and post gates are not
+applied (the reference skips reply notifications that break a thread gate); a second like
+of one post by one account notifies again (the reference indexes only the first); the
+reason is decided when read, from the records as they are now (the reference decides when
+the post is indexed); a join's time is its profile's latest update.  Work per page is
+bounded: at most NOTIFICATION_GROUPS_MAX records examined, then the page ends with a cursor
+where it stopped.
+
+**Cursors** are ``<sort key>_<account>_<collection>_<place>`` (decimal), never a date
+``new Date()`` reads: the AppView rewrites a cursor that parses as a date (its
+``delayCursor``), and sends an ISO datetime as the first page's cursor ("now", minus
+``notificationsDelayMs``), which smalldp, like the reference, reads as "older than then".
+"""
+
+from __future__ import annotations
+
+import datetime
+import heapq
+from dataclasses import dataclass
+from typing import Iterator
+
+from smalldp.derived import AUTHOR, FOLLOW, GENERATOR, LIST, POST, PROFILE, REPOST, STARTERPACK
+from smalldp.store.dataplane.base import DataPlaneBase
+from smalldp.store.encoding import Entry, did_key, iter_entries, key_record, varint
+from smalldp.store.reader import BadCursor, _Chunk
+
+LIKE = "app.bsky.feed.like"
+LABELER = "app.bsky.labeler.service"
+MENTION_PATH = ".facets[].features[app.bsky.richtext.facet#mention].did"
+QUOTE_PATHS = (".embed.record.uri", ".embed.record.record.uri")
+JOIN_PATH = ".joinedViaStarterPack.uri"
+
+NOTIFICATION_POSTS = 1000  # the account's newest posts (older than the cursor) read per page
+NOTIFICATION_REPOSTS = 200  # its newest reposts, for likes and reposts via them
+NOTIFICATION_GROUPS_MAX = 5000  # notifying records examined per page, then a cursor
+NOTIFICATION_JOINS_MAX = 1000  # starter-pack joins read per page
+CURSOR_SLACK_US = 3_600_000_000  # posts this much newer than the cursor still count (clock skew)
+REPLY_NOTIF_DEPTH = 5  # the reference's: ancestors 1..4 levels up are notified
+OTHER_COLLECTIONS = (GENERATOR, LIST, STARTERPACK, LABELER)  # records of X that get likes
+
+# Kinds of link from a notifying record to X (or X's record).
+FOLLOWED, MENTIONED, QUOTED, PARENT, ROOT, SUBJECT, VIA, JOINED = range(8)
+# Places of a record's notifications within its position (the cursor's last field): a
+# like or repost of X's record comes before one via X's repost; 0 is "before all of them".
+_PLACE_SUBJECT, _PLACE_OTHER = 2, 1
+_SHIFT = 10  # a TID is (microseconds << 10) | clock
+
+Candidate = tuple[int, int, int, int, bytes]  # (sort key, author, collection ID, kind, target key)
+Position = tuple[int, int, int, int]  # (sort key, author, collection ID, place)
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One notification: the notifying record, why, about which of the recipient's records
+    (``reason_subject``, "" for none), when (microseconds), and whether the recipient
+    follows the author."""
+
+    uri: str
+    reason: str
+    reason_subject: str
+    time_us: int
+    priority: bool
+
+
+@dataclass(frozen=True)
+class IdentityState:
+    """What the store knows of a DID's identity: the handle of its latest identity event,
+    that event's order time (``actor.id_us``), and the DID whose claim of that handle is
+    the newest (``getDidsByHandles``' rule; None without a handle)."""
+
+    handle: str | None
+    id_us: int | None
+    handle_owner: str | None
+
+
+def encode_notification_cursor(position: Position) -> str:
+    """An opaque cursor for a position (decimal fields joined by ``_``)."""
+    return "_".join(str(v) for v in position)
+
+
+def decode_notification_cursor(cursor: str) -> Position:
+    """A position from our cursor, or from an ISO 8601 datetime (the AppView's first-page
+    cursor, the reference's cursor format): just before that moment.  Raises BadCursor."""
+    parts = cursor.split("_")
+    if len(parts) == 4 and all(p.isdigit() and p.isascii() and len(p) <= 20 for p in parts):
+        sk, aid, coll, place = map(int, parts)
+        if sk < 1 << 63 and aid < 1 << 32 and coll < 1 << 32 and place <= _PLACE_SUBJECT:
+            return sk, aid, coll, place
+        raise BadCursor("invalid cursor")
+    if len(cursor) > 64 or "T" not in cursor:
+        raise BadCursor("invalid cursor")
+    try:
+        moment = datetime.datetime.fromisoformat(cursor.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise BadCursor("invalid cursor") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    delta = moment - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+    time_us = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return max(0, min(time_us, (1 << 53) - 1)) << _SHIFT, 0, 0, 0
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The smallest key above every key starting with ``prefix`` (its last byte is a
+    varint's last byte, below 0x80, so it can be incremented)."""
+    return prefix[:-1] + bytes((prefix[-1] + 1,))
+
+
+class NotificationQueries(DataPlaneBase):
+    """GetNotifications, and the identity facts of a DID (for the AppView's DID cache)."""
+
+    # ------------------------------------------------------------ identity facts
+
+    def identity_state(self, did: str) -> IdentityState | None:
+        """The store's identity facts of ``did``, or None for a DID it never saw."""
+        def read() -> IdentityState | None:
+            row = self.conn.execute("SELECT handle, id_us FROM actor WHERE did=?", (did,)).fetchone()
+            if row is None:
+                return None
+            handle, id_us = row
+            owner = None
+            if handle is not None:
+                # the newest claim by order time, as dids_by_handles
+                found = self.conn.execute("SELECT did FROM actor WHERE handle=? ORDER BY id_us IS NULL, id_us DESC, "
+                                          "aid DESC LIMIT 1", (handle,)).fetchone()
+                owner = found[0] if found else None
+            return IdentityState(handle, id_us, owner)
+        return self._read(read)
+
+    # ------------------------------------------------------------ notifications
+
+    def notifications(self, actor: str, limit: int, cursor: str | None,
+                      priority: bool = False) -> tuple[list[Notification], str | None]:
+        """GetNotifications: ``actor``'s notifications newest first, at most ``limit``, and
+        the cursor of the next page (None at the end).  ``priority``: only those whose
+        author the actor follows.  Raises BadCursor."""
+        after = decode_notification_cursor(cursor) if cursor else None
+
+        def read() -> tuple[list[Notification], str | None]:
+            x = self._active(actor)
+            if x is None:
+                return [], None
+            return self._notifications(x, limit, after, priority)
+        return self._read(read)
+
+    def _notifications(self, x: int, limit: int, after: Position | None,
+                       only_priority: bool) -> tuple[list[Notification], str | None]:
+        # Streams start at the cursor's (sort key, account) inclusive, so the record at the
+        # cursor is seen whole; its notifications at or above the cursor are then skipped.
+        start: Entry | None = None if after is None else (after[0], after[1] + 1)
+        streams = self._streams(x, start, after)
+        follows = self._follow_set(x)
+        live: dict[bytes, bool] = {}
+        out: list[Notification] = []
+        last: Position | None = None
+        examined: tuple[int, int, int] | None = None  # the last record examined
+        count = 0
+        for (sk, aid, coll), links in _groups(heapq.merge(*streams, reverse=True)):
+            if after is None or (sk, aid, coll) < after[:3]:  # the cursor's own record is not new work
+                count += 1
+            if count > NOTIFICATION_GROUPS_MAX and examined is not None:
+                # Work bound: the next page goes on below the last record examined.
+                return out, encode_notification_cursor((*examined, 0))
+            examined = (sk, aid, coll)
+            for place, reason, subject in self._reasons(x, sk, aid, coll, links):
+                position = (sk, aid, coll, place)
+                if after is not None and position >= after:
+                    continue
+                if subject is not None and not self._subject_live(subject, live):
+                    continue
+                followed = aid in follows
+                if only_priority and not followed:
+                    continue
+                if len(out) == limit:
+                    assert last is not None
+                    return out, encode_notification_cursor(last)
+                out.append(Notification(self._notifier_uri(sk, aid, coll), reason,
+                                        "" if subject is None else self._target_name(subject),
+                                        self._time_us(sk, aid, coll), followed))
+                last = position
+        return out, None
+
+    # ------------------------------------------------------------ candidate streams
+
+    def _streams(self, x: int, start: Entry | None, after: Position | None) -> list[Iterator[Candidate]]:
+        """Every newest-first stream of records that may notify X (module docstring)."""
+        streams: list[Iterator[Candidate]] = []
+        mine = did_key(x)
+        for collection, path, kind in ((FOLLOW, ".subject", FOLLOWED), (POST, MENTION_PATH, MENTIONED)):
+            sid = self._source_id(collection, path)
+            coll = self._coll_id(collection)
+            if sid is not None and coll is not None:
+                streams.append(self._candidates(self._chunks(mine, sid), start, coll, kind, mine))
+        upper = None if after is None else after[0] + (CURSOR_SLACK_US << _SHIFT)
+        post_sources = [(LIKE, ".subject.uri", SUBJECT), (REPOST, ".subject.uri", SUBJECT),
+                        (POST, ".reply.parent.uri", PARENT), (POST, ".reply.root.uri", ROOT),
+                        *((POST, path, QUOTED) for path in QUOTE_PATHS)]
+        via_sources = [(LIKE, ".via.uri", VIA), (REPOST, ".via.uri", VIA)]
+        for collection, sources, window in ((POST, post_sources, NOTIFICATION_POSTS),
+                                            (REPOST, via_sources, NOTIFICATION_REPOSTS)):
+            span = self._window(x, collection, upper, window)
+            if span is not None:
+                streams += self._range_streams(span[0], span[1], sources, start)
+        other_sources = [(LIKE, ".subject.uri", SUBJECT), (REPOST, ".subject.uri", SUBJECT)]
+        for collection in OTHER_COLLECTIONS:
+            coll = self._coll_id(collection)
+            if coll is None:
+                continue
+            for kind_byte in (b"\x01", b"\x02"):  # rkeys that are TIDs, and the others
+                prefix = kind_byte + varint(x) + varint(coll)
+                streams += self._range_streams(prefix, _prefix_end(prefix), other_sources, start)
+                if collection == STARTERPACK:
+                    streams.append(self._joins(prefix, _prefix_end(prefix), start))
+        return streams
+
+    def _window(self, x: int, collection: str, upper: int | None, size: int) -> tuple[bytes, bytes] | None:
+        """The key range of X's records of a collection (TID rkeys) below ``upper`` (None: no
+        bound) down to its ``size``-th newest live one (all of them when it has fewer), or
+        None when it has no live one there.  Keys of deleted records in the range are read
+        too: a link to one still decides a post's reason (the reference decided it when the
+        post was indexed), and the notification is then dropped with its dead subject."""
+        coll = self._coll_id(collection)
+        if coll is None:
+            return None
+        picked: list[int] = []
+        for sk, _ in self._live(self._of(x, collection, AUTHOR), None if upper is None else (upper, 0)):
+            if sk < 0:
+                break  # non-TID rkeys (aliases) sort last and have no time
+            picked.append(sk)
+            if len(picked) == size:
+                break
+        if not picked:
+            return None
+        prefix = b"\x01" + varint(x) + varint(coll)
+        low = prefix + picked[-1].to_bytes(8, "big") if len(picked) == size else prefix
+        high = _prefix_end(prefix) if upper is None else prefix + min(upper, (1 << 64) - 1).to_bytes(8, "big")
+        return low, high
+
+    def _range_streams(self, low: bytes, high: bytes, sources: list[tuple[str, str, int]],
+                       start: Entry | None) -> list[Iterator[Candidate]]:
+        """One stream per (target key, source) found in [low, high) for these sources."""
+        kinds: dict[int, tuple[int, int]] = {}  # source ID -> (collection ID, kind)
+        for collection, path, kind in sources:
+            sid = self._source_id(collection, path)
+            coll = self._coll_id(collection)
+            if sid is not None and coll is not None:
+                kinds[sid] = (coll, kind)
+        if not kinds:
+            return []
+        found: dict[tuple[bytes, int], list[_Chunk]] = {}
+        marks = ",".join(str(sid) for sid in kinds)  # integers only
+        for tkey, sid, run, lo, data in self.conn.execute(
+                f"SELECT tkey, sid, run, lo, data FROM bl WHERE run IN ({self._runs}) AND tkey >= ? AND tkey < ? "
+                f"AND sid IN ({marks})", (low, high)):
+            found.setdefault((tkey, sid), []).append(_Chunk(run, lo, data))
+        return [self._candidates(chunks, start, *kinds[sid], tkey) for (tkey, sid), chunks in found.items()]
+
+    def _candidates(self, chunks: list[_Chunk], start: Entry | None, coll: int, kind: int,
+                    tkey: bytes) -> Iterator[Candidate]:
+        """A key's live entries below ``start``, newest first, as candidates (records whose
+        rkey is not a TID, which sort last, end the stream)."""
+        if len(chunks) == 1:  # the common case: one chunk, decoded lazily, no merge
+            header = chunks[0].header
+            entries: Iterator[Entry] = iter_entries(chunks[0].data, header.body, header.count)
+        else:
+            entries = self._walk(chunks, start, False)  # skips whole chunks above start
+        hidden = self.hidden
+        for entry in entries:
+            if start is not None and entry >= start:
+                continue
+            sk, aid = entry
+            if sk < 0:
+                return
+            if aid not in hidden:
+                yield sk, aid, coll, kind, tkey
+
+    def _joins(self, low: bytes, high: bytes, start: Entry | None) -> Iterator[Candidate]:
+        """Profiles (rkey ``self``) joined through X's starter packs in [low, high), at their
+        receive time (their rkey has none), newest first; at most NOTIFICATION_JOINS_MAX."""
+        sid = self._source_id(PROFILE, JOIN_PATH)
+        coll = self._coll_id(PROFILE)
+        if sid is None or coll is None:
+            return iter(())
+        found: list[Candidate] = []
+        hidden = self.hidden
+        for tkey, run, lo, data in self.conn.execute(
+                f"SELECT tkey, run, lo, data FROM bl WHERE run IN ({self._runs}) AND tkey >= ? AND tkey < ? "
+                f"AND sid = {sid}", (low, high)):
+            for sk, aid in _Chunk(run, lo, data).entries():
+                if aid in hidden or len(found) >= NOTIFICATION_JOINS_MAX:
+                    continue
+                row = self.conn.execute(
+                    "SELECT b.indexed_us FROM alias a JOIN body b ON b.sk=a.sk AND b.aid=a.aid AND b.coll=a.coll "
+                    "WHERE a.aid=? AND a.coll=? AND a.rkey='self' AND a.sk=?", (aid, coll, sk)).fetchone()
+                if row is not None:
+                    position = row[0] << _SHIFT
+                    if start is None or (position, aid) < start:
+                        found.append((position, aid, coll, JOINED, tkey))
+        found.sort(reverse=True)
+        return iter(found)
+
+    # ------------------------------------------------------------ deciding
+
+    def _reasons(self, x: int, sk: int, aid: int, coll: int,
+                 links: list[tuple[int, bytes]]) -> list[tuple[int, str, bytes | None]]:
+        """The notifications (place, reason, subject key) one record gives X, by the
+        reference's rules (module docstring), from the links that made it a candidate."""
+        kinds = {kind: tkey for kind, tkey in reversed(links)}  # the first link of each kind
+        if FOLLOWED in kinds:
+            return [(_PLACE_OTHER, "follow", None)]
+        if JOINED in kinds:
+            return [(_PLACE_OTHER, "starterpack-joined", kinds[JOINED])]
+        if aid == x:
+            return []  # likes, reposts and posts never notify their own author
+        name = self._coll_name(coll)
+        if name in (LIKE, REPOST):
+            reason = "like" if name == LIKE else "repost"
+            out: list[tuple[int, str, bytes | None]] = []
+            if SUBJECT in kinds:
+                out.append((_PLACE_SUBJECT, reason, kinds[SUBJECT]))
+            if VIA in kinds:
+                out.append((_PLACE_OTHER, f"{reason}-via-repost", kinds[VIA]))
+            return out
+        if MENTIONED in kinds:
+            return [(_PLACE_OTHER, "mention", None)]
+        if QUOTED in kinds:
+            return [(_PLACE_OTHER, "quote", kinds[QUOTED])]
+        if PARENT in kinds:
+            return [(_PLACE_OTHER, "reply", kinds[PARENT])]
+        if ROOT in kinds:
+            ancestor = self._reply_ancestor(x, sk, aid, coll)
+            return [] if ancestor is None else [(_PLACE_OTHER, "reply", ancestor)]
+        return []
+
+    def _reply_ancestor(self, x: int, sk: int, aid: int, post: int) -> bytes | None:
+        """The key of X's nearest post 2..4 levels up a reply's parent chain, walked through
+        live posts (the reference's ancestors), or None."""
+        links = self._links_of(sk, aid, post)
+        for _ in range(1, REPLY_NOTIF_DEPTH):
+            if links is None:
+                return None
+            parent = self._link_target(links, POST, ".reply.parent.uri")
+            parts = None if parent is None else key_record(parent)
+            if parent is None or parts is None or parts[1] != post or parts[0] in self.hidden:
+                return None
+            p_sk = parts[2] if isinstance(parts[2], int) else self._sort_key(parts[0], post, parts[2])
+            links = None if p_sk is None else self._links_of(p_sk, parts[0], post)
+            if links is None:
+                return None  # the chain stops at a post that is not live
+            if parts[0] == x:
+                return parent
+        return None
+
+    def _subject_live(self, tkey: bytes, memo: dict[bytes, bool]) -> bool:
+        """Whether the record a target key names is live (memoised per page)."""
+        live = memo.get(tkey)
+        if live is None:
+            parts = key_record(tkey)
+            live = False
+            if parts is not None and parts[0] not in self.hidden:
+                aid, coll, rk = parts
+                sk = rk if isinstance(rk, int) else self._sort_key(aid, coll, rk)
+                live = sk is not None and self._links_of(sk, aid, coll) is not None
+            memo[tkey] = live
+        return live
+
+    def _notifier_uri(self, sk: int, aid: int, coll: int) -> str:
+        collection = self._coll_name(coll)
+        if collection == PROFILE:
+            return f"at://{self._did(aid)}/{PROFILE}/self"
+        return self._uri(aid, collection, sk)
+
+    def _time_us(self, sk: int, aid: int, coll: int) -> int:
+        return sk >> _SHIFT
+
+
+def _groups(candidates: Iterator[Candidate]) -> Iterator[tuple[tuple[int, int, int], list[tuple[int, bytes]]]]:
+    """Consecutive candidates of one record (sort key, author, collection), with the
+    (kind, target key) of each link that brought it."""
+    key: tuple[int, int, int] | None = None
+    links: list[tuple[int, bytes]] = []
+    for sk, aid, coll, kind, tkey in candidates:
+        if (sk, aid, coll) != key:
+            if key is not None:
+                yield key, links
+            key = (sk, aid, coll)
+            links = []
+        links.append((kind, tkey))
+    if key is not None:
+        yield key, links
+

@@ -32,7 +32,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, TypeVar, cast
 
@@ -99,7 +99,7 @@ class RpcMetrics:
     in_flight: int = 0
     calls: Counter[tuple[str, str]] = field(default_factory=Counter)  # (transport, method)
     codes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (transport, code), errors only
-    seconds: Counter[str] = field(default_factory=Counter)  # per method, float seconds
+    seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))  # per method
 
     def record(self, transport: str, method: str, code: str, seconds: float) -> None:
         """One finished call (``code`` "ok" or an error code)."""
@@ -211,7 +211,7 @@ class Dispatcher:
         raise RpcError("unimplemented", f"{SERVICE}/{method.name} is not implemented by smalldp")
 
 
-class _Handlers(grpc.GenericRpcHandler):
+class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no type stubs
     """Every path answered: bsky.Service's methods dispatched, any other UNIMPLEMENTED."""
 
     def __init__(self, dispatcher: Dispatcher) -> None:
@@ -226,12 +226,12 @@ class _Handlers(grpc.GenericRpcHandler):
             except RpcError as exc:
                 await context.abort(GRPC_CODES[exc.code], exc.message)
                 raise AssertionError("abort returned") from None
-            return response.SerializeToString()
+            return bytes(response.SerializeToString())
         # No (de)serializers: the handler gets the request's bytes and returns the answer's.
         return grpc.unary_unary_rpc_method_handler(answer)
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        path = cast(str, handler_call_details.method)  # type: ignore[attr-defined]
+        path = cast(str, handler_call_details.method)
         # a path outside bsky.Service goes to dispatch too: UNIMPLEMENTED naming it, counted
         return self._by_path.get(path) or self._unary(self._dispatcher, path)
 
@@ -260,7 +260,7 @@ class GrpcServer:
                      ("grpc.max_send_message_length", -1)])
         server.add_generic_rpc_handlers((_Handlers(self.dispatcher),))
         try:
-            port = server.add_insecure_port(self.address)
+            port = int(server.add_insecure_port(self.address))
         except RuntimeError:
             raise GrpcBindError(f"cannot listen for gRPC on {self.address}: "
                                 f"{bind_problem(self.host, self.port)}") from None

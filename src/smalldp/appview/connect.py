@@ -88,14 +88,14 @@ async def handle(request: web.Request) -> web.Response:
     """One Connect unary call (see the module docstring)."""
     dispatcher = request.app[DISPATCHER]
     method = request.match_info["method"]
+    if method not in METHODS:  # 404: the path names nothing (as a Connect router answers)
+        dispatcher.metrics.record("connect", UNKNOWN_METHOD, "unimplemented", 0.0)
+        return error_response("unimplemented", f"{method[:200]!r} is not a method of bsky.Service", 404)
     binary = _codec(request.headers.get("Content-Type", ""))
     if binary is None:
         return web.Response(status=415, text=f"Content-Type must be one of {ACCEPT_POST}\n",
                             headers={"Accept-Post": ACCEPT_POST})
     try:
-        if method not in METHODS:  # 404: the path names nothing (as a Connect router answers)
-            dispatcher.metrics.record("connect", UNKNOWN_METHOD, "unimplemented", 0.0)
-            return error_response("unimplemented", f"{method[:200]!r} is not a method of bsky.Service", 404)
         timeout = _headers(request)
         raw = await _body(request)
         decode = decode_proto(raw) if binary else decode_json(raw)
@@ -106,6 +106,8 @@ async def handle(request: web.Request) -> web.Response:
                               headers={"Accept-Encoding": "identity"} if exc.accept_encoding else None)
     except RpcError as exc:  # counted by the dispatcher
         return error_response(exc.code, exc.message)
+    except ConnectionResetError:  # the client went away while sending: nobody to answer
+        return error_response("cancelled", "connection lost")
     except Exception:
         log.exception("Connect %s: internal error", method)
         return error_response("internal", "internal error (logged)")

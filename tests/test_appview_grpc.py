@@ -42,6 +42,7 @@ from smalldp.appview.rpcs.base import RpcError
 from smalldp.store.writer import Writer
 
 from bsky_node import NODE_DIR, node_or_fail
+from fake_pds import FakeNetwork
 from helpers_server import Events, apply, at_uri, did, tid, POST
 
 pytestmark = pytest.mark.timeout(180)
@@ -143,16 +144,32 @@ def unary(ch: grpc.Channel, method: str, raw: bool = False) -> Any:
                           response_deserializer=getattr(pb, f"{method}Response").FromString)
 
 
+ALICE_KEY = "zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme"
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """serve --no-ingest over a small store; its PLC directory a fake on 127.0.0.1 that
+    knows alice (nothing here may reach the internet)."""
     data = make_store(tmp_path_factory.mktemp("grpc") / "data")
     http_port, grpc_port = free_port(), free_port()
-    proc = serve(data, http_port, "--no-ingest", "--grpc-listen", f"127.0.0.1:{grpc_port}")
-    try:
-        wait_healthy(proc, http_port)
-        yield Served(proc, http_port, grpc_port)
-    finally:
-        assert stop(proc) == 0
+    with FakeNetwork(behaviour={ALICE: "ok"}, keys={ALICE: ALICE_KEY}) as plc:
+        proc = serve(data, http_port, "--no-ingest", "--grpc-listen", f"127.0.0.1:{grpc_port}",
+                     "--plc-url", f"{plc.base}/plc")
+        try:
+            wait_healthy(proc, http_port)
+            yield Served(proc, http_port, grpc_port)
+        finally:
+            assert stop(proc) == 0
+
+
+def test_identity_is_resolved_through_plc_url(served: Served) -> None:
+    """serve gives the identity RPCs their DID-document cache, on the plc_url setting."""
+    answer = served.call("GetIdentityByDid", pb.GetIdentityByDidRequest(did=ALICE))
+    assert answer.did == ALICE
+    assert json.loads(answer.keys) == {"atproto": {"Type": "Multikey", "PublicKeyMultibase": ALICE_KEY}}
+    err = rpc_error(served.call, "GetIdentityByDid", pb.GetIdentityByDidRequest(did=BOB))
+    assert err.code() == grpc.StatusCode.NOT_FOUND  # the fake directory does not know bob
 
 
 def rpc_error(fn: Any, *args: Any, **kw: Any) -> grpc.RpcError:
@@ -349,6 +366,8 @@ def test_connect_errors(served: Served) -> None:
     path = "/bsky.Service/GetThreadMutesOnSubjects"
     status, error = connect_error(served, "/bsky.Service/NoSuchMethod", b"{}", JSON)
     assert (status, error["code"]) == (404, "unimplemented") and "NoSuchMethod" in error["message"]
+    status, error = connect_error(served, "/bsky.Service/NoSuchMethod", b"x", {"Content-Type": "text/plain"})
+    assert (status, error["code"]) == (404, "unimplemented")  # the path first, as a router does
     status, error = connect_error(served, "/bsky.Service/TakedownActor", b"{}", JSON)
     assert (status, error["code"]) == (501, "unimplemented") and "TakedownActor" in error["message"]
     for bad in (b"{", b"[1]", b'{"threadRoots": "notalist"}', b'{"noSuchField": 1}', b"\xff\xfe"):

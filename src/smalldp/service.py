@@ -20,12 +20,15 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import aiohttp
 from aiohttp import web
 
 from smalldp.admin import AdminError, AdminServer, check_socket_path
 from smalldp.api.server import make_app
 from smalldp.appview import connect
 from smalldp.appview.grpc_server import GrpcBindError, GrpcServer
+from smalldp.appview.identity import IdentityCache
+from smalldp.appview.rpcs.identity import SERVICE as IDENTITY_SERVICE
 from smalldp.config import ConfigError, Settings
 from smalldp.ingest import zdict
 from smalldp.ingest.backfill_service import BackfillHandOff
@@ -147,15 +150,20 @@ class Service:
                                "or serve without --no-ingest")
         else:
             upgrade_in_place(path)  # a store from an earlier release: the queries need its new columns
+        # bsky.Service's GetIdentityByDid/-Handle: DID documents from plc_url (or did:web),
+        # cached; the session is closed when the service ends.
+        session = aiohttp.ClientSession()
+        rpc_services = {IDENTITY_SERVICE: IdentityCache(session, plc_url=settings.plc_url)}
         if self._live is not None:
             self.backfill = BackfillHandOff(settings, self._live)
             app = make_app(path, read_threads=settings.read_threads, cache_mb=settings.cache_mb,
                            mmap_mb=settings.mmap_mb, ingest_status=self.metrics.health,
                            sample_sources=[self.metrics.samples], query_gate=self.gate,
-                           backfill_status=self.backfill.health)
+                           backfill_status=self.backfill.health, rpc_services=rpc_services)
         else:
             app = make_app(path, read_threads=settings.read_threads, cache_mb=settings.cache_mb,
-                           mmap_mb=settings.mmap_mb)
+                           mmap_mb=settings.mmap_mb, rpc_services=rpc_services)
+        app.on_cleanup.append(lambda _: session.close())
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_S)
         await runner.setup()
         host, port = settings.listen_host_port()

@@ -4,12 +4,17 @@
 #   cloud-init   `cloud-init schema` for appliance/user-data
 #   mmdebstrap   builds the Debian Bookworm root that scripts/install.sh is run in
 #   chromium     headless browser that loads the status page (tests/test_status_page.py)
+#   postgresql   the reference DataPlane's database (@atproto/bsky's DataPlaneServer) for the
+#                AppView differential tests (tests/appview_harness.py starts its own throwaway
+#                cluster with initdb/pg_ctl; the package's own cluster is not used). Its
+#                binaries live in /usr/lib/postgresql/<major>/bin, so dpkg says whether it is in
 # Usage: scripts/_system_deps.sh   (root, or a user with sudo). Safe to run again.
 set -euo pipefail
 
 # package:command pairs; a package counts as present when its command is on PATH or
 # dpkg says it is installed (either is enough, so a hand-installed tool is respected).
-WANTED=(systemd:systemd-analyze cloud-init:cloud-init mmdebstrap:mmdebstrap chromium:chromium)
+WANTED=(systemd:systemd-analyze cloud-init:cloud-init mmdebstrap:mmdebstrap chromium:chromium
+        postgresql:initdb)
 
 if [ "$(id -u)" = 0 ]; then
   SUDO=()

@@ -269,7 +269,7 @@ async def measure_queries(base: str, targets: dict[str, list[tuple[str, str, str
 def serve_and_measure(data_dir: Path, rounds: int) -> dict[str, object]:
     targets = pick_targets(data_dir)
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "smalldp.cli", "serve", "--no-ingest", "--data-dir",
+    server = subprocess.Popen([sys.executable, "-m", "smalldp.cli", "serve", "--grpc-listen", "off", "--no-ingest", "--data-dir",
                                str(data_dir), "--listen", f"127.0.0.1:{port}", "--log-level", "warning"])
     base = f"http://127.0.0.1:{port}"
     try:

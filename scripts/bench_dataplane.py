@@ -917,7 +917,7 @@ def main(argv: list[str] | None = None) -> int:
             argv += ["--zstd-dictionary", str(dictionary)]
         replay = Child("replay", argv, out / "dp-replay.log")
         wait_for_port(rport, replay.proc)
-        sargv = smalldp("serve", "--data-dir", str(live), "--listen", f"127.0.0.1:{sport}",
+        sargv = smalldp("serve", "--grpc-listen", "off", "--data-dir", str(live), "--listen", f"127.0.0.1:{sport}",
                         "--jetstream", f"ws://127.0.0.1:{rport}", "--log-level", "warning", *args.serve_arg)
         sargv += ["--compress", "--zstd-dictionary", str(dictionary)] if dictionary else ["--no-compress"]
         serve = Child("serve", sargv, out / "dp-serve.log")

@@ -181,7 +181,7 @@ def start_replay(events_file: Path, port: int, log_path: Path, *, speed: str,
 
 def start_live_serve(data_dir: Path, port: int, replay_port: int, log_path: Path,
                      dictionary: Path | None, firehose: bool = False) -> Child:
-    argv = smalldp("serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}")
+    argv = smalldp("serve", "--grpc-listen", "off", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}")
     if firehose:
         argv += ["--firehose", f"ws://127.0.0.1:{replay_port}"]
     else:
@@ -636,7 +636,7 @@ def catchup_one(wire: str, events_file: Path, bounds: dict[str, int], import_dir
             # 1. the running live serve against the imported dir, 2. the live dir reopened
             #    after a clean stop (its writer closed, as the import's has) against it again.
             rp = free_port()
-            ref = Child("serve-imported", smalldp("serve", "--no-ingest", "--data-dir", str(import_dir),
+            ref = Child("serve-imported", smalldp("serve", "--grpc-listen", "off", "--no-ingest", "--data-dir", str(import_dir),
                                                   "--listen", f"127.0.0.1:{rp}"),
                         out / f"live-{tag}-{wire}-serve-imported.log")
             wait_for_port(rp, ref.proc)
@@ -653,11 +653,11 @@ def catchup_one(wire: str, events_file: Path, bounds: dict[str, int], import_dir
             ref.stop()
             finish_purges(import_dir)
             finish_purges(data_dir)
-            ref = Child("serve-imported", smalldp("serve", "--no-ingest", "--data-dir", str(import_dir),
+            ref = Child("serve-imported", smalldp("serve", "--grpc-listen", "off", "--no-ingest", "--data-dir", str(import_dir),
                                                   "--listen", f"127.0.0.1:{rp}"),
                         out / f"live-{tag}-{wire}-serve-imported.log")
             wait_for_port(rp, ref.proc)
-            again = Child("serve-live-reopened", smalldp("serve", "--no-ingest", "--data-dir", str(data_dir),
+            again = Child("serve-live-reopened", smalldp("serve", "--grpc-listen", "off", "--no-ingest", "--data-dir", str(data_dir),
                                                          "--listen", f"127.0.0.1:{sport}"),
                           out / f"live-{tag}-{wire}-serve-reopened.log")
             wait_for_port(sport, again.proc)

@@ -334,7 +334,8 @@ def _serve_and_check_health(ch: Chroot) -> dict:
         [*ch.sudo, "chroot", "--userspec=smalldp:smalldp", str(ch.path), "/usr/bin/env", "-i",
          "PATH=/usr/bin:/bin", "HOME=/var/lib/smalldp", "STATE_DIRECTORY=/var/lib/smalldp",
          EXEC_START, "serve", "--config", "/etc/smalldp/smalldp.toml",
-         "--listen", f"127.0.0.1:{port}", "--jetstream", f"ws://127.0.0.1:{dead_port}/subscribe",
+         "--listen", f"127.0.0.1:{port}", "--grpc-listen", f"127.0.0.1:{_free_port()}",
+         "--jetstream", f"ws://127.0.0.1:{dead_port}/subscribe",
          "--no-compress"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -143,7 +143,7 @@ def _env() -> dict[str, str]:
 
 
 def _serve(data: Path, port: int, url: str, sock: Path, net: FakeNetwork, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "smalldp.cli", "serve", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}",
+    return [sys.executable, "-m", "smalldp.cli", "serve", "--grpc-listen", "off", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}",
             "--jetstream", url, "--no-compress", "--rewind-s", "0", "--batch-events", "100", "--batch-ms", "100",
             "--backoff-max-s", "1", "--admin-socket", str(sock), "--plc-url", f"{net.base}/plc", *extra]
 

@@ -408,7 +408,7 @@ def test_a_reconnect_storm_logs_a_few_lines_and_a_count(tmp_path: Path) -> None:
         async def main() -> tuple[int, str]:
             port = free_port()
             serve = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "smalldp.cli", "serve", "--data-dir", str(tmp_path / "data"),
+                sys.executable, "-m", "smalldp.cli", "serve", "--grpc-listen", "off", "--data-dir", str(tmp_path / "data"),
                 "--listen", f"127.0.0.1:{port}", "--jetstream", f"ws://127.0.0.1:{dead}/subscribe",
                 "--no-compress", "--backoff-max-s", "1", env=_env(SMALLDP_LOG_LEVEL="info"),
                 stderr=asyncio.subprocess.PIPE)
@@ -559,7 +559,7 @@ def test_serve_pauses_on_a_small_disk_and_resumes_when_space_returns(
         serve = None
         try:
             serve = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "smalldp.cli", "serve", "--data-dir", str(data),
+                sys.executable, "-m", "smalldp.cli", "serve", "--grpc-listen", "off", "--data-dir", str(data),
                 "--listen", f"127.0.0.1:{port}", "--jetstream", f"ws://127.0.0.1:{rport}/subscribe",
                 "--no-compress", "--rewind-s", "0", "--batch-events", "500", "--backoff-max-s", "1",
                 env=env)

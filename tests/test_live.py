@@ -94,7 +94,7 @@ def live_settings(data_dir: Path, endpoints: list[str], **overrides: Any) -> Set
     values: dict[str, Any] = {
         "data_dir": str(data_dir), "listen": f"127.0.0.1:{free_port()}", "jetstream": endpoints,
         "compress": False, "rewind_s": 0, "liveness_s": 30, "batch_events": 200, "batch_ms": 50,
-        "backoff_max_s": 1, "log_level": "warning"}
+        "backoff_max_s": 1, "log_level": "warning", "grpc_listen": "off"}
     values.update(overrides)
     return load_settings(values, env={})
 
@@ -304,7 +304,7 @@ def test_health_and_metrics_while_following(tmp_path: Path, ref: Reference) -> N
 # ---------------------------------------------------------------- the real process
 
 def _serve_cmd(data: Path, port: int, url: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "smalldp.cli", "serve", "--data-dir", str(data),
+    return [sys.executable, "-m", "smalldp.cli", "serve", "--grpc-listen", "off", "--data-dir", str(data),
             "--listen", f"127.0.0.1:{port}", "--jetstream", url, "--no-compress", "--rewind-s", "0",
             "--batch-events", "500", "--backoff-max-s", "1", *extra]
 

@@ -44,7 +44,7 @@ def relay_settings(data_dir: Path, relays: list[str], **overrides: Any) -> Setti
     values: dict[str, Any] = {
         "data_dir": str(data_dir), "listen": f"127.0.0.1:{free_port()}", "firehose": relays,
         "jetstream": [GUARD_JETSTREAM], "liveness_s": 30, "batch_events": 40, "batch_ms": 50,
-        "backoff_max_s": 1, "log_level": "warning"}
+        "backoff_max_s": 1, "log_level": "warning", "grpc_listen": "off"}
     values.update(overrides)
     return load_settings(values, env={})
 
@@ -396,7 +396,7 @@ def test_sigkill_mid_stream_then_restart_resumes_from_the_committed_seq(tmp_path
 
     async def serve(relay: FakeRelay, port: int) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "smalldp.cli", "serve", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}",
+            sys.executable, "-m", "smalldp.cli", "serve", "--grpc-listen", "off", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}",
             "--firehose", relay.url, "--jetstream", GUARD_JETSTREAM, "--batch-events", "200", "--batch-ms", "50",
             "--backoff-max-s", "1", env=_env())
 

@@ -332,7 +332,7 @@ def test_restore_refuses_while_serving_and_keeps_a_bak(store: Path, tmp_path: Pa
     async def main() -> None:
         port = free_port()
         serve = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "smalldp.cli", "serve", "--no-ingest", "--data-dir", str(store),
+            sys.executable, "-m", "smalldp.cli", "serve", "--grpc-listen", "off", "--no-ingest", "--data-dir", str(store),
             "--listen", f"127.0.0.1:{port}", env=_env())
         try:
             deadline = time.monotonic() + 30

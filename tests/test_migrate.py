@@ -231,7 +231,7 @@ def test_serve_without_ingest_upgrades_the_store_it_reads(tmp_path: Path) -> Non
     old_store(tmp_path)
     port = free_port()
     settings = load_settings({"data_dir": str(tmp_path), "listen": f"127.0.0.1:{port}",
-                              "log_level": "warning"}, env={})
+                              "log_level": "warning", "grpc_listen": "off"}, env={})
 
     async def main() -> dict:
         service = Service(settings, ingest=False, notifier=Notifier({}))

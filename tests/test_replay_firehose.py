@@ -144,7 +144,7 @@ def test_cli_replay_firehose_to_serve_firehose_equals_import(tmp_path: Path) -> 
 
         async def main() -> dict[str, Any]:
             serve = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "smalldp.cli", "serve", "--data-dir", str(tmp_path / "live"),
+                sys.executable, "-m", "smalldp.cli", "serve", "--grpc-listen", "off", "--data-dir", str(tmp_path / "live"),
                 "--listen", f"127.0.0.1:{sport}", "--firehose", f"ws://127.0.0.1:{rport}",
                 "--jetstream", "ws://127.0.0.1:9/subscribe", "--batch-events", "500", env=env)
             try:

@@ -382,7 +382,7 @@ def test_status_page_in_chromium_matches_health(tmp_path: Path) -> None:
             sys.executable, "-m", "smalldp.cli", "replay", str(capture), "--listen", f"127.0.0.1:{rport}",
             env=env, stdout=asyncio.subprocess.DEVNULL)
         serve = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "smalldp.cli", "serve", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}",
+            sys.executable, "-m", "smalldp.cli", "serve", "--grpc-listen", "off", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}",
             "--jetstream", f"ws://127.0.0.1:{rport}/subscribe", "--no-compress", "--rewind-s", "0",
             "--batch-events", "2000", "--backoff-max-s", "1", env=env)
         try:

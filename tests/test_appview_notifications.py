@@ -73,6 +73,18 @@ def walk(dp: DataPlaneReader, actor: str, limit: int, priority: bool = False, cu
     raise AssertionError("no last page")
 
 
+def expected(model: AppViewModel, actor: str, posts: int | None = None, reposts: int | None = None) -> list[dict[str, Any]]:
+    """The model's notifications with smalldp's window (store/dataplane/notifications.py):
+    the account's posts (reposts) from its ``posts``-th newest live one (its oldest live one
+    when it has fewer; none without a live one), the rest ignored."""
+    def floor(collection: str, n: int) -> int:
+        live = sorted((tid_to_int(rid[2]) for rid, _ in model.live(collection, actor)), reverse=True)
+        return live[min(n, len(live)) - 1] if live else 1 << 64  # type: ignore[return-value]
+    return model.get_notifications(
+        actor, post_floor=floor(am.POST, notif.NOTIFICATION_POSTS if posts is None else posts),
+        repost_floor=floor(am.REPOST, notif.NOTIFICATION_REPOSTS if reposts is None else reposts))
+
+
 # ---------------------------------------------------------------- random histories
 
 
@@ -235,7 +247,7 @@ def test_notifications_match_the_model(stores: list[Store]) -> None:
     compared = 0
     for s in stores:
         for actor in s.people:
-            want = s.model.get_notifications(actor)
+            want = expected(s.model, actor)
             for limit in (1, 2, 3, 7, 0, 100):
                 assert walk(s.dp, actor, limit) == want, (s.name, actor, limit)
             assert walk(s.dp, actor, s.rng.choice([1, 4, 50]), priority=True) == \
@@ -251,7 +263,7 @@ def test_work_bound_cuts_pages_short(stores: list[Store], monkeypatch: pytest.Mo
     monkeypatch.setattr(notif, "NOTIFICATION_GROUPS_MAX", groups)
     for s in stores[:2]:
         for actor in s.u.dids:
-            assert walk(s.dp, actor, s.rng.choice([1, 3, 50])) == s.model.get_notifications(actor), (s.name, actor)
+            assert walk(s.dp, actor, s.rng.choice([1, 3, 50])) == expected(s.model, actor), (s.name, actor)
 
 
 @pytest.mark.parametrize("posts,reposts", [(1, 1), (3, 2), (5, 1)])
@@ -264,12 +276,8 @@ def test_post_window(stores: list[Store], monkeypatch: pytest.MonkeyPatch, posts
     narrowed = 0
     for s in stores:
         for actor in s.u.dids:
-            def floor(collection: str, n: int) -> int:
-                live = sorted((tid_to_int(rid[2]) for rid, _ in s.model.live(collection, actor)), reverse=True)
-                return live[n - 1] if len(live) >= n else 0  # type: ignore[return-value]
-            want = s.model.get_notifications(actor, post_floor=floor(am.POST, posts),
-                                             repost_floor=floor(am.REPOST, reposts))
-            narrowed += len(s.model.get_notifications(actor)) - len(want)
+            want = expected(s.model, actor, posts, reposts)
+            narrowed += len(expected(s.model, actor, 10 ** 6, 10 ** 6)) - len(want)
             assert walk(s.dp, actor, s.rng.choice([1, 2, 50])) == want, (s.name, actor, posts)
     assert narrowed > 0
 
@@ -279,12 +287,12 @@ def test_iso_cursor_is_older_than_then(stores: list[Store]) -> None:
     reference's format) gives what is strictly older than that moment."""
     s = stores[1]
     for actor in s.u.dids[:4]:
-        want = s.model.get_notifications(actor)
+        want = expected(s.model, actor)
         times = sorted({n["timeUs"] for n in want})
         for moment in times[:: max(1, len(times) // 5)] + [BASE_US + 10 ** 12]:
             cursor = iso(moment // 1000 * 1000)
-            expected = [n for n in want if n["timeUs"] < moment // 1000 * 1000]
-            assert walk(s.dp, actor, 3, cursor=cursor) == expected, (actor, cursor)
+            older = [n for n in want if n["timeUs"] < moment // 1000 * 1000]
+            assert walk(s.dp, actor, 3, cursor=cursor) == older, (actor, cursor)
         # with a UTC offset and without fraction digits
         assert walk(s.dp, actor, 50, cursor="2030-01-01T02:00:00+02:00") == want
 
@@ -418,7 +426,7 @@ def test_by_hand(tmp_path: Path) -> None:
     dp = DataPlaneReader(path)
     try:
         got = walk(dp, x, 2)
-        assert got == model.get_notifications(x)
+        assert got == expected(model, x)
         by_uri = {(n["uri"], n["reason"]): n for n in got}
         assert by_uri[(a_reply, "reply")]["reasonSubject"] == x1
         assert by_uri[(b_deep, "reply")]["reasonSubject"] == x1  # two levels down, to the root
@@ -435,14 +443,14 @@ def test_by_hand(tmp_path: Path) -> None:
         # priority: X follows only abe (and the self-follow makes X follow itself)
         step(writer, model, [ev.follow(x, t(26, 4), a)])
         got = walk(dp, x, 50, priority=True)
-        assert got == [n for n in model.get_notifications(x) if n["priority"]]
+        assert got == [n for n in expected(model, x) if n["priority"]]
         assert {split_uri(n["uri"])[0] for n in got} == {a, x}  # type: ignore[index]
         # the quoted post deleted: the quote is dropped, and does not fall back to the reply
         # (the reference decided "quote" when it indexed the post); an inactive author's
         # records notify nothing
         step(writer, model, [ev.delete(x, P, t(2)), ev.account(c, False, 5, "deactivated")])
         got = walk(dp, x, 3)
-        assert got == model.get_notifications(x)
+        assert got == expected(model, x)
         uris = {n["uri"] for n in got}
         assert f"at://{z}/{P}/{t(31)}" not in uris
         assert f"at://{c}/{am.REPOST}/{t(23, 3)}" not in uris and c_deeper not in uris
@@ -450,7 +458,7 @@ def test_by_hand(tmp_path: Path) -> None:
         # a reply below a reply of a deactivated author: the chain breaks there
         step(writer, model, [ev.account(a, False, 6, "deactivated")])
         got = walk(dp, x, 3)
-        assert got == model.get_notifications(x) and b_deep not in {n["uri"] for n in got}
+        assert got == expected(model, x) and b_deep not in {n["uri"] for n in got}
     finally:
         dp.close()
         writer.close()

@@ -26,7 +26,8 @@ range per collection.  One query per range reads the chunks of the sources that 
 * under X's DID key: follows (``.subject``) and post mentions (``.facets[].features
   [app.bsky.richtext.facet#mention].did``), whole;
 * X's **newest NOTIFICATION_POSTS posts** (the author links ``@`` give them newest first)
-  older than the cursor (plus a slack of CURSOR_SLACK_US for clocks): their likes, reposts
+  older than the cursor (plus a slack of CURSOR_SLACK_US for clocks), and the keys of
+  deleted posts among them (see ``_window``): their likes, reposts
   (``.subject.uri``), replies (``.reply.parent.uri``, ``.reply.root.uri``) and quotes
   (``.embed.record.uri``, ``.embed.record.record.uri``);
 * X's newest NOTIFICATION_REPOSTS reposts older than the cursor: likes and reposts via them
@@ -41,18 +42,29 @@ A record's position is its rkey TID (its creation time at its PDS), ties by acco
 starter-pack join's is the profile's receive time.  Inactive authors are skipped, as are
 notifications whose subject record is not live.  ``priority`` is "X follows the author".
 
-**Approximate, by design** (README): interactions with posts older than X's newest
-NOTIFICATION_POSTS posts before the cursor (reposts: NOTIFICATION_REPOSTS) are not found;
-replies more than one level down are found only in threads X started (through the
-``.reply.root.uri`` links of X's posts; the reference also notifies X of replies below X's
-replies in other people's threads); records whose rkey is not a TID have no time and are
-left out (starter-pack joins excepted); thread gates, hidden replies and post gates are not
-applied (the reference skips reply notifications that break a thread gate); a second like
-of one post by one account notifies again (the reference indexes only the first); the
-reason is decided when read, from the records as they are now (the reference decides when
-the post is indexed); a join's time is its profile's latest update.  Work per page is
-bounded: at most NOTIFICATION_GROUPS_MAX records examined, then the page ends with a cursor
-where it stopped.
+**Approximate, by design** (README):
+
+* interactions with posts older than X's newest NOTIFICATION_POSTS posts before the cursor
+  (reposts: NOTIFICATION_REPOSTS) are not found, nor links to X's deleted posts older than
+  its oldest live one (a quote of one, which the reference drops, may then show as the
+  reply it also is; a reply whose thread root is such a post is not found);
+* replies more than one level down are found only in threads X started (through the
+  ``.reply.root.uri`` links of X's posts); the reference also notifies X of replies below
+  X's replies in other people's threads;
+* likes and reposts are found of X's posts, feed generators, lists, starter packs and
+  labeler services (the reference: of any record of X's);
+* records whose rkey is not a TID have no time and are left out (starter-pack joins
+  excepted, at their profile's receive time: its latest update, where the reference keeps
+  the first);
+* thread gates, hidden replies and post gates are not applied (the reference skips reply
+  notifications that break a thread gate, and quote notifications that break a post gate);
+* a second like of one post by one account notifies again (the reference indexes only
+  the first);
+* the reason is decided when read, from the records as they are now (the reference
+  decides when it indexes the post);
+* work per page is bounded: at most NOTIFICATION_GROUPS_MAX records examined, then the
+  page ends with a cursor where it stopped; the ``priority`` filter can make such pages
+  short or empty.
 
 **Cursors** are ``<sort key>_<account>_<collection>_<place>`` (decimal), never a date
 ``new Date()`` reads: the AppView rewrites a cursor that parses as a date (its
@@ -69,8 +81,8 @@ from typing import Iterator
 
 from smalldp.derived import AUTHOR, FOLLOW, GENERATOR, LIST, POST, PROFILE, REPOST, STARTERPACK
 from smalldp.store.dataplane.base import DataPlaneBase
-from smalldp.store.encoding import Entry, did_key, iter_entries, key_record, varint
-from smalldp.store.reader import BadCursor, _Chunk
+from smalldp.store.encoding import Entry, chunk_floor, did_key, get_varint, iter_entries, key_record, varint
+from smalldp.store.reader import BadCursor
 
 LIKE = "app.bsky.feed.like"
 LABELER = "app.bsky.labeler.service"
@@ -89,10 +101,12 @@ OTHER_COLLECTIONS = (GENERATOR, LIST, STARTERPACK, LABELER)  # records of X that
 # Kinds of link from a notifying record to X (or X's record).
 FOLLOWED, MENTIONED, QUOTED, PARENT, ROOT, SUBJECT, VIA, JOINED = range(8)
 # Places of a record's notifications within its position (the cursor's last field): a
-# like or repost of X's record comes before one via X's repost; 0 is "before all of them".
+# like or repost of X's record comes before one via X's repost; a cursor with place 0 is
+# below all of a record's notifications (a page the work bound ended).
 _PLACE_SUBJECT, _PLACE_OTHER = 2, 1
 _SHIFT = 10  # a TID is (microseconds << 10) | clock
 
+Row = tuple[int, int, bytes]  # a backlink chunk: (run, lo, data)
 Candidate = tuple[int, int, int, int, bytes]  # (sort key, author, collection ID, kind, target key)
 Position = tuple[int, int, int, int]  # (sort key, author, collection ID, place)
 
@@ -234,11 +248,8 @@ class NotificationQueries(DataPlaneBase):
         """Every newest-first stream of records that may notify X (module docstring)."""
         streams: list[Iterator[Candidate]] = []
         mine = did_key(x)
-        for collection, path, kind in ((FOLLOW, ".subject", FOLLOWED), (POST, MENTION_PATH, MENTIONED)):
-            sid = self._source_id(collection, path)
-            coll = self._coll_id(collection)
-            if sid is not None and coll is not None:
-                streams.append(self._candidates(self._chunks(mine, sid), start, coll, kind, mine))
+        streams += self._range_streams(mine, _prefix_end(mine), [(FOLLOW, ".subject", FOLLOWED),
+                                                                 (POST, MENTION_PATH, MENTIONED)], start)
         upper = None if after is None else after[0] + (CURSOR_SLACK_US << _SHIFT)
         post_sources = [(LIKE, ".subject.uri", SUBJECT), (REPOST, ".subject.uri", SUBJECT),
                         (POST, ".reply.parent.uri", PARENT), (POST, ".reply.root.uri", ROOT),
@@ -262,27 +273,33 @@ class NotificationQueries(DataPlaneBase):
         return streams
 
     def _window(self, x: int, collection: str, upper: int | None, size: int) -> tuple[bytes, bytes] | None:
-        """The key range of X's records of a collection (TID rkeys) below ``upper`` (None: no
-        bound) down to its ``size``-th newest live one (all of them when it has fewer), or
-        None when it has no live one there.  Keys of deleted records in the range are read
-        too: a link to one still decides a post's reason (the reference decided it when the
-        post was indexed), and the notification is then dropped with its dead subject."""
+        """The key range of X's records of a collection (TID rkeys) from its ``size``-th
+        newest live one below ``upper`` (its oldest live one when it has fewer) up to
+        ``upper`` (None: no bound), or None when it has no live one there.
+
+        Keys of records not live in the range are read too: a link to one still decides a
+        post's reason (the reference decided it when it indexed the post), and the
+        notification then goes with its dead subject.  Below the oldest live record they
+        are not: an account's posts from before smalldp followed the network are targets
+        without records (their likes were seen, not them), often hundreds of them, and
+        every notification about them would be dropped anyway."""
         coll = self._coll_id(collection)
         if coll is None:
             return None
-        picked: list[int] = []
+        last: int | None = None
+        count = 0
         for sk, _ in self._live(self._of(x, collection, AUTHOR), None if upper is None else (upper, 0)):
             if sk < 0:
                 break  # non-TID rkeys (aliases) sort last and have no time
-            picked.append(sk)
-            if len(picked) == size:
+            last = sk
+            count += 1
+            if count == size:
                 break
-        if not picked:
+        if last is None:
             return None
         prefix = b"\x01" + varint(x) + varint(coll)
-        low = prefix + picked[-1].to_bytes(8, "big") if len(picked) == size else prefix
         high = _prefix_end(prefix) if upper is None else prefix + min(upper, (1 << 64) - 1).to_bytes(8, "big")
-        return low, high
+        return prefix + last.to_bytes(8, "big"), high
 
     def _range_streams(self, low: bytes, high: bytes, sources: list[tuple[str, str, int]],
                        start: Entry | None) -> list[Iterator[Candidate]]:
@@ -295,28 +312,20 @@ class NotificationQueries(DataPlaneBase):
                 kinds[sid] = (coll, kind)
         if not kinds:
             return []
-        found: dict[tuple[bytes, int], list[_Chunk]] = {}
+        found: dict[tuple[bytes, int], list[Row]] = {}
         marks = ",".join(str(sid) for sid in kinds)  # integers only
         for tkey, sid, run, lo, data in self.conn.execute(
                 f"SELECT tkey, sid, run, lo, data FROM bl WHERE run IN ({self._runs}) AND tkey >= ? AND tkey < ? "
                 f"AND sid IN ({marks})", (low, high)):
-            found.setdefault((tkey, sid), []).append(_Chunk(run, lo, data))
-        return [self._candidates(chunks, start, *kinds[sid], tkey) for (tkey, sid), chunks in found.items()]
+            found.setdefault((tkey, sid), []).append((run, lo, data))
+        return [self._candidates(rows, start, *kinds[sid], tkey) for (tkey, sid), rows in found.items()]
 
-    def _candidates(self, chunks: list[_Chunk], start: Entry | None, coll: int, kind: int,
+    def _candidates(self, rows: list[Row], start: Entry | None, coll: int, kind: int,
                     tkey: bytes) -> Iterator[Candidate]:
         """A key's live entries below ``start``, newest first, as candidates (records whose
         rkey is not a TID, which sort last, end the stream)."""
-        if len(chunks) == 1:  # the common case: one chunk, decoded lazily, no merge
-            header = chunks[0].header
-            entries: Iterator[Entry] = iter_entries(chunks[0].data, header.body, header.count)
-        else:
-            entries = self._walk(chunks, start, False)  # skips whole chunks above start
         hidden = self.hidden
-        for entry in entries:
-            if start is not None and entry >= start:
-                continue
-            sk, aid = entry
+        for sk, aid in _newest_first(rows, start):
             if sk < 0:
                 return
             if aid not in hidden:
@@ -334,7 +343,7 @@ class NotificationQueries(DataPlaneBase):
         for tkey, run, lo, data in self.conn.execute(
                 f"SELECT tkey, run, lo, data FROM bl WHERE run IN ({self._runs}) AND tkey >= ? AND tkey < ? "
                 f"AND sid = {sid}", (low, high)):
-            for sk, aid in _Chunk(run, lo, data).entries():
+            for sk, aid in _entries(data):
                 if aid in hidden or len(found) >= NOTIFICATION_JOINS_MAX:
                     continue
                 row = self.conn.execute(
@@ -420,6 +429,44 @@ class NotificationQueries(DataPlaneBase):
 
     def _time_us(self, sk: int, aid: int, coll: int) -> int:
         return sk >> _SHIFT
+
+
+def _entries(data: bytes) -> Iterator[Entry]:
+    """A chunk's entries newest first, decoded lazily; its header is skipped, not parsed
+    (its actor bitmap is not needed to walk it)."""
+    if data[0] < 0x80 and data[1] == 0 and data[2] == 0:  # few entries, no duplicates, no bitmap
+        return iter_entries(data, 3, data[0])
+    count, pos = get_varint(data, 0)
+    extra, pos = get_varint(data, pos)
+    for _ in range(2 * extra):
+        pos = get_varint(data, pos)[1]
+    size, pos = get_varint(data, pos)
+    return iter_entries(data, pos + size, count)
+
+
+def _newest_first(rows: list[Row], start: Entry | None) -> Iterator[Entry]:
+    """The entries of one key's chunks (every run) merged newest first, strictly below
+    ``start``.  In a run, chunk i holds sort keys in [its floor, the floor of chunk i-1):
+    chunks wholly at or above ``start`` are skipped undecoded."""
+    if len(rows) == 1:
+        merged: Iterator[Entry] = _entries(rows[0][2])
+    else:
+        by_run: dict[int, list[tuple[int, bytes]]] = {}
+        for run, lo, data in rows:
+            by_run.setdefault(run, []).append((lo, data))
+        streams = [_run_entries(chunks, start) for chunks in by_run.values()]
+        merged = streams[0] if len(streams) == 1 else heapq.merge(*streams, reverse=True)
+    if start is None:
+        return merged
+    return (entry for entry in merged if entry < start)
+
+
+def _run_entries(chunks: list[tuple[int, bytes]], start: Entry | None) -> Iterator[Entry]:
+    chunks.sort(key=lambda chunk: chunk_floor(chunk[0]), reverse=True)
+    for lo, data in chunks:
+        if start is not None and chunk_floor(lo) > start[0]:
+            continue  # everything here is newer than the cursor
+        yield from _entries(data)
 
 
 def _groups(candidates: Iterator[Candidate]) -> Iterator[tuple[tuple[int, int, int], list[tuple[int, bytes]]]]:

@@ -840,7 +840,9 @@ def latencies(url: str, nsid: str, params: Iterable[tuple[str, str]], viewer: st
 # by normalised path (list positions as [], fnmatch patterns), each with its reason.
 # README (src/smalldp/appview/README-dev.md) explains each.
 ALLOWED: dict[str, str] = {
-    "cursor": "opaque to the AppView and its clients: each DataPlane encodes its own position",
+    "cursor": "opaque to the AppView and its clients: each DataPlane encodes its own position; "
+              "after the last item the reference still gives one (its next page is empty), "
+              "a DataPlane may give none",
 }
 
 
@@ -942,7 +944,7 @@ class Comparison:
                 "allowed": {p: {"times": n, "reason": allowed(p) or ""} for p, n in self.allowed_counts.items()},
                 "differences": self.differing}
 
-    def report(self, max_queries: int = 15, max_lines: int = 12) -> str:
+    def report(self, max_queries: int = 15, max_lines: int = 12, other: str = "smalldp") -> str:
         lines = [f"{self.equal} of {self.queries} answers equal field by field "
                  f"(allowed differences: {dict(self.allowed_counts) or 'none'}; "
                  f"{len(self.reference_errors)} the reference could not answer, not compared)"]
@@ -952,7 +954,7 @@ class Comparison:
         for name, diffs in list(self.differing.items())[:max_queries]:
             lines.append(f"--- {name}")
             for d in diffs[:max_lines]:
-                lines.append(f"    {d['path']}: reference {_short(d['reference'])} | smalldp {_short(d['other'])}")
+                lines.append(f"    {d['path']}: reference {_short(d['reference'])} | {other} {_short(d['other'])}")
             if len(diffs) > max_lines:
                 lines.append(f"    ... {len(diffs) - max_lines} more")
         if len(self.differing) > max_queries:
@@ -966,9 +968,26 @@ def _short(value: Any, n: int = 160) -> str:
 
 
 def canonical(body: Any) -> Any:
-    """An answer with the order nobody defines made definite: notifications with equal
-    ``indexedAt`` (the reference pages them by sortAt alone, IsoSortAtKey, so Postgres
-    returns ties in any order; two reference builds disagree) sorted by uri."""
+    """An answer with the order nobody defines made definite:
+
+    * notifications with equal ``indexedAt``: the reference pages them by sortAt alone
+      (IsoSortAtKey), so Postgres returns ties in any order (two reference builds disagree);
+      sorted by uri;
+    * ``viewer.knownFollowers.followers`` anywhere: the reference's GetFollowsFollowing has
+      no ORDER BY; sorted by DID, and when ``count`` exceeds what is shown, which ones are
+      shown is arbitrary too, so only the count is kept."""
+    if isinstance(body, dict):
+        known = body.get("knownFollowers")
+        if isinstance(known, dict) and isinstance(known.get("followers"), list):
+            shown = known["followers"]
+            if isinstance(known.get("count"), int) and known["count"] > len(shown):
+                shown = [f"{len(shown)} of {known['count']}, chosen arbitrarily"]
+            else:
+                shown = sorted(shown, key=lambda f: str(f.get("did")) if isinstance(f, dict) else str(f))
+            body = {**body, "knownFollowers": {**known, "followers": shown}}
+        body = {k: canonical(v) if isinstance(v, (dict, list)) else v for k, v in body.items()}
+    elif isinstance(body, list):
+        return [canonical(x) if isinstance(x, (dict, list)) else x for x in body]
     if isinstance(body, dict) and isinstance(body.get("notifications"), list):
         notes = body["notifications"]
         out: list[Any] = []
@@ -981,6 +1000,13 @@ def canonical(body: Any) -> Any:
             i = j
         body = {**body, "notifications": out}
     return body
+
+
+def _empty_page(a: Answer) -> bool:
+    """A page with nothing in it: one side gave a cursor after its last item (the reference
+    does whenever it returned any rows), the other gave none; clients see the same list."""
+    return a.status == 200 and isinstance(a.body, dict) and all(
+        not v for k, v in a.body.items() if isinstance(v, list))
 
 
 def compare(ref: dict[str, list[Answer]], other: dict[str, list[Answer]],
@@ -1007,11 +1033,14 @@ def compare(ref: dict[str, list[Answer]], other: dict[str, list[Answer]],
                     cmp.allowed_counts[normalise(path)] += 1
                 else:
                     diffs.append({"path": prefix + path, "reference": x, "other": y})
-        if len(ref_pages) != len(other_pages):
-            diffs.append({"path": "pages", "reference": len(ref_pages), "other": len(other_pages)})
+        longer = ref_pages if len(ref_pages) > len(other_pages) else other_pages
+        extra = longer[min(len(ref_pages), len(other_pages)):]
+        if extra and not all(_empty_page(a) for a in extra):
+            diffs.append({"path": "pages", "reference": len(ref_pages), "other": len(other_pages),
+                          "extra": [_short(a.body, 300) for a in extra]})
         if diffs:
             cmp.differing[name] = diffs
-            for p in {normalise(d["path"].split(":", 1)[-1]) for d in diffs}:
+            for p in {normalise(re.sub(r"^page\d+:", "", d["path"])) for d in diffs}:
                 cmp.paths[p] += 1
         else:
             cmp.equal += 1
@@ -1146,8 +1175,10 @@ def sanity(q: Query, answers: list[Answer], stream: Stream) -> list[str]:
             if params.get("filter") == "posts_no_replies" and "reply" in post.get("record", {}) \
                     and not reason:
                 problems.append(f"reply {post.get('uri')} in posts_no_replies")
-        if not items("feed") and any(u.startswith(f"at://{actor}/app.bsky.feed.post/") for u in stream.live):
-            problems.append("empty feed but the actor has live posts")
+        wanted = [u for u, rec in stream.records("app.bsky.feed.post") if u.startswith(f"at://{actor}/")
+                  and (params.get("filter") != "posts_no_replies" or "reply" not in rec)]
+        if not items("feed") and wanted:
+            problems.append(f"empty feed but the actor has {len(wanted)} live posts of this filter")
     elif nsid == "app.bsky.feed.getPostThread":
         thread = bodies[0].get("thread", {})
         if thread.get("post", {}).get("uri") != params["uri"]:

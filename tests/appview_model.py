@@ -49,9 +49,13 @@ STARTERPACK = "app.bsky.graph.starterpack"
 LABELER = "app.bsky.labeler.service"
 MENTION = "app.bsky.richtext.facet#mention"
 
+# smalldp's default body_collections (store/writer.py DEFAULT_BODY_COLLECTIONS)
 BODY_COLLECTIONS = frozenset({
     POST, PROFILE, LIST, GENERATOR, STARTERPACK, "app.bsky.feed.threadgate",
-    "app.bsky.feed.postgate", "app.bsky.labeler.service"})
+    "app.bsky.feed.postgate", "app.bsky.labeler.service",
+    LIKE, REPOST, FOLLOW, BLOCK, LISTITEM, LISTBLOCK,
+    "app.bsky.actor.status", "chat.bsky.actor.declaration", "app.bsky.notification.declaration",
+    "com.germnetwork.declaration", "app.bsky.graph.verification"})
 
 IMAGES = "app.bsky.embed.images"
 VIDEO = "app.bsky.embed.video"
@@ -733,12 +737,14 @@ class AppViewModel:
                 continue
             time = tid_to_int(rkey) >> 10  # type: ignore[operator]
             if collection == FOLLOW:
-                if value.get("subject") == actor:  # a self-follow notifies too
+                if value.get("subject") == actor and not self._older_twin(rid, "subject"):  # a self-follow too
                     add(rid, time, 1, "follow", None)
                 continue
             if author == actor:
                 continue
             if collection in (LIKE, REPOST):
+                if self._older_twin(rid, "subject", "uri"):
+                    continue  # the reference indexes one like (repost) per account and subject
                 name = "like" if collection == LIKE else "repost"
                 subject = _get(value, "subject", "uri")
                 if mine(subject, (POST, GENERATOR, LIST, STARTERPACK, LABELER)):
@@ -760,12 +766,38 @@ class AppViewModel:
                     add(rid, time, 1, "quote", quoted)
                 elif mine(parent, (POST,)):
                     add(rid, time, 1, "reply", parent)
-                elif mine(_get(value, "reply", "root", "uri"), (POST,)):
+                elif mine(_get(value, "reply", "root", "uri"), (POST,)) or \
+                        self._under_reply_of(actor, parent, post_floor):
                     ancestor = self._reply_ancestor(actor, parent)
                     if ancestor is not None:
                         add(rid, time, 1, "reply", ancestor)
         found.sort(key=lambda item: item[0], reverse=True)
         return [item for _, item in found]
+
+    def _older_twin(self, rid: RecordId, *path: str) -> bool:
+        """Whether the author has another live record of the collection with the same value
+        at ``path`` and an older rkey (the reference indexes only the first)."""
+        value = _get(self.records[rid].value, *path)
+        sk = tid_to_int(rid[2])
+        return any(other[0] == rid[0] and tid_to_int(other[2]) is not None and sk is not None
+                   and tid_to_int(other[2]) < sk and _get(rec.value, *path) == value  # type: ignore[operator]
+                   for other, rec in self.live(rid[1], rid[0]) if other != rid)
+
+    def _under_reply_of(self, actor: str, parent: Any, floor: int) -> bool:
+        """Whether a reply whose parent is ``parent`` lies 2..4 levels below a post of the
+        actor that is a reply itself (rkey time >= floor), through live posts: smalldp
+        finds those by walking down from the actor's replies."""
+        for height in range(1, 5):
+            rid = split_uri(parent)
+            rec = self.get_record(parent) if rid is not None and rid[1] == POST else None
+            if rec is None or rid is None:
+                return False
+            up = _get(rec.value, "reply", "parent", "uri")
+            if height >= 2 and rid[0] == actor and isinstance(up, str) and \
+                    (tid_to_int(rid[2]) or 0) >= floor:
+                return True
+            parent = up
+        return False
 
     def _reply_ancestor(self, actor: str, parent: Any) -> str | None:
         """The actor's nearest post 1..4 levels up from a reply whose parent is ``parent``,

@@ -1033,12 +1033,12 @@ def test_junk_query_strings_never_500(tmp_path: Path) -> None:
 
 
 def test_get_record_without_body(tmp_path: Path) -> None:
-    """A live record whose body smalldp does not keep (likes, follows, listitems, any
-    collection outside body_collections) answers what the forward index holds: uri, rev
-    and its links, bodyKept false, no cid, indexedAt or value. Rkeys that are not TIDs,
-    updates, deletes and inactive accounts behave as for records with bodies."""
+    """A live record whose body smalldp does not keep (any collection outside
+    body_collections: here likes, follows, listitems too) answers what the forward index
+    holds: uri, rev and its links, bodyKept false, no cid, indexedAt or value. Rkeys that
+    are not TIDs, updates, deletes and inactive accounts behave as for records with bodies."""
     path = tmp_path / "smalldp.sqlite"
-    writer = Writer(path)
+    writer = Writer(path, body_collections=(POST,))
     ev = Events()
     author, friend, other = did("nobody1"), did("nobody2"), did("nobody3")
     post = at_uri(friend, POST, tid(1))

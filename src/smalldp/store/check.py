@@ -21,6 +21,7 @@ from smalldp.derived import POST, REPOST, is_derived, is_reverse
 from smalldp.store import timeline
 from smalldp.store.check_report import CheckReport, Fact, Names
 from smalldp.store.backlinks import chunk_lo
+from smalldp.store.bodies import COMPACT, SMALL_RECORDS
 from smalldp.store.encoding import chunk_floor, did_key, get_varint
 from smalldp.store.progress import Progress, Throttle
 from smalldp.store.schema import MIGRATIONS, SCHEMA_VERSION
@@ -68,7 +69,8 @@ def check_store(path: Path, *, quick: bool = False, integrity: bool = True, limi
       * ``run.blocks`` equals each run's chunk rows, and every run in bl is in ``run``;
       * timeline segments decode, and each live post or repost with a TID rkey is in its
         bucket;
-      * bodies belong to live records and name a known compression dictionary.
+      * bodies belong to live records and name a known compression dictionary (or are
+        compact bodies of a small-record collection, store/bodies.py).
     """
     started = time.monotonic()
     report = CheckReport(str(path), limit)
@@ -181,7 +183,7 @@ class _Checker:
             if body is not None and body[0] == key:
                 if links is None:
                     report.add("body-deleted", f"body of a deleted record: {names.record(*key)}")
-                if body[1] not in self.zdicts:
+                if body[1] not in self.zdicts and not (body[1] >= COMPACT and names.nsid(coll) in SMALL_RECORDS):
                     report.add("body-dictionary", f"body of {names.record(*key)} names compression "
                                                   f"dictionary {body[1]}, which meta does not hold")
                 body = next(bodies, None)

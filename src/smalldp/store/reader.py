@@ -21,7 +21,7 @@ import orjson
 from pyroaring import BitMap
 
 from smalldp.derived import is_derived
-from smalldp.store.bodies import BodyDecompressor, cid_of
+from smalldp.store.bodies import BodyDecompressor
 from smalldp.store.encoding import (
     BlockHeader,
     Entry,
@@ -532,11 +532,12 @@ class Reader:
         body = self.conn.execute("SELECT cid, indexed_us, data FROM body WHERE sk=? AND aid=? AND coll=?",
                                  (sk, aid, coll)).fetchone()
         if body is not None:
-            cid, indexed_us, data = body
+            stored_cid, indexed_us, data = body
+            value, cid = self._bodies.read(sk, collection, stored_cid, indexed_us, data, self._target_name)
             if cid is not None:  # the lexicon: absent when Jetstream sent none
-                out["cid"] = cid_of(cid)
+                out["cid"] = cid
             out["indexedAt"] = _iso(indexed_us)
-            out["value"] = orjson.loads(self._bodies.decompress(data))
+            out["value"] = orjson.loads(value)
         out["rev"] = int_to_tid(rev + sk)  # stored relative to the sort key (store/writer.py)
         out["links"] = [{"path": path, "target": self._target_name(tkey)}
                         for path, tkey in ((self._source_name(sid)[1], tkey) for sid, tkey in decode_links(links))

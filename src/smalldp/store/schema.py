@@ -10,7 +10,8 @@ Tables (all integers are SQLite varints on disk):
   fwd(sk, aid, coll, rev, links)   forward index: what each record links to (rev is
                              stored as rev - sk, a few bytes);
                              links NULL is a tombstone that keeps the delete's rev
-  body(sk, aid, coll, ...)   zstd-compressed record JSON for the body collections
+  body(sk, aid, coll, ...)   record bodies of the body collections: zstd-compressed JSON, or
+                             the compact codec of small records (store/bodies.py)
   run(run, level, blocks, gen)  the sorted runs of the backlink index (an LSM of tables);
                              gen counts rewrites of the run's chunks (readers cache per gen)
   bl(run, tkey, sid, lo, data)  backlink chunks: per run and (target, source), entries
@@ -36,8 +37,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 6  # 2: derived links, tl, actor_rev, run.gen; 3: actor.acct_us, actor.id_us; 4: merge;
-# 5: purge.lap, purge.start; 6: purge.reconcile, backfill
+SCHEMA_VERSION = 7  # 2: derived links, tl, actor_rev, run.gen; 3: actor.acct_us, actor.id_us; 4: merge;
+# 5: purge.lap, purge.start; 6: purge.reconcile, backfill; 7: compact bodies (store/bodies.py)
 # Older versions open_writer upgrades in place (a few ALTER TABLEs, no data rewritten).
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE actor ADD COLUMN acct_us INTEGER", "ALTER TABLE actor ADD COLUMN id_us INTEGER"),
@@ -46,6 +47,10 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE purge ADD COLUMN lap INTEGER", "ALTER TABLE purge ADD COLUMN start INTEGER"),
     # the backfill table is new (SCHEMA creates it); every purge queued before is a deletion
     5: ("ALTER TABLE purge ADD COLUMN reconcile INTEGER NOT NULL DEFAULT 0",),
+    # compact bodies (first byte 0x80 | flags) of likes, reposts, follows, blocks, list items
+    # and list blocks: nothing to rewrite; those written before simply have no body (their
+    # records are absent from getRecords and the AppView's Get*Records until written again)
+    6: (),
 }
 DB_NAME = "smalldp.sqlite"
 PAGE_SIZE = 8192

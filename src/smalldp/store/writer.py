@@ -31,7 +31,7 @@ from smalldp.derived import POST, REPOST, is_derived, is_reverse
 from smalldp.events import AccountStatus, DeleteRecord, Identity, Operation, PutRecord
 from smalldp.store import timeline
 from smalldp.store.backlinks import SLICE_ROWS, SqliteBacklinks
-from smalldp.store.bodies import BodyCompressor, pack_cid
+from smalldp.store.bodies import BodyCompressor
 from smalldp.store.encoding import (
     Entry,
     decode_links,
@@ -59,10 +59,18 @@ PURGE_ROWS_MIN = 10_000
 TARGET_CACHE_MAX = 200_000  # encoded target keys kept between batches
 ALIAS_BASE = -(1 << 62)  # sort keys of non-TID rkeys: negative, in first-seen order
 
+# What the AppView reads as records (bsky.Service's Get*Records and GetActors).  Likes,
+# reposts and follows (which its main views hydrate), blocks, list items and list blocks are
+# kept in store/bodies.py's compact codec (README: "Record storage for the AppView" has what
+# that costs); the accounts' self records after them are one per account at most.
 DEFAULT_BODY_COLLECTIONS = (
     "app.bsky.feed.post", "app.bsky.actor.profile", "app.bsky.graph.list",
     "app.bsky.feed.generator", "app.bsky.graph.starterpack", "app.bsky.feed.threadgate",
     "app.bsky.feed.postgate", "app.bsky.labeler.service",
+    "app.bsky.feed.like", "app.bsky.feed.repost", "app.bsky.graph.follow", "app.bsky.graph.block",
+    "app.bsky.graph.listitem", "app.bsky.graph.listblock",
+    "app.bsky.actor.status", "chat.bsky.actor.declaration", "app.bsky.notification.declaration",
+    "com.germnetwork.declaration", "app.bsky.graph.verification",
 )
 
 RecordKey = tuple[int, int, int]  # (sort key, actor id, collection id)
@@ -665,13 +673,15 @@ class Writer:
             conn.executemany("INSERT INTO actor_rev VALUES(?, ?) ON CONFLICT(aid) DO UPDATE "
                              "SET rev=excluded.rev WHERE excluded.rev > rev", list(batch.revs.items()))
         puts, deletes = [], []
+        target_key = self._tkeys.get  # the keys of this batch's link targets (compact bodies use them)
         for key in sorted(batch.bodies):
             value = batch.bodies[key]
             if value is None:
                 deletes.append(key)
             else:
                 cid, time_us, body = value
-                puts.append((*key, pack_cid(cid), time_us, self.bodies.compress(body)))
+                stored_cid, data = self.bodies.encode(key[0], self.coll_names[key[2]], cid, time_us, body, target_key)
+                puts.append((*key, stored_cid, time_us, data))
         if puts:
             conn.executemany("INSERT OR REPLACE INTO body VALUES(?, ?, ?, ?, ?, ?)", puts)
         if deletes:

@@ -1,43 +1,164 @@
-"""Records and actors: record bodies with their dates (getRecords), actors with their
-profile, DIDs by handle, an actor's latest rev.
+"""Records and actors: record bodies with their dates (getRecords, and the AppView's
+Get*Records), whether a post has gates, actors with their profile, DIDs by handle, an
+actor's latest rev.
+
+A record is readable when it is live (its latest operation a create or update), its author
+is active, and its collection keeps bodies (the ``body_collections`` setting): the body
+table holds its JSON and CID (store/bodies.py: zstd, or the compact codec of likes, reposts,
+follows, blocks, list items and list blocks).  Records written by a smalldp from before
+that codec (schema 6 and earlier) or while their collection was not in
+``body_collections`` have no body: they read as absent, as a deleted record does.
 """
 
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from smalldp.derived import PROFILE
-from smalldp.store.bodies import cid_of
 from smalldp.store.dataplane.base import DataPlaneBase
+from smalldp.store.encoding import key_record, split_target
 from smalldp.store.reader import _iso
 from smalldp.tid import int_to_tid
 
+THREADGATE = "app.bsky.feed.threadgate"
+POSTGATE = "app.bsky.feed.postgate"
+LABELER = "app.bsky.labeler.service"
+POST = "app.bsky.feed.post"
+# What getActors reads of an account besides its state, each at rkey "self".
+STATUS = "app.bsky.actor.status"
+CHAT_DECLARATION = "chat.bsky.actor.declaration"
+NOTIFICATION_DECLARATION = "app.bsky.notification.declaration"
+GERM_DECLARATION = "com.germnetwork.declaration"
+ACTOR_RECORDS = (PROFILE, STATUS, CHAT_DECLARATION, NOTIFICATION_DECLARATION, GERM_DECLARATION)
+
+
+class StoredRecord(NamedTuple):
+    """A live record's body as the store keeps it."""
+
+    json: bytes  # its JSON (as received; compact bodies: the same value, keys sorted)
+    cid: str  # "" when none is known (Jetstream sent none)
+    indexed_us: int  # receive time (time_us) of the event that wrote this version
+
+
+class ActorRow(NamedTuple):
+    """An account as the actor table keeps it."""
+
+    active: bool
+    status: str | None  # the latest account event's status (None: none given)
+    handle: str | None  # from the latest identity event that named one
+    seen: bool  # a commit or an identity event of the account itself was applied
+
 
 class RecordQueries(DataPlaneBase):
-    """getRecords, getActors, getDidsByHandles, getLatestRev."""
+    """getRecords, the AppView's Get*Records, post gates, getActors, getDidsByHandles,
+    getLatestRev."""
 
     def records(self, uris: list[str]) -> list[dict[str, Any] | None]:
         """getRecords."""
         return self._read(lambda: [self._full_record(uri) for uri in uris])
 
-    def _full_record(self, uri: str) -> dict[str, Any] | None:
-        key = self._record_key(uri)
-        if key is None:
+    def stored_records(self, uris: list[str], collection: str | None = None) -> list[StoredRecord | None]:
+        """The body of each live record, position-aligned with ``uris``; None where there is
+        none (not live, unknown, an inactive author, no body kept, an at-uri that does not
+        parse, or with ``collection`` given, a uri of another collection)."""
+        return self._read(lambda: [self._stored(uri, collection) for uri in uris])
+
+    def _stored(self, uri: str, collection: str | None = None) -> StoredRecord | None:
+        parts = split_target(uri)
+        if parts is None or (collection is not None and parts[1] != collection):
             return None
-        row = self.conn.execute("SELECT cid, indexed_us, data FROM body WHERE sk=? AND aid=? AND coll=?", key).fetchone()
+        key = self._record_key(uri)
+        return None if key is None else self._stored_at(*key)
+
+    def _stored_at(self, sk: int, aid: int, coll: int) -> StoredRecord | None:
+        row = self.conn.execute("SELECT cid, indexed_us, data FROM body WHERE sk=? AND aid=? AND coll=?",
+                                (sk, aid, coll)).fetchone()
         if row is None:
             return None
-        cid, indexed_us, data = row
-        record = orjson.loads(self._bodies.decompress(data))
+        stored_cid, indexed_us, data = row
+        json, cid = self._bodies.read(sk, self._coll_name(coll), stored_cid, indexed_us, data, self._target_name)
+        return StoredRecord(json, cid or "", indexed_us)
+
+    def _full_record(self, uri: str) -> dict[str, Any] | None:
+        stored = self._stored(uri)
+        if stored is None:
+            return None
+        record = orjson.loads(stored.json)
         created = record.get("createdAt") if isinstance(record, dict) else None
         created_at = _parse_datetime(created) if isinstance(created, str) else None
+        indexed_us = stored.indexed_us
         indexed_at = datetime.datetime.fromtimestamp(indexed_us / 1e6, tz=datetime.timezone.utc)
         sorted_at = _iso(indexed_us) if created_at is None or created_at >= indexed_at else _iso_dt(created_at)
-        return {"uri": uri, "cid": cid_of(cid) or "", "record": record, "indexedAt": _iso(indexed_us),
+        return {"uri": uri, "cid": stored.cid, "record": record, "indexedAt": _iso(indexed_us),
                 "createdAt": created if created_at is not None else None, "sortedAt": sorted_at}
+
+    def post_gates(self, uris: list[str]) -> list[tuple[bool, bool]]:
+        """(has a thread gate, has a post gate) per uri, position-aligned.
+
+        A post has a gate when a live ``app.bsky.feed.threadgate`` (``.postgate``) record of
+        its author sits at the post's rkey and names the post in ``post``: what the reference
+        DataPlane requires of a gate before it marks the post (it rejects a gate whose rkey or
+        author differ from its post's).  False for a uri that is not a live post."""
+        return self._read(lambda: [self._post_gates(uri) for uri in uris])
+
+    def stored_posts(self, uris: list[str]) -> tuple[list[StoredRecord | None], list[tuple[bool, bool]]]:
+        """``stored_records(uris, POST)`` and ``post_gates(uris)`` in one read."""
+        return self._read(lambda: ([self._stored(uri, POST) for uri in uris], [self._post_gates(uri) for uri in uris]))
+
+    def _post_gates(self, uri: str) -> tuple[bool, bool]:
+        parts = split_target(uri)
+        if parts is None or parts[1] != POST:
+            return False, False
+        key = self._record_key(uri)
+        if key is None or self._links_of(*key) is None:
+            return False, False
+        return self._gated(key, parts[2], THREADGATE), self._gated(key, parts[2], POSTGATE)
+
+    def _gated(self, post: tuple[int, int, int], rkey: str, gate: str) -> bool:
+        sk, aid, post_coll = post
+        coll = self._coll_id(gate)
+        if coll is None:
+            return False
+        gate_sk = self._sort_key(aid, coll, rkey)
+        links = None if gate_sk is None else self._links_of(gate_sk, aid, coll)
+        if links is None:
+            return False
+        target = self._link_target(links, gate, ".post")
+        return target is not None and key_record(target) == (aid, post_coll, sk if sk >= 0 else rkey)
+
+    def actor_rows(self, dids: list[str]) -> list[ActorRow | None]:
+        """Each DID's account state, position-aligned; None for a DID smalldp never saw."""
+        return self._read(lambda: self._actor_rows(dids))
+
+    def _actor_rows(self, dids: list[str]) -> list[ActorRow | None]:
+        out: list[ActorRow | None] = []
+        for did in dids:
+            row = self.conn.execute(
+                "SELECT a.active, a.status, a.handle, a.id_us IS NOT NULL OR a.id_seq IS NOT NULL "
+                "OR a.handle IS NOT NULL, r.rev IS NOT NULL "
+                "FROM actor a LEFT JOIN actor_rev r USING(aid) WHERE a.did=?", (did,)).fetchone()
+            out.append(None if row is None else ActorRow(bool(row[0]), row[1], row[2], bool(row[3] or row[4])))
+        return out
+
+    def actor_records(self, dids: list[str]) -> list[tuple[ActorRow | None, list[StoredRecord | None], bool]]:
+        """Per DID, in one read: its account state (None: never seen), its live
+        ``ACTOR_RECORDS`` at rkey ``self`` in that order (None where there is none, all
+        None for an inactive account), and whether it has a live labeler service record."""
+        def read() -> list[tuple[ActorRow | None, list[StoredRecord | None], bool]]:
+            out: list[tuple[ActorRow | None, list[StoredRecord | None], bool]] = []
+            for did, row in zip(dids, self._actor_rows(dids)):
+                if row is None:
+                    nothing: list[StoredRecord | None] = [None] * len(ACTOR_RECORDS)
+                    out.append((None, nothing, False))
+                    continue
+                found = [self._stored(f"at://{did}/{nsid}/self", nsid) for nsid in ACTOR_RECORDS]
+                labeler = self._record_key(f"at://{did}/{LABELER}/self")
+                out.append((row, found, labeler is not None and self._links_of(*labeler) is not None))
+            return out
+        return self._read(read)
 
     def actors(self, dids: list[str]) -> list[dict[str, Any] | None]:
         """getActors."""
@@ -91,4 +212,3 @@ def _parse_datetime(value: str) -> datetime.datetime | None:
 def _iso_dt(moment: datetime.datetime) -> str:
     moment = moment.astimezone(datetime.timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-

@@ -703,8 +703,10 @@ class AppViewModel:
         The reference's rules (store/dataplane/notifications.py), with smalldp's documented
         limits: only the actor's posts (reposts) whose rkey time is >= post_floor
         (repost_floor) are looked at, as if the others did not exist; replies more than one
-        level down count only in threads the actor started.  The reason is decided first;
-        a notification whose subject record is not live is then dropped."""
+        level down count in threads the actor started and below the actor's own replies.  A
+        like, repost or follow counts only as its author's oldest one of that subject (the
+        reference indexes the first).  The reason is decided first; a notification whose
+        subject record is not live is then dropped."""
         if actor not in self.actors or not self.active(actor):
             return []
         follows = self.follows_of(actor)

@@ -282,6 +282,25 @@ def test_post_window(stores: list[Store], monkeypatch: pytest.MonkeyPatch, posts
     assert narrowed > 0
 
 
+@pytest.mark.parametrize("lookups", [0, 1, 4])
+def test_deep_lookup_bound(stores: list[Store], monkeypatch: pytest.MonkeyPatch, lookups: int) -> None:
+    """With fewer keys looked up below the account's replies, the replies found that way
+    are a part of the full answer: nothing else changes."""
+    full: dict[tuple[str, str], list[dict[str, Any]]] = {
+        (s.name, actor): walk(s.dp, actor, 50) for s in stores[:2] for actor in s.u.dids}
+    monkeypatch.setattr(notif, "DEEP_LOOKUPS_MAX", lookups)
+    lost = 0
+    for s in stores[:2]:
+        for actor in s.u.dids:
+            got, want = walk(s.dp, actor, s.rng.choice([1, 5, 50])), full[(s.name, actor)]
+            missing = [n for n in want if n not in got]
+            assert [n for n in want if n not in missing] == got, (s.name, actor)
+            assert all(n["reason"] == "reply" and s.model.get_record(n["uri"]).value["reply"]["parent"]["uri"]  # type: ignore[union-attr]
+                       != n["reasonSubject"] for n in missing), (s.name, actor)
+            lost += len(missing)
+    assert lost > 0
+
+
 def test_iso_cursor_is_older_than_then(stores: list[Store]) -> None:
     """An ISO datetime cursor (the AppView's first page: now minus a delay; the
     reference's format) gives what is strictly older than that moment."""
@@ -389,6 +408,8 @@ def test_by_hand(tmp_path: Path) -> None:
     c_deeper = f"at://{c}/{P}/{t(12)}"  # replies to b_deep (three levels)
     x_repost = f"at://{x}/{am.REPOST}/{t(3)}"
     pack = f"at://{x}/{am.STARTERPACK}/{t(4)}"
+    z_root, x_reply = f"at://{z}/{P}/{t(40)}", f"at://{x}/{P}/{t(41)}"
+    a_answer, b_answer = f"at://{a}/{P}/{t(42)}", f"at://{b}/{P}/{t(43)}"
     events = [{"did": d, "time_us": BASE_US + i, "kind": "identity", "identity": {"did": d, "seq": 1}}
               for i, d in enumerate([x, a, b, c, z])]
     events += [
@@ -417,7 +438,16 @@ def test_by_hand(tmp_path: Path) -> None:
                              "embed": {"$type": am.RECORD_WITH_MEDIA,
                                        "record": {"$type": "app.bsky.embed.record", "record": {"uri": x2, "cid": "b"}},
                                        "media": {"$type": am.IMAGES, "images": []}}}),
-        ev.put(z, am.PROFILE, "self", {"$type": am.PROFILE, "joinedViaStarterPack": {"uri": pack, "cid": "b"}}),
+        join_event := ev.put(z, am.PROFILE, "self", {"$type": am.PROFILE,
+                                                     "joinedViaStarterPack": {"uri": pack, "cid": "b"}}),
+        # X replies in zed's thread; abe answers X (a reply); bea answers abe: two levels below
+        # X's reply, in a thread X did not start, X is notified about its reply
+        ev.post(z, t(40), "zed's root"),
+        ev.post(x, t(41), "x in zed's thread", reply_to=z_root, root=z_root),
+        ev.post(a, t(42), "abe answers x", reply_to=x_reply, root=z_root),
+        ev.post(b, t(43), "bea answers abe", reply_to=a_answer, root=z_root),
+        # abe likes x1 a second time: the reference indexes the first only
+        ev.like(a, t(44, 2), x1),
     ]
     path = tmp_path / "db.sqlite"
     writer = Writer(path, fanout=2, chunk_entries=4)
@@ -438,8 +468,11 @@ def test_by_hand(tmp_path: Path) -> None:
         assert (f"at://{x}/{am.FOLLOW}/{t(25, 4)}", "follow") in by_uri
         assert (f"at://{x}/{am.LIKE}/{t(21, 2)}", "like") not in by_uri
         join = by_uri[(f"at://{z}/{am.PROFILE}/self", "starterpack-joined")]
-        assert join["reasonSubject"] == pack and join["timeUs"] == events[-1]["time_us"]
-        assert [n["reason"] for n in got].count("reply") == 3
+        assert join["reasonSubject"] == pack and join["timeUs"] == join_event["time_us"]
+        assert by_uri[(a_answer, "reply")]["reasonSubject"] == x_reply
+        assert by_uri[(b_answer, "reply")]["reasonSubject"] == x_reply  # below X's reply
+        assert (f"at://{a}/{am.LIKE}/{t(44, 2)}", "like") not in by_uri  # a second like
+        assert [n["reason"] for n in got].count("reply") == 5
         # priority: X follows only abe (and the self-follow makes X follow itself)
         step(writer, model, [ev.follow(x, t(26, 4), a)])
         got = walk(dp, x, 50, priority=True)

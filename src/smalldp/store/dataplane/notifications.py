@@ -29,7 +29,8 @@ range per collection.  One query per range reads the chunks of the sources that 
   older than the cursor (plus a slack of CURSOR_SLACK_US for clocks), and the keys of
   deleted posts among them (see ``_window``): their likes, reposts
   (``.subject.uri``), replies (``.reply.parent.uri``, ``.reply.root.uri``) and quotes
-  (``.embed.record.uri``, ``.embed.record.record.uri``);
+  (``.embed.record.uri``, ``.embed.record.record.uri``); and, walking down the replies
+  to those of them that are replies themselves, replies up to four levels below;
 * X's newest NOTIFICATION_REPOSTS reposts older than the cursor: likes and reposts via them
   (``.via.uri``);
 * all of X's feed generators, lists, starter packs and labeler services: likes and reposts
@@ -48,9 +49,10 @@ notifications whose subject record is not live.  ``priority`` is "X follows the 
   (reposts: NOTIFICATION_REPOSTS) are not found, nor links to X's deleted posts older than
   its oldest live one (a quote of one, which the reference drops, may then show as the
   reply it also is; a reply whose thread root is such a post is not found);
-* replies more than one level down are found only in threads X started (through the
-  ``.reply.root.uri`` links of X's posts); the reference also notifies X of replies below
-  X's replies in other people's threads;
+* replies 2..4 levels down are found in threads X started (the ``.reply.root.uri`` links
+  of X's posts) and below X's replies in other threads (walked down the
+  ``.reply.parent.uri`` backlinks, at most DEEP_LOOKUPS_MAX keys per page, X's newest
+  posts first); a reply whose root field names another thread is missed below X's roots;
 * likes and reposts are found of X's posts, feed generators, lists, starter packs and
   labeler services (the reference: of any record of X's);
 * records whose rkey is not a TID have no time and are left out (starter-pack joins
@@ -58,10 +60,13 @@ notifications whose subject record is not live.  ``priority`` is "X follows the 
   the first);
 * thread gates, hidden replies and post gates are not applied (the reference skips reply
   notifications that break a thread gate, and quote notifications that break a post gate);
-* a second like of one post by one account notifies again (the reference indexes only
-  the first);
+* one like, repost or follow per account and subject notifies, as the reference indexes
+  only the first: smalldp's first is the oldest live one by rkey, so when it is deleted
+  the next one notifies (the reference then shows none);
 * the reason is decided when read, from the records as they are now (the reference
   decides when it indexes the post);
+* records of inactive accounts notify nothing, and an inactive account has no
+  notifications (the reference keeps both; its AppView hides inactive authors);
 * work per page is bounded: at most NOTIFICATION_GROUPS_MAX records examined, then the
   page ends with a cursor where it stopped; the ``priority`` filter can make such pages
   short or empty.
@@ -96,10 +101,11 @@ NOTIFICATION_GROUPS_MAX = 5000  # notifying records examined per page, then a cu
 NOTIFICATION_JOINS_MAX = 1000  # starter-pack joins read per page
 CURSOR_SLACK_US = 3_600_000_000  # posts this much newer than the cursor still count (clock skew)
 REPLY_NOTIF_DEPTH = 5  # the reference's: ancestors 1..4 levels up are notified
+DEEP_LOOKUPS_MAX = 300  # keys looked up per page to find replies 2..4 levels below X's replies
 OTHER_COLLECTIONS = (GENERATOR, LIST, STARTERPACK, LABELER)  # records of X that get likes
 
 # Kinds of link from a notifying record to X (or X's record).
-FOLLOWED, MENTIONED, QUOTED, PARENT, ROOT, SUBJECT, VIA, JOINED = range(8)
+FOLLOWED, MENTIONED, QUOTED, PARENT, ROOT, DEEP, SUBJECT, VIA, JOINED = range(9)
 # Places of a record's notifications within its position (the cursor's last field): a
 # like or repost of X's record comes before one via X's repost; a cursor with place 0 is
 # below all of a record's notifications (a page the work bound ended).
@@ -258,8 +264,15 @@ class NotificationQueries(DataPlaneBase):
         for collection, sources, window in ((POST, post_sources, NOTIFICATION_POSTS),
                                             (REPOST, via_sources, NOTIFICATION_REPOSTS)):
             span = self._window(x, collection, upper, window)
-            if span is not None:
-                streams += self._range_streams(span[0], span[1], sources, start)
+            if span is None:
+                continue
+            kinds, found = self._range_rows(span[0], span[1], sources)
+            streams += [self._candidates(rows, start, *kinds[sid], tkey) for (tkey, sid), rows in found.items()]
+            if collection == POST:
+                parent_sid = self._source_id(POST, ".reply.parent.uri")
+                children = {tkey: rows for (tkey, sid), rows in found.items() if sid == parent_sid}
+                if children and parent_sid is not None:
+                    streams.append(self._deep_replies(x, children, kinds[parent_sid][0], parent_sid, start))
         other_sources = [(LIKE, ".subject.uri", SUBJECT), (REPOST, ".subject.uri", SUBJECT)]
         for collection in OTHER_COLLECTIONS:
             coll = self._coll_id(collection)
@@ -304,21 +317,70 @@ class NotificationQueries(DataPlaneBase):
     def _range_streams(self, low: bytes, high: bytes, sources: list[tuple[str, str, int]],
                        start: Entry | None) -> list[Iterator[Candidate]]:
         """One stream per (target key, source) found in [low, high) for these sources."""
-        kinds: dict[int, tuple[int, int]] = {}  # source ID -> (collection ID, kind)
+        kinds, found = self._range_rows(low, high, sources)
+        return [self._candidates(rows, start, *kinds[sid], tkey) for (tkey, sid), rows in found.items()]
+
+    def _range_rows(self, low: bytes, high: bytes, sources: list[tuple[str, str, int]]
+                    ) -> tuple[dict[int, tuple[int, int]], dict[tuple[bytes, int], list[Row]]]:
+        """The chunks of every (target key, source) in [low, high) for these sources, in one
+        query; and per source ID its (collection ID, kind)."""
+        kinds: dict[int, tuple[int, int]] = {}
         for collection, path, kind in sources:
             sid = self._source_id(collection, path)
             coll = self._coll_id(collection)
             if sid is not None and coll is not None:
                 kinds[sid] = (coll, kind)
-        if not kinds:
-            return []
         found: dict[tuple[bytes, int], list[Row]] = {}
+        if not kinds:
+            return kinds, found
         marks = ",".join(str(sid) for sid in kinds)  # integers only
         for tkey, sid, run, lo, data in self.conn.execute(
                 f"SELECT tkey, sid, run, lo, data FROM bl WHERE run IN ({self._runs}) AND tkey >= ? AND tkey < ? "
                 f"AND sid IN ({marks})", (low, high)):
             found.setdefault((tkey, sid), []).append((run, lo, data))
-        return [self._candidates(rows, start, *kinds[sid], tkey) for (tkey, sid), rows in found.items()]
+        return kinds, found
+
+    def _deep_replies(self, x: int, children: dict[bytes, list[Row]], post: int, parent_sid: int,
+                      start: Entry | None) -> Iterator[Candidate]:
+        """Replies 2..4 levels below X's posts that are replies themselves (in threads X did
+        not start: below X's thread roots, ``.reply.root.uri`` finds them), newest first.
+
+        Breadth first down the ``.reply.parent.uri`` backlinks, from X's newest posts, at
+        most DEEP_LOOKUPS_MAX keys per page; ``_reasons`` then walks each one back up to X's
+        nearest post (the reference's rule)."""
+        hidden = self.hidden
+        found: list[Candidate] = []
+        seen: set[bytes] = set()
+        budget = DEEP_LOOKUPS_MAX
+        for mine in sorted(children, reverse=True):  # X's newest posts first
+            parts = key_record(mine)
+            if parts is None or not isinstance(parts[2], int):
+                continue
+            links = self._links_of(parts[2], x, post)
+            if links is None or self._link_target(links, POST, ".reply.parent.uri") is None:
+                continue  # not live, or a thread root
+            level = [e for e in _newest_first(children[mine], None) if e[0] >= 0 and e[1] not in hidden]
+            for _ in range(2, REPLY_NOTIF_DEPTH):
+                below: list[Entry] = []
+                for sk, aid in level:
+                    key = b"\x01" + varint(aid) + varint(post) + sk.to_bytes(8, "big")
+                    if key in seen:
+                        continue
+                    if budget == 0:
+                        return _below(found, start)
+                    budget -= 1
+                    seen.add(key)
+                    rows: list[Row] = self.conn.execute(
+                        f"SELECT run, lo, data FROM bl WHERE run IN ({self._runs}) AND tkey=? AND sid=?",
+                        (key, parent_sid)).fetchall()
+                    for e in (_newest_first(rows, None) if rows else ()):
+                        if e[0] >= 0 and e[1] not in hidden:
+                            below.append(e)
+                            found.append((e[0], e[1], post, DEEP, mine))
+                level = below
+                if not level:
+                    break
+        return _below(found, start)
 
     def _candidates(self, rows: list[Row], start: Entry | None, coll: int, kind: int,
                     tkey: bytes) -> Iterator[Candidate]:
@@ -364,6 +426,8 @@ class NotificationQueries(DataPlaneBase):
         reference's rules (module docstring), from the links that made it a candidate."""
         kinds = {kind: tkey for kind, tkey in reversed(links)}  # the first link of each kind
         if FOLLOWED in kinds:
+            if self._has_older(kinds[FOLLOWED], FOLLOW, ".subject", sk, aid):
+                return []  # a second follow of X by one account (the reference keeps the first)
             return [(_PLACE_OTHER, "follow", None)]
         if JOINED in kinds:
             return [(_PLACE_OTHER, "starterpack-joined", kinds[JOINED])]
@@ -372,6 +436,12 @@ class NotificationQueries(DataPlaneBase):
         name = self._coll_name(coll)
         if name in (LIKE, REPOST):
             reason = "like" if name == LIKE else "repost"
+            subject = kinds.get(SUBJECT)
+            if subject is None:  # only via X's repost: the subject is someone else's
+                own = self._links_of(sk, aid, coll)
+                subject = None if own is None else self._link_target(own, name, ".subject.uri")
+            if subject is not None and self._has_older(subject, name, ".subject.uri", sk, aid):
+                return []  # not the account's first like (repost) of the subject: the reference ignores it
             out: list[tuple[int, str, bytes | None]] = []
             if SUBJECT in kinds:
                 out.append((_PLACE_SUBJECT, reason, kinds[SUBJECT]))
@@ -384,7 +454,7 @@ class NotificationQueries(DataPlaneBase):
             return [(_PLACE_OTHER, "quote", kinds[QUOTED])]
         if PARENT in kinds:
             return [(_PLACE_OTHER, "reply", kinds[PARENT])]
-        if ROOT in kinds:
+        if ROOT in kinds or DEEP in kinds:
             ancestor = self._reply_ancestor(x, sk, aid, coll)
             return [] if ancestor is None else [(_PLACE_OTHER, "reply", ancestor)]
         return []
@@ -408,6 +478,17 @@ class NotificationQueries(DataPlaneBase):
                 return parent
         return None
 
+    def _has_older(self, tkey: bytes, collection: str, path: str, sk: int, aid: int) -> bool:
+        """Whether account ``aid`` has another live record of (collection, path) linking to
+        ``tkey`` with a lower sort key: then the one at ``sk`` is a duplicate the reference
+        does not index (one like, repost or follow per account and subject)."""
+        for chunk in self._keyed(tkey, collection, path):  # memoised for the request
+            if chunk.floor > sk or aid not in chunk.header.bitmap:
+                continue
+            if any(a == aid and s < sk for s, a in chunk.entries()):
+                return True
+        return False
+
     def _subject_live(self, tkey: bytes, memo: dict[bytes, bool]) -> bool:
         """Whether the record a target key names is live (memoised per page)."""
         live = memo.get(tkey)
@@ -429,6 +510,13 @@ class NotificationQueries(DataPlaneBase):
 
     def _time_us(self, sk: int, aid: int, coll: int) -> int:
         return sk >> _SHIFT
+
+
+def _below(candidates: list[Candidate], start: Entry | None) -> Iterator[Candidate]:
+    """Candidates below ``start``, newest first."""
+    out = [c for c in candidates if start is None or (c[0], c[1]) < start]
+    out.sort(reverse=True)
+    return iter(out)
 
 
 def _entries(data: bytes) -> Iterator[Entry]:

@@ -50,7 +50,8 @@ def measure(url: str, subjects: Any, stream: Stream, calls: int) -> dict[str, An
     posters: dict[str, int] = {}
     for uri, _ in stream.records("app.bsky.feed.post"):
         posters[uri.split("/")[2]] = posters.get(uri.split("/")[2], 0) + 1
-    busiest = max((d for d in posters if d not in stream.deleted), key=lambda d: (posters[d], d))
+    busiest = max((d for d in posters if d not in stream.deleted and not stream.blocking(viewer, d)
+                   and not stream.blocking(d, viewer)), key=lambda d: (posters[d], d))
     out = {"viewer": viewer, "viewer_follows": len(stream.follows_of(viewer)), "actor": busiest,
            "actor_posts": posters[busiest]}
     for nsid, params in (("app.bsky.feed.getTimeline", [("limit", "50")]),

@@ -933,8 +933,9 @@ class Comparison:
     allowed_counts: Counter = field(default_factory=Counter)  # normalised path -> times allowed
     paths: Counter = field(default_factory=Counter)  # normalised path -> queries where it differs
     # queries the reference could not answer (5xx): not compared. Known: 0.0.221's
-    # GetRelationships fails ("more than one row returned by a subquery") when the viewer
-    # blocks a list holding the target twice, or two lists holding it
+    # GetRelationships and GetBlockExistence fail ("more than one row returned by a
+    # subquery") when an account of the pair blocks a list holding the other twice, or two
+    # lists holding it (even anonymous: getFollowers checks blocks between the listed)
     reference_errors: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -1149,7 +1150,8 @@ def sanity(q: Query, answers: list[Answer], stream: Stream) -> list[str]:
             problems.append("followersCount 0 but the stream has live followers")
         if viewer and "viewer" not in b:
             problems.append("no viewer state for a logged-in request")
-        if viewer and actor in stream.follows_of(viewer) and not b.get("viewer", {}).get("following"):
+        if viewer and actor in stream.follows_of(viewer) and not b.get("viewer", {}).get("following") \
+                and not stream.blocking(viewer, actor) and not stream.blocking(actor, viewer):
             problems.append("viewer follows the actor but viewer.following is empty")
     elif nsid in ("app.bsky.graph.getFollowers", "app.bsky.graph.getFollows"):
         actor = params["actor"]

@@ -11,6 +11,7 @@ the event's ``time_us`` and the record's ``createdAt`` read with ``datetime``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import hashlib
@@ -26,7 +27,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smalldp.appview.proto import bsky_pb2 as pb
-from smalldp.appview.rpcs import handlers
+from smalldp.appview.identity import IdentityCache
+from smalldp.appview.rpcs import actors, handlers
+from smalldp.appview.rpcs.base import AppViewContext
 from smalldp.appview.rpcs.records import created_ms
 from smalldp.events import decode_event
 from smalldp.store.bodies import SMALL_RECORDS, canonical_ms, decode_small, encode_small, ms_text, small_cid, small_record
@@ -35,8 +38,9 @@ from smalldp.store.dataplane import DataPlaneReader
 from smalldp.store.schema import SCHEMA_VERSION
 from smalldp.store.writer import DEFAULT_BODY_COLLECTIONS, Writer
 from smalldp.tid import int_to_tid, tid_from_time
+from smalldp.verify import DictResolver
 
-SYNC, _ = handlers()
+SYNC, ASYNC = handlers()
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "jetstream" / "corpus_expected_v1.jsonl"
 BASE_US = 1_700_000_000_000_000  # 2023-11-14T22:13:20Z
 
@@ -485,7 +489,7 @@ def test_get_actors(store: Path) -> None:
     dp = DataPlaneReader(store)
     try:
         asked = [ALICE, BOB, CAROL, DAVE, erin, fred, gina, link_only, did("nobody"), "not a did", ALICE]
-        res = call("GetActors", dp, dids=asked, return_age_assurance_for_dids=[BOB])
+        res = get_actors(dp, {}, dids=asked, return_age_assurance_for_dids=[BOB])
         assert len(res.actors) == len(asked)
         a = dict(zip(["alice", "bob", "carol", "dave", "erin", "fred", "gina", "link", "nobody", "bad", "alice2"],
                      res.actors))
@@ -518,7 +522,70 @@ def test_get_actors(store: Path) -> None:
             assert not info.exists and info.handle == "" and info.upstream_status == "", name
             assert info.profile == EMPTY and info.status_record == EMPTY and info.germ_record == EMPTY
             assert info.allow_activity_subscriptions_from == "followers"
-        assert list(call("GetActors", dp, dids=[]).actors) == []
+        assert list(get_actors(dp, {}, dids=[]).actors) == []
+    finally:
+        dp.close()
+
+
+def get_actors(dp: DataPlaneReader, services: dict[str, Any], **fields: Any) -> Any:
+    """GetActors (an async handler: it may wait for DID documents) on a loop of its own."""
+    async def read(fn: Any) -> Any:
+        return fn(dp)
+
+    async def main() -> Any:
+        return await ASYNC["GetActors"](AppViewContext(read=read, services=services), pb.GetActorsRequest(**fields))
+    return asyncio.run(main())
+
+
+class SlowResolver(DictResolver):
+    """DID documents from a dict, one of them late."""
+
+    def __init__(self, docs: dict[str, Any], slow: str) -> None:
+        super().__init__(docs)
+        self.slow = slow
+
+    async def resolve(self, did: str) -> Any:
+        if did == self.slow:
+            await asyncio.sleep(5)
+        return await super().resolve(did)
+
+
+def test_get_actors_handles(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Handles: the identity event's when the DID document claims it back, else the
+    document's first at:// alias (lower case); the identity event's (or "") where no document
+    is at hand in time; only the identity events' without a DID cache."""
+    writer = Writer(store)
+    s = Stream()
+    erin, fred, gina = did("erin"), did("fred"), did("gina")
+    s.identity(ALICE, "alice.test")
+    s.identity(CAROL, "carol.test")
+    s.identity(gina, "gina.test")
+    s.identity(fred, "fred.test")
+    s.identity(erin, "alice.test")  # an older claim of alice's handle: alice's is the newest
+    s.identity(ALICE, "alice.test")
+    for k, who in enumerate((ALICE, BOB, CAROL, DAVE, erin, fred, gina)):
+        s.put(who, POST, tid(k), {"$type": POST, "createdAt": CREATED, "text": "x"}, cid=fake_cid(who))
+    s.apply(writer)
+    writer.close()
+
+    def doc(who: str, *aliases: str) -> dict[str, Any]:
+        return {"id": who, "alsoKnownAs": [f"at://{a}" for a in aliases]}
+    docs = {ALICE: doc(ALICE, "alice.test"), BOB: doc(BOB, "Bob.Example.COM", "other.test"),
+            CAROL: doc(CAROL, "carol.other"), erin: doc(erin, "alice.test"), fred: doc(fred, "fred.test")}
+    monkeypatch.setattr(actors, "IDENTITY_WAIT_S", 0.3)
+    dp = DataPlaneReader(store)
+    try:
+        asked = [ALICE, BOB, CAROL, DAVE, erin, fred, gina, did("nobody")]
+        cache = IdentityCache(None, resolver=SlowResolver(docs, slow=fred))
+        got = [a.handle for a in get_actors(dp, {"identity": cache}, dids=asked).actors]
+        # alice: claimed both ways; bob: no identity event, the document's first alias; carol:
+        # the document does not claim the event's handle; dave: no document, no event; erin:
+        # its document claims alice.test, which identity events give to alice: refused;
+        # fred: the document came too late, the event's handle; gina: no document, the event's
+        assert got == ["alice.test", "bob.example.com", "carol.other", "", "", "fred.test", "gina.test", ""]
+        # without a DID cache: the identity events' handles, erin's lost to alice's newer claim
+        assert [a.handle for a in get_actors(dp, {}, dids=asked).actors] == [
+            "alice.test", "", "carol.test", "", "", "fred.test", "gina.test", ""]
     finally:
         dp.close()
 

@@ -9,11 +9,22 @@ and the account's ``self`` records:
   reference makes its ``actor`` row from those: ``indexHandle`` on each), and its latest
   account event is not a deletion (the reference deletes the row).  A DID smalldp only saw
   as a link target (followed, mentioned) does not exist, as in the reference.
-* ``handle``: from the account's latest identity event that named one, else "".  The
-  reference resolves the DID document and checks the handle both ways; smalldp takes the
-  relay's word (a relay resolves the handle before it announces it).  An account whose
-  identity event smalldp never received has no handle here (the AppView shows
-  ``handle.invalid``) until one arrives or a backfill brings it.
+* ``handle``: what GetIdentityByDid answers for the account (``identity.choose_handle``),
+  the handle of its latest identity event when the newest claim of that handle is this
+  DID and its DID document claims it back, else the document's first ``at://`` alias, in
+  lower case.  The documents come from the server's DID cache (``ctx.services["identity"]``,
+  smalldp.appview.identity: bounded, an hour's TTL, refreshed after identity events);
+  GetActors waits at most IDENTITY_WAIT_S for the ones it does not hold yet (at most
+  IDENTITY_FETCHES at once per request), and where none is at hand (not yet fetched, the
+  directory unreachable, no document, no cache on this server) the identity event's handle
+  stands while this account's claim of it is the newest, else "" (the AppView shows
+  ``handle.invalid``).  **Not verified** the way the
+  reference does it: its indexer also resolves the handle back to the DID (DNS TXT, then
+  HTTPS ``.well-known``) and keeps no handle when that fails.  smalldp makes no DNS or
+  HTTPS request per handle: it refuses (answers "") a document's alias that the store's
+  identity events give to another account (the newest claim wins, as in
+  GetDidsByHandles), but an account whose document names a handle it does not control, of
+  an owner no identity event told smalldp about, shows that handle.
 * ``upstream_status``: "" for an active account, else its account status
   (``deactivated``, ``takendown``, ``suspended``, ... ; ``deactivated`` when the event gave
   none).  The AppView hides an actor with any other value than "" or ``active``.
@@ -41,11 +52,15 @@ named it latest, or ""; ``lookup_unidirectional`` is ignored, as the reference i
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 
+from smalldp.appview.identity import Identity, IdentityCache, IdentityError, choose_handle
 from smalldp.appview.proto import bsky_pb2
 from smalldp.appview.rpcs import args
-from smalldp.appview.rpcs.base import rpc
+from smalldp.appview.rpcs.base import AppViewContext, async_rpc, rpc
+from smalldp.appview.rpcs.identity import SERVICE as IDENTITY_SERVICE
 from smalldp.appview.rpcs.records import record_message
 from smalldp.events import valid_handle
 from smalldp.store.dataplane import DataPlaneReader
@@ -53,6 +68,8 @@ from smalldp.store.dataplane.records import ActorRow, StoredRecord
 
 ACTIVITY_SUBSCRIPTIONS = ("followers", "mutuals", "none")
 ACTIVITY_SUBSCRIPTIONS_DEFAULT = "followers"
+IDENTITY_WAIT_S = 2.0  # how long GetActors waits for DID documents the cache does not hold
+IDENTITY_FETCHES = 16  # DID documents one GetActors request fetches at once
 
 
 def upstream_status(row: ActorRow) -> str:
@@ -67,20 +84,25 @@ def _json_field(stored: StoredRecord | None, name: str) -> object:
     return record.get(name) if isinstance(record, dict) else None
 
 
+def exists(row: ActorRow | None) -> bool:
+    """Whether GetActors says the account exists (module docstring)."""
+    return row is not None and row.seen and row.status != "deleted"
+
+
 def actor_info(row: ActorRow | None, found: list[StoredRecord | None], labeler: bool,
-               age_assurance: bool) -> bsky_pb2.ActorInfo:
+               age_assurance: bool, handle: str) -> bsky_pb2.ActorInfo:
     """One ActorInfo: ``found`` holds the account's profile, status, chat declaration,
     notification declaration and germ declaration (ACTOR_RECORDS' order)."""
     profile, status, chat, notification, germ = found
-    exists = row is not None and row.seen and row.status != "deleted"
+    known = exists(row)
     profile_message = record_message(profile)
     allow = _json_field(notification, "allowSubscriptions")
     info = bsky_pb2.ActorInfo(
-        exists=exists,
-        handle=(row.handle or "") if row is not None and exists else "",
+        exists=known,
+        handle=handle if known else "",
         profile=profile_message,
         labeler=labeler,
-        upstream_status=upstream_status(row) if row is not None and exists else "",
+        upstream_status=upstream_status(row) if row is not None and known else "",
         status_record=record_message(status),
         germ_record=record_message(germ),
         allow_activity_subscriptions_from=allow if isinstance(allow, str) and allow in ACTIVITY_SUBSCRIPTIONS
@@ -96,17 +118,63 @@ def actor_info(row: ActorRow | None, found: list[StoredRecord | None], labeler: 
     return info
 
 
-@rpc("GetActors")
-def get_actors(dp: DataPlaneReader, req: bsky_pb2.GetActorsRequest) -> bsky_pb2.GetActorsResponse:
+async def handles(cache: IdentityCache | None, dids: list[str], rows: list[ActorRow | None]) -> list[str]:
+    """The handle GetActors gives each DID (module docstring): "" where the account does
+    not exist; the identity event's handle (or "", when a newer claim of it is another
+    account's) where no DID document is at hand."""
+    # the identity event's handle while this account's claim of it is the newest
+    out = [row.handle or "" if row is not None and exists(row) and row.handle_owner == did else ""
+           for did, row in zip(dids, rows)]
+    wanted = {did: row for did, row in zip(dids, rows) if row is not None and exists(row)}
+    if cache is None or not wanted:
+        return out
+    gate = asyncio.Semaphore(IDENTITY_FETCHES)
+
+    async def fetch(did: str, row: ActorRow) -> Identity | None:
+        async with gate:
+            try:
+                return await cache.get(did, row.id_us)
+            except IdentityError:
+                return None
+
+    tasks = {did: asyncio.ensure_future(fetch(did, row)) for did, row in wanted.items()}
+    done, pending = await asyncio.wait(tasks.values(), timeout=IDENTITY_WAIT_S)
+    for task in pending:
+        task.cancel()  # the cache's own fetch goes on (shielded) and fills it for next time
+    for i, (did, row) in enumerate(zip(dids, rows)):
+        fetched = tasks.get(did)
+        if row is None or fetched is None or fetched not in done:
+            continue
+        identity = fetched.result()
+        if identity is not None:
+            out[i] = choose_handle(identity, row.handle, row.handle_owner).lower()
+    return out
+
+
+def _unclaimed(dp: DataPlaneReader, dids: list[str], names: list[str]) -> list[str]:
+    """``names`` without the handles the store's identity events give to another account."""
+    asked = sorted({name for name in names if name})
+    owner = dict(zip(asked, dp.dids_by_handles(asked))) if asked else {}
+    return [name if not name or owner.get(name, "") in ("", did) else "" for did, name in zip(dids, names)]
+
+
+@async_rpc("GetActors")
+async def get_actors(ctx: AppViewContext, req: bsky_pb2.GetActorsRequest) -> bsky_pb2.GetActorsResponse:
     """One ActorInfo per DID, in order (the module's docstring says what each field holds).
     A value that is not a DID gets the entry of an unknown account."""
     dids = args.dids(req.dids, "dids")
     if not dids:
         return bsky_pb2.GetActorsResponse()
     age = set(args.items(req.return_age_assurance_for_dids, "return_age_assurance_for_dids"))
+    found = await ctx.read(lambda dp: dp.actor_records(dids))
+    cache = ctx.services.get(IDENTITY_SERVICE)
+    rows = [row for row, _, _ in found]
+    names = await handles(cache if isinstance(cache, IdentityCache) else None, dids, rows)
+    if any(name and row is not None and name != row.handle for name, row in zip(names, rows)):
+        names = await ctx.read(lambda dp: _unclaimed(dp, dids, names))
     return bsky_pb2.GetActorsResponse(actors=[
-        actor_info(row, found, labeler, asked in age)
-        for asked, (row, found, labeler) in zip(req.dids, dp.actor_records(dids))])
+        actor_info(row, records, labeler, asked in age, name)
+        for asked, (row, records, labeler), name in zip(req.dids, found, names)])
 
 
 @rpc("GetDidsByHandles")

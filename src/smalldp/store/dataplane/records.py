@@ -50,6 +50,8 @@ class ActorRow(NamedTuple):
     status: str | None  # the latest account event's status (None: none given)
     handle: str | None  # from the latest identity event that named one
     seen: bool  # a commit or an identity event of the account itself was applied
+    id_us: int | None  # order time of the identity event applied last (the DID cache's refresh mark)
+    handle_owner: str | None  # the DID whose claim of ``handle`` is the newest (getDidsByHandles' rule)
 
 
 class RecordQueries(DataPlaneBase):
@@ -138,9 +140,12 @@ class RecordQueries(DataPlaneBase):
         for did in dids:
             row = self.conn.execute(
                 "SELECT a.active, a.status, a.handle, a.id_us IS NOT NULL OR a.id_seq IS NOT NULL "
-                "OR a.handle IS NOT NULL, r.rev IS NOT NULL "
+                "OR a.handle IS NOT NULL OR r.rev IS NOT NULL, a.id_us, "
+                # the newest claim of the handle, by order time, as dids_by_handles
+                "CASE WHEN a.handle IS NULL THEN NULL ELSE (SELECT b.did FROM actor b WHERE b.handle = a.handle "
+                "ORDER BY b.id_us IS NULL, b.id_us DESC, b.aid DESC LIMIT 1) END "
                 "FROM actor a LEFT JOIN actor_rev r USING(aid) WHERE a.did=?", (did,)).fetchone()
-            out.append(None if row is None else ActorRow(bool(row[0]), row[1], row[2], bool(row[3] or row[4])))
+            out.append(None if row is None else ActorRow(bool(row[0]), row[1], row[2], bool(row[3]), row[4], row[5]))
         return out
 
     def actor_records(self, dids: list[str]) -> list[tuple[ActorRow | None, list[StoredRecord | None], bool]]:

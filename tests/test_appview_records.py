@@ -32,7 +32,10 @@ from smalldp.appview.rpcs import actors, handlers
 from smalldp.appview.rpcs.base import AppViewContext
 from smalldp.appview.rpcs.records import created_ms
 from smalldp.events import decode_event
-from smalldp.store.bodies import SMALL_RECORDS, canonical_ms, decode_small, encode_small, ms_text, small_cid, small_record
+from smalldp import dagcbor
+from smalldp.store.bodies import (
+    SMALL_RECORDS, canonical_ms, decode_small, encode_small, ms_text, small_cbor, small_cid, small_record,
+)
 from smalldp.store.check import check_store
 from smalldp.store.dataplane import DataPlaneReader
 from smalldp.store.schema import SCHEMA_VERSION
@@ -738,6 +741,7 @@ def test_codec_round_trip(case: tuple[str, dict[str, Any]], sk: int, indexed_us:
     fields, created = decode_small(nsid, data, base, names.__getitem__)
     assert small_record(nsid, fields, created) == record
     assert small_cid(nsid, fields, created) == real_cid(record)
+    assert small_cbor(record) == cbor(record) == dagcbor.encode(record)
 
 
 @pytest.mark.parametrize(("text", "want"), [
@@ -782,3 +786,10 @@ def test_shapes_the_codec_refuses() -> None:
         assert encode_small(LIKE, record, 0, key_of) is None, record
     assert encode_small(LIKE, ok, 0, lambda text: None) is None  # a uri without a target key
     assert encode_small(POST, {"$type": POST, "createdAt": CREATED}, 0, key_of) is None
+
+
+@pytest.mark.parametrize("size", [0, 23, 24, 255, 256, 65_535, 65_536])
+def test_small_cbor_text_lengths(size: int) -> None:
+    """Every width of a text head (a createdAt kept as text may be long)."""
+    record = like(P1, P1_CID, "é" * (size // 2) + "x" * (size % 2))
+    assert small_cbor(record) == cbor(record) == dagcbor.encode(record)

@@ -33,7 +33,6 @@ import orjson
 import zstandard
 
 from smalldp.dagcbor import cid_text
-from smalldp.dagcbor import encode as cbor_encode
 from smalldp.store.encoding import get_varint, varint
 
 DICT_SIZE = 32 * 1024
@@ -318,10 +317,55 @@ def small_record(nsid: str, fields: list[Field], created: str) -> dict[str, Any]
     return out
 
 
+# The keys a small record may have, in DAG-CBOR's canonical order (shorter first, then
+# bytewise): what small_cbor writes them in, with no sort per record.
+_TOP_ORDER = ("via", "list", "$type", "subject", "createdAt")
+_REF_ORDER = ("cid", "uri", "$type")
+
+
+def _cbor_text(out: bytearray, text: str) -> None:
+    raw = text.encode()
+    size = len(raw)
+    if size < 24:
+        out.append(0x60 | size)
+    elif size < 0x100:
+        out.append(0x78)
+        out.append(size)
+    elif size < 0x10000:
+        out.append(0x79)
+        out += size.to_bytes(2, "big")
+    else:
+        out.append(0x7A)
+        out += size.to_bytes(4, "big")
+    out += raw
+
+
+def _cbor_map(out: bytearray, value: dict[str, Any], order: tuple[str, ...]) -> None:
+    out.append(0xA0 | len(value))  # small records' maps have at most 5 keys
+    for key in order:
+        item = value.get(key)
+        if item is None:
+            continue
+        _cbor_text(out, key)
+        if isinstance(item, str):
+            _cbor_text(out, item)
+        else:
+            _cbor_map(out, item, _REF_ORDER)
+
+
+def small_cbor(record: dict[str, Any]) -> bytes:
+    """The canonical DAG-CBOR of a small record (``encode_small`` accepted it, or
+    ``small_record`` made it): what ``dagcbor.encode`` gives, without its generic dispatch
+    and key sort (tests check they agree)."""
+    out = bytearray()
+    _cbor_map(out, record, _TOP_ORDER)
+    return bytes(out)
+
+
 def small_cid(nsid: str, fields: list[Field], created: str) -> str:
     """The CID of the record of a compact body's fields: sha2-256 of its DAG-CBOR (a strong
     ref's cid is a string there, format cid, not a CID link)."""
-    digest = hashlib.sha256(cbor_encode(small_record(nsid, fields, created))).digest()
+    digest = hashlib.sha256(small_cbor(small_record(nsid, fields, created))).digest()
     return cid_text(DAG_CBOR_SHA256 + digest)
 
 
@@ -366,7 +410,7 @@ class BodyCompressor:
                 # The record holds strings only (encode_small checked its shape): its DAG-CBOR
                 # is what its author's repo hashed, unless that was not canonical.
                 packed = pack_cid(cid)
-                recomputed = hashlib.sha256(cbor_encode(record)).digest()
+                recomputed = hashlib.sha256(small_cbor(record)).digest()
                 return (None if packed == recomputed else packed), small[0]
         return pack_cid(cid), self.compress(body)
 
@@ -432,5 +476,5 @@ class BodyDecompressor:
             record = small_record(nsid, fields, created)
             if stored_cid is not None:
                 return record_json(record), cid_of(stored_cid)
-            return record_json(record), cid_text(DAG_CBOR_SHA256 + hashlib.sha256(cbor_encode(record)).digest())
+            return record_json(record), cid_text(DAG_CBOR_SHA256 + hashlib.sha256(small_cbor(record)).digest())
         return self.decompress(data), cid_of(stored_cid)

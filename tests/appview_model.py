@@ -49,7 +49,7 @@ STARTERPACK = "app.bsky.graph.starterpack"
 LABELER = "app.bsky.labeler.service"
 MENTION = "app.bsky.richtext.facet#mention"
 
-# smalldp's default body_collections (store/writer.py DEFAULT_BODY_COLLECTIONS)
+# smalldp's default body_collections (smalldp/record_bodies.py DEFAULT_BODY_COLLECTIONS)
 BODY_COLLECTIONS = frozenset({
     POST, PROFILE, LIST, GENERATOR, STARTERPACK, "app.bsky.feed.threadgate",
     "app.bsky.feed.postgate", "app.bsky.labeler.service",

@@ -39,7 +39,8 @@ from smalldp.store.bodies import (
 from smalldp.store.check import check_store
 from smalldp.store.dataplane import DataPlaneReader
 from smalldp.store.schema import SCHEMA_VERSION
-from smalldp.store.writer import DEFAULT_BODY_COLLECTIONS, Writer
+from smalldp.record_bodies import DEFAULT_BODY_COLLECTIONS
+from smalldp.store.writer import Writer
 from smalldp.tid import int_to_tid, tid_from_time
 from smalldp.verify import DictResolver
 

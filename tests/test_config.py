@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from smalldp.record_bodies import DEFAULT_BODY_COLLECTIONS
 from smalldp.config import (
     SETTINGS,
     ConfigError,
@@ -37,7 +38,7 @@ def test_defaults() -> None:
     assert (s.compaction_fanout, s.actor_cache, s.read_threads) == (8, 500000, 1)
     assert s.log_level == "info"
     assert s.body_collections[0] == "app.bsky.feed.post"
-    assert len(s.body_collections) == 8
+    assert s.body_collections == DEFAULT_BODY_COLLECTIONS and "app.bsky.feed.like" in s.body_collections
 
 
 def test_state_directory_default_takes_first_path() -> None:

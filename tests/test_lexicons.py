@@ -26,7 +26,8 @@ import yarl
 from smalldp.api import NAMESPACE
 from smalldp.api.readers import READERS
 from smalldp.api.server import make_app
-from smalldp.store.writer import DEFAULT_BODY_COLLECTIONS, Writer
+from smalldp.record_bodies import DEFAULT_BODY_COLLECTIONS
+from smalldp.store.writer import Writer
 
 from helpers_server import (
     FOLLOW,

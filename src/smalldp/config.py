@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from smalldp.record_bodies import DEFAULT_BODY_COLLECTIONS
+
 ENV_PREFIX = "SMALLDP_"
 MAX_BATCH_EVENTS = 100_000
 MAX_BATCH_MS = 60_000
@@ -94,12 +96,10 @@ SETTINGS: tuple[Setting, ...] = (
             10, 60000),
     Setting("actor_cache", "int", 500_000,
             "Max DIDs kept in the in-memory ID cache.", 1000, 100_000_000),
-    Setting("body_collections", "list",
-            ("app.bsky.feed.post", "app.bsky.actor.profile", "app.bsky.graph.list",
-             "app.bsky.feed.generator", "app.bsky.graph.starterpack", "app.bsky.feed.threadgate",
-             "app.bsky.feed.postgate", "app.bsky.labeler.service"),
+    Setting("body_collections", "list", DEFAULT_BODY_COLLECTIONS,
             "Collections (NSIDs, `prefix.*` allowed) whose record bodies are stored; "
-            "comma-separated in env and CLI."),
+            "comma-separated in env and CLI. The default is what the official AppView reads as "
+            "records (README: Record storage for the AppView)."),
     Setting("log_level", "choice", "info", "Log verbosity.",
             choices=("debug", "info", "warning", "error")),
     # One by default: CPython runs one thread's Python at a time, so more reader threads

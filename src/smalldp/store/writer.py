@@ -42,6 +42,7 @@ from smalldp.store.encoding import (
     target_dids,
 )
 from smalldp.store.progress import Progress
+from smalldp.record_bodies import DEFAULT_BODY_COLLECTIONS
 from smalldp.store.purge import PurgeSweep
 from smalldp.store.schema import open_writer
 from smalldp.tid import tid_to_int
@@ -59,19 +60,6 @@ PURGE_ROWS_MIN = 10_000
 TARGET_CACHE_MAX = 200_000  # encoded target keys kept between batches
 ALIAS_BASE = -(1 << 62)  # sort keys of non-TID rkeys: negative, in first-seen order
 
-# What the AppView reads as records (bsky.Service's Get*Records and GetActors).  Likes,
-# reposts and follows (which its main views hydrate), blocks, list items and list blocks are
-# kept in store/bodies.py's compact codec (README: "Record storage for the AppView" has what
-# that costs); the accounts' self records after them are one per account at most.
-DEFAULT_BODY_COLLECTIONS = (
-    "app.bsky.feed.post", "app.bsky.actor.profile", "app.bsky.graph.list",
-    "app.bsky.feed.generator", "app.bsky.graph.starterpack", "app.bsky.feed.threadgate",
-    "app.bsky.feed.postgate", "app.bsky.labeler.service",
-    "app.bsky.feed.like", "app.bsky.feed.repost", "app.bsky.graph.follow", "app.bsky.graph.block",
-    "app.bsky.graph.listitem", "app.bsky.graph.listblock",
-    "app.bsky.actor.status", "chat.bsky.actor.declaration", "app.bsky.notification.declaration",
-    "com.germnetwork.declaration", "app.bsky.graph.verification",
-)
 
 RecordKey = tuple[int, int, int]  # (sort key, actor id, collection id)
 LinkList = list[tuple[int, bytes]]  # [(source id, target key)]

@@ -53,7 +53,7 @@ def call(dp: DataPlaneReader, **fields: Any) -> bsky_pb2.GetNotificationsRespons
 
 
 def as_dict(n: bsky_pb2.Notification) -> dict[str, Any]:
-    """A Notification as the model writes it (time in microseconds)."""
+    """A Notification as the model writes it (time in microseconds, whole milliseconds)."""
     return {"uri": n.uri, "reason": n.reason, "reasonSubject": n.reason_subject,
             "timeUs": n.timestamp.seconds * 1_000_000 + n.timestamp.nanos // 1000, "priority": n.priority}
 
@@ -81,9 +81,11 @@ def expected(model: AppViewModel, actor: str, posts: int | None = None,
     def floor(collection: str, n: int) -> int:
         live = sorted((tid_to_int(rid[2]) for rid, _ in model.live(collection, actor)), reverse=True)
         return live[min(n, len(live)) - 1] if live else 1 << 64  # type: ignore[return-value]
-    return model.get_notifications(
+    found = model.get_notifications(
         actor, post_floor=floor(am.POST, notif.NOTIFICATION_POSTS if posts is None else posts),
         repost_floor=floor(am.REPOST, notif.NOTIFICATION_REPOSTS if reposts is None else reposts))
+    # timestamps go out in whole milliseconds (rpcs/args.timestamp_us)
+    return [{**n, "timeUs": n["timeUs"] // 1000 * 1000} for n in found]
 
 
 def parent_of(model: AppViewModel, uri: str) -> Any:
@@ -474,7 +476,7 @@ def test_by_hand(tmp_path: Path) -> None:
         assert (f"at://{x}/{am.FOLLOW}/{t(25, 4)}", "follow") in by_uri
         assert (f"at://{x}/{am.LIKE}/{t(21, 2)}", "like") not in by_uri
         join = by_uri[(f"at://{z}/{am.PROFILE}/self", "starterpack-joined")]
-        assert join["reasonSubject"] == pack and join["timeUs"] == join_event["time_us"]
+        assert join["reasonSubject"] == pack and join["timeUs"] == join_event["time_us"] // 1000 * 1000
         assert by_uri[(a_answer, "reply")]["reasonSubject"] == x_reply
         assert by_uri[(b_answer, "reply")]["reasonSubject"] == x_reply  # below X's reply
         assert (f"at://{a}/{am.LIKE}/{t(44, 2)}", "like") not in by_uri  # a second like

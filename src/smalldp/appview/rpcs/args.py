@@ -26,6 +26,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Sequence, TypeVar
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from smalldp.appview.proto import bsky_pb2
 from smalldp.appview.rpcs.base import RpcError
 from smalldp.events import valid_did, valid_handle
@@ -135,3 +137,16 @@ def text(value: str, field: str) -> str:
     if len(value) > TEXT_MAX:
         raise invalid(field, f"at most {TEXT_MAX} characters")
     return value
+
+
+def timestamp_ms(ms: int) -> Timestamp:
+    """A Timestamp of milliseconds since the epoch (what the reference's ``Timestamp.fromDate``
+    makes: whole milliseconds)."""
+    seconds, milli = divmod(ms, 1000)
+    return Timestamp(seconds=seconds, nanos=milli * 1_000_000)
+
+
+def timestamp_us(time_us: int) -> Timestamp:
+    """A Timestamp of microseconds since the epoch, cut to whole milliseconds: the AppView's
+    client reads nanos rounding *up* (``Math.ceil``), so 12.345678 ms would show as 13."""
+    return timestamp_ms(time_us // 1000)

@@ -26,7 +26,6 @@ A ``did`` or ``handle`` without the syntax is ``invalid_argument``.
 
 from __future__ import annotations
 
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from smalldp.appview.identity import Identity, IdentityCache, IdentityError, choose_handle
 from smalldp.appview.proto import bsky_pb2 as pb
@@ -39,9 +38,6 @@ from smalldp.store.dataplane.notifications import IdentityState
 SERVICE = "identity"  # the key of the IdentityCache in AppViewContext.services
 
 
-def timestamp(time_us: int) -> Timestamp:
-    """A protobuf Timestamp of microseconds since the epoch."""
-    return Timestamp(seconds=time_us // 1_000_000, nanos=time_us % 1_000_000 * 1000)
 
 
 def _cache(ctx: AppViewContext) -> IdentityCache:
@@ -67,7 +63,7 @@ async def get_identity_by_did(ctx: AppViewContext, req: pb.GetIdentityByDidReque
     handle = choose_handle(identity, None if state is None else state.handle,
                            None if state is None else state.handle_owner)
     return pb.GetIdentityByDidResponse(did=did, handle=handle, keys=identity.keys, services=identity.services,
-                                       updated=timestamp(identity.fetched_us))
+                                       updated=args.timestamp_us(identity.fetched_us))
 
 
 def _by_handle(dp: DataPlaneReader, handle: str) -> tuple[str, IdentityState | None]:
@@ -92,4 +88,4 @@ async def get_identity_by_handle(ctx: AppViewContext,
     if not identity.claims(handle):
         raise RpcError("not_found", f"identity not found: the DID document of {did} does not claim {handle}")
     return pb.GetIdentityByHandleResponse(handle=handle, did=did, keys=identity.keys, services=identity.services,
-                                          updated=timestamp(identity.fetched_us))
+                                          updated=args.timestamp_us(identity.fetched_us))

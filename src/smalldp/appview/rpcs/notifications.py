@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from smalldp.appview.proto import bsky_pb2 as pb
 from smalldp.appview.rpcs import args
@@ -26,8 +25,6 @@ from smalldp.appview.rpcs.base import AppViewContext, async_rpc, rpc
 from smalldp.store.dataplane import DataPlaneReader
 
 
-def _timestamp(time_us: int) -> Timestamp:
-    return Timestamp(seconds=time_us // 1_000_000, nanos=time_us % 1_000_000 * 1000)
 
 
 @rpc("GetNotifications")
@@ -38,7 +35,7 @@ def get_notifications(dp: DataPlaneReader, req: pb.GetNotificationsRequest) -> p
         items, next_cursor = dp.notifications(actor, limit, cursor, req.priority)
     return pb.GetNotificationsResponse(notifications=[
         pb.Notification(recipient_did=actor, uri=item.uri, reason=item.reason, reason_subject=item.reason_subject,
-                        timestamp=_timestamp(item.time_us), priority=item.priority)
+                        timestamp=args.timestamp_us(item.time_us), priority=item.priority)
         for item in items], cursor=next_cursor or "")
 
 

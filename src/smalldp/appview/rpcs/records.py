@@ -32,7 +32,6 @@ from __future__ import annotations
 import datetime
 
 import orjson
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from smalldp.appview.proto import bsky_pb2
 from smalldp.appview.rpcs import args
@@ -68,12 +67,6 @@ POST = "app.bsky.feed.post"
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 
-def timestamp(ms: int) -> Timestamp:
-    """A Timestamp of milliseconds since the epoch (what ``Timestamp.fromDate`` makes)."""
-    seconds, milli = divmod(ms, 1000)
-    return Timestamp(seconds=seconds, nanos=milli * 1_000_000)
-
-
 def created_ms(record: object) -> int | None:
     """Milliseconds since the epoch of a record's ``createdAt`` when it is a datetime with a
     timezone (RFC 3339, or ISO 8601 as Python reads it), else None."""
@@ -97,10 +90,10 @@ def record_message(stored: StoredRecord | None) -> bsky_pb2.Record:
         return bsky_pb2.Record(record=EMPTY_JSON)
     created = created_ms(orjson.loads(stored.json))
     indexed = stored.indexed_us // 1000
-    out = bsky_pb2.Record(record=stored.json, cid=stored.cid, indexed_at=timestamp(indexed),
-                          sorted_at=timestamp(indexed if created is None else min(created, indexed)))
+    out = bsky_pb2.Record(record=stored.json, cid=stored.cid, indexed_at=args.timestamp_ms(indexed),
+                          sorted_at=args.timestamp_ms(indexed if created is None else min(created, indexed)))
     if created is not None:
-        out.created_at.CopyFrom(timestamp(created))
+        out.created_at.CopyFrom(args.timestamp_ms(created))
     return out
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 // Runs the official AppView (@atproto/bsky's BskyAppView, the pinned version in this
-// directory) on 127.0.0.1 against a DataPlane, for the conformance tests
-// (tests/appview_harness.py) and scripts/conformance.
+// directory) against a DataPlane: on 127.0.0.1 for the conformance tests
+// (tests/appview_harness.py) and scripts/conformance, and as the appliance's
+// smalldp-appview.service (systemd/, `scripts/install.sh --appview`: installed as
+// /opt/smalldp/appview/appview.cjs, settings in /etc/smalldp/appview.env).
 //
 //   node appview.cjs            configured by the environment, as the appliance is:
 //     BSKY_DATAPLANE_URLS           the DataPlane, e.g. http://127.0.0.1:8081 (required)
@@ -14,15 +16,20 @@
 //                                   call bsync. Default here: a closed loopback port and
 //                                   did:example:mod
 //     BSKY_PORT                     0 (default here: any free port)
+//     SMALLDP_APPVIEW_HOST          the address to listen on (default 127.0.0.1; the
+//                                   appliance's appview.env: 0.0.0.0, the LAN)
 //     SMALLDP_APPVIEW_VALIDATE=1    validate every response against the lexicons (what
 //                                   debugMode does; a response that fails is a 500)
 //     LOG_ENABLED=true, LOG_LEVEL   the AppView's own pino logs, to stderr
 //
 // Prints one JSON line {"port": N, "version": "0.0.221", ...} to stdout once it listens,
-// then serves until its stdin closes (or SIGTERM / SIGINT), and exits 0.
+// then serves until its stdin closes (when stdin is a pipe or socket, as the harness
+// gives it; under systemd stdin is /dev/null and is not watched), or SIGTERM / SIGINT,
+// and exits 0.
 //
 // Differences from `BskyAppView.start()`, all deliberate:
-// * it listens on 127.0.0.1 only (start() calls app.listen(port): every interface);
+// * it listens on 127.0.0.1 unless SMALLDP_APPVIEW_HOST says otherwise (start() calls
+//   app.listen(port): every interface);
 // * NODE_ENV test/development are refused. ServerConfig.readEnv derives `debugMode` from
 //   them, and debugMode turns off the blob proxy's SSRF protection
 //   (BSKY_DISABLE_SSRF_PROTECTION defaults to it) and switches on response validation;
@@ -38,6 +45,7 @@
 
 const http = require('node:http')
 const events = require('node:events')
+const fs = require('node:fs')
 
 function defaultEnv(name, value) {
   if (process.env[name] === undefined || process.env[name] === '') process.env[name] = value
@@ -70,7 +78,7 @@ async function main() {
   bsky.ctx.featureGatesClient.start() // not configured: logs and returns
   const server = http.createServer(bsky.app)
   server.keepAliveTimeout = 90000
-  server.listen(Number(process.env.BSKY_PORT), '127.0.0.1')
+  server.listen(Number(process.env.BSKY_PORT), process.env.SMALLDP_APPVIEW_HOST || '127.0.0.1')
   await events.once(server, 'listening')
   const { port } = server.address()
   config.assignPort(port)
@@ -85,14 +93,23 @@ async function main() {
     await new Promise((resolve) => server.close(() => resolve()))
     process.exit(0)
   }
-  process.stdin.on('end', stop)
-  process.stdin.on('error', stop)
-  process.stdin.resume()
+  // The harness stops it by closing stdin (a pipe). /dev/null (systemd's default), a
+  // terminal or a file would end at once or never: only signals stop it then.
+  let stdinIsPipe = false
+  try {
+    const st = fs.fstatSync(0)
+    stdinIsPipe = st.isFIFO() || st.isSocket()
+  } catch {}
+  if (stdinIsPipe) {
+    process.stdin.on('end', stop)
+    process.stdin.on('error', stop)
+    process.stdin.resume()
+  }
   process.on('SIGTERM', stop)
   process.on('SIGINT', stop)
 
   process.stdout.write(JSON.stringify({
-    port, version, node: process.version, serverDid: config.serverDid,
+    port, host: server.address().address, version, node: process.version, serverDid: config.serverDid,
     dataplaneUrls: config.dataplaneUrls, dataplaneHttpVersion: config.dataplaneHttpVersion,
     didPlcUrl: config.didPlcUrl, validateResponses: config.debugMode,
     serviceDidKey: signingKey.did(),

@@ -11,20 +11,12 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DIR="$ROOT/conformance/node"
-# The strictest `engines.node` in package-lock.json (undici >=18.17, sharp ^18.17.0 ||
-# ^20.3.0 || >=21); @atproto/bsky itself says >=18.7.0. Check again after a version bump:
-#   grep -A1 '"engines"' conformance/node/package-lock.json | grep '"node"' | sort | uniq -c
-NODE_MIN=18.17.0
+# NODE_MIN, node_ok, node_wanted_packages, node_problem, node_modules_stamp: shared with
+# scripts/install.sh --appview.
+# shellcheck source=_node_common.sh
+. "$ROOT/scripts/_node_common.sh"
 
 say() { echo "_node_deps.sh: $*" >&2; }
-
-node_ok() {
-  command -v node >/dev/null 2>&1 || return 1
-  local have
-  have=$(node -p 'process.versions.node' 2>/dev/null) || return 1
-  # version order: NODE_MIN sorts first (or equal) when node is new enough
-  [ "$(printf '%s\n%s\n' "$NODE_MIN" "$have" | sort -V | head -n1)" = "$NODE_MIN" ]
-}
 
 apt_install() {
   local sudo=()
@@ -46,25 +38,21 @@ apt_install() {
   rm -f "$log"
 }
 
-# 1. Node and npm. Debian's nodejs has no npm in it (a separate package); a Node from
-# elsewhere (NodeSource, nvm) that is new enough is used as it is, with its own npm.
-want=()
-node_ok || want+=(nodejs)
-command -v npm >/dev/null 2>&1 || want+=(npm)
+# 1. Node and npm.
+read -r -a want <<<"$(node_wanted_packages)"
 if [ ${#want[@]} -gt 0 ]; then
   apt_install "${want[@]}" || exit 1
   hash -r
 fi
-if ! node_ok; then
-  say "node $(node --version 2>/dev/null || echo missing) is older than $NODE_MIN, which @atproto/bsky's dependencies need"
+if ! problem=$(node_problem); then
+  say "$problem"
   exit 1
 fi
-command -v npm >/dev/null 2>&1 || { say "npm missing after apt-get"; exit 1; }
 
 # 2. node_modules, made by `npm ci` from the committed lockfile. The stamp records what it
 # was made from: the lockfile's hash and the Node ABI (sharp and friends are native).
 stamp_file="$DIR/node_modules/.smalldp-stamp"
-want_stamp="$(cat "$DIR/package.json" "$DIR/package-lock.json" | sha256sum | cut -d' ' -f1) node-abi-$(node -p 'process.versions.modules')"
+want_stamp=$(node_modules_stamp "$DIR" node)
 if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$want_stamp" ]; then
   exit 0
 fi

@@ -488,8 +488,12 @@ class Reader:
             part = entries[start:start + 300]
             values = ",".join("(?,?,?)" for _ in part)
             params = [x for sk, aid in part for x in (sk, aid, coll)]
+            # A join from the keys, not `(sk, aid, coll) IN (VALUES ...)`: SQLite 3.40 runs that
+            # as a scan of the whole forward index (165 ms for 300 keys on a 2M-event store,
+            # 0.6 ms this way).
             for sk, aid, links in self.conn.execute(
-                    f"SELECT sk, aid, links FROM fwd WHERE (sk, aid, coll) IN (VALUES {values})", params):
+                    f"WITH k(sk, aid, coll) AS (VALUES {values}) SELECT f.sk, f.aid, f.links FROM k "
+                    "CROSS JOIN fwd f ON f.sk = k.sk AND f.aid = k.aid AND f.coll = k.coll", params):
                 if links is not None:
                     out[(sk, aid)] = decode_links(links)
         return out

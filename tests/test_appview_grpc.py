@@ -442,6 +442,24 @@ def test_health_and_metrics_count_calls(served: Served) -> None:
     assert after[("smalldp_grpc_serving", ())] == 1 and after[("smalldp_rpc_in_flight", ())] == 0
 
 
+def test_health_and_metrics_give_each_methods_recent_latency(served: Served) -> None:
+    """/xrpc/_health's grpc.methods and /metrics' smalldp_rpc_recent_seconds: per method,
+    the p50/p99 of its last calls, from a real serve."""
+    for _ in range(4):
+        served.call("GetLatestRev", pb.GetLatestRevRequest(actor_did=ALICE))
+    health = json.loads(request(served.http, "GET", "/xrpc/_health")[2])["grpc"]
+    rev = health["methods"]["GetLatestRev"]
+    assert set(rev) == {"calls", "window", "p50_ms", "p99_ms"}
+    assert rev["calls"] >= 4 and 4 <= rev["window"] <= rev["calls"]
+    assert 0 < rev["p50_ms"] <= rev["p99_ms"] < 10_000
+    samples = rpc_samples(served.http)
+    p50 = samples[("smalldp_rpc_recent_seconds", (("method", "GetLatestRev"), ("quantile", "0.5")))]
+    p99 = samples[("smalldp_rpc_recent_seconds", (("method", "GetLatestRev"), ("quantile", "0.99")))]
+    assert 0 < p50 <= p99 < 10
+    quantiled = {dict(labels)["method"] for name, labels in samples if name == "smalldp_rpc_recent_seconds"}
+    assert quantiled == set(health["methods"])
+
+
 # ------------------------------------------------------------------ serve: off, a taken port, with ingest
 
 
@@ -706,3 +724,56 @@ def test_graceful_stop(store: Path) -> None:
             assert err.code() == grpc.StatusCode.UNAVAILABLE
 
     asyncio.run(main())
+
+
+def test_recent_latency_quantiles_in_process(store: Path) -> None:
+    """The ring holds each method's answered calls, refused ones (the in-flight bound) left
+    out; the quantiles are of what it holds."""
+    async def main() -> None:
+        delays = iter([0.3] + [0.01] * 20)
+
+        async def timed(ctx: Any, req: Any) -> Any:
+            await asyncio.sleep(next(delays))
+            return pb.PingResponse()
+
+        async with InProcess(store, {}, {"Ping": timed}, max_in_flight=1) as s:
+            slow = asyncio.ensure_future(s.unary("Ping")(b"", timeout=20))
+            while s.dispatcher.metrics.in_flight < 1:
+                await asyncio.sleep(0.01)
+            refused = await aio_error(s.unary("Ping"))
+            assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            await slow
+            for _ in range(20):
+                await s.unary("Ping")(b"", timeout=20)
+            methods = s.dispatcher.metrics.health()["methods"]
+            assert methods["Ping"]["calls"] == 22 and methods["Ping"]["window"] == 21  # the refusal not timed
+            assert 10 <= methods["Ping"]["p50_ms"] < 200  # twenty calls of 10 ms
+            assert methods["Ping"]["p99_ms"] >= 300  # the slow one: index int(21 * 0.99) = 20 of 21
+
+    asyncio.run(main())
+
+
+def test_recent_latency_ring_is_bounded_and_exposed() -> None:
+    """RpcMetrics alone: the ring keeps the last LATENCY_WINDOW durations of each method,
+    nearest-rank quantiles, paths outside bsky.Service not kept; /metrics parses."""
+    from smalldp.api.metrics import exposition
+    from smalldp.appview.grpc_server import LATENCY_WINDOW, UNKNOWN_METHOD, RpcMetrics
+
+    m = RpcMetrics()
+    for i in range(LATENCY_WINDOW + 100):  # the first 100 (the slowest) fall out of the ring
+        m.record("grpc", "GetTimeline", "ok", 10.0 if i < 100 else (i - 100) / 1000)
+    m.record("connect", "GetActors", "not_found", 0.002)
+    m.record("grpc", UNKNOWN_METHOD, "unimplemented", 0.001)
+    m.record("grpc", "GetActors", "resource_exhausted", 0.0, timed=False)
+    health = m.health()["methods"]
+    n = LATENCY_WINDOW
+    assert health["GetTimeline"] == {"calls": n + 100, "window": n, "p50_ms": float(n // 2),
+                                     "p99_ms": float(int(n * 0.99))}
+    assert health["GetActors"] == {"calls": 2, "window": 1, "p50_ms": 2.0, "p99_ms": 2.0}
+    assert UNKNOWN_METHOD not in health
+    families = {f.name: f for f in text_string_to_metric_families(exposition(m.samples()))}
+    recent = families["smalldp_rpc_recent_seconds"]
+    assert recent.type == "gauge"
+    values = {(s.labels["method"], s.labels["quantile"]): s.value for s in recent.samples}
+    assert values == {("GetActors", "0.5"): 0.002, ("GetActors", "0.99"): 0.002,
+                      ("GetTimeline", "0.5"): (n // 2) / 1000, ("GetTimeline", "0.99"): int(n * 0.99) / 1000}

@@ -32,7 +32,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, TypeVar, cast
 
@@ -57,6 +57,8 @@ MAX_IN_FLIGHT = 512
 STOP_GRACE_S = 2.0
 UNKNOWN_METHOD = "(unknown)"  # the metrics' method label for paths outside bsky.Service
 GRPC_CODES: dict[str, grpc.StatusCode] = {code.name.lower(): code for code in grpc.StatusCode}
+LATENCY_WINDOW = 512  # durations kept per method for its quantiles (the most recent calls)
+QUANTILES = (0.5, 0.99)
 
 
 @dataclass(frozen=True)
@@ -100,13 +102,30 @@ class RpcMetrics:
     calls: Counter[tuple[str, str]] = field(default_factory=Counter)  # (transport, method)
     codes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (transport, code), errors only
     seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))  # per method
+    # the durations of each method's last LATENCY_WINDOW answered calls (seconds)
+    recent: dict[str, deque[float]] = field(default_factory=dict)
 
-    def record(self, transport: str, method: str, code: str, seconds: float) -> None:
-        """One finished call (``code`` "ok" or an error code)."""
+    def record(self, transport: str, method: str, code: str, seconds: float, *, timed: bool = True) -> None:
+        """One finished call (``code`` "ok" or an error code); ``timed`` False for a call
+        refused before it ran (its duration says nothing about answering)."""
         self.calls[(transport, method)] += 1
         if code != "ok":
             self.codes[(transport, code)] += 1
         self.seconds[method] += seconds
+        if timed and method != UNKNOWN_METHOD:
+            ring = self.recent.get(method)
+            if ring is None:
+                ring = self.recent[method] = deque(maxlen=LATENCY_WINDOW)
+            ring.append(seconds)
+
+    def quantiles(self) -> dict[str, tuple[int, list[float]]]:
+        """Per method with timed calls: (calls in the ring, [seconds at each of QUANTILES])."""
+        out: dict[str, tuple[int, list[float]]] = {}
+        for method, ring in sorted(self.recent.items()):
+            values = sorted(ring)
+            n = len(values)
+            out[method] = (n, [values[min(n - 1, int(n * q))] for q in QUANTILES])
+        return out
 
     def health(self) -> dict[str, object]:
         """The ``grpc`` part of /xrpc/_health."""
@@ -114,11 +133,16 @@ class RpcMetrics:
         for (_, code), n in self.codes.items():
             errors[code] += n
         by_transport: Counter[str] = Counter()
-        for (transport, _), n in self.calls.items():
+        by_method: Counter[str] = Counter()
+        for (transport, method), n in self.calls.items():
             by_transport[transport] += n
+            by_method[method] += n
+        methods = {method: {"calls": by_method[method], "window": n,
+                            "p50_ms": round(q[0] * 1000, 3), "p99_ms": round(q[1] * 1000, 3)}
+                   for method, (n, q) in self.quantiles().items()}
         return {"listen": self.listen, "state": self.state, "in_flight": self.in_flight,
                 "calls": by_transport.get("grpc", 0), "connect_calls": by_transport.get("connect", 0),
-                "errors": dict(sorted(errors.items()))}
+                "errors": dict(sorted(errors.items())), "methods": methods}
 
     def samples(self) -> list[Sample]:
         """Prometheus samples; labelled ones share their metric's HELP and TYPE."""
@@ -136,6 +160,11 @@ class RpcMetrics:
         for method, s in sorted(self.seconds.items()):
             out.append((f'smalldp_rpc_seconds_total{{method="{method}"}}', "counter",
                         "Time spent answering bsky.Service calls, by method.", s))
+        for method, (_, values) in self.quantiles().items():
+            for q, value in zip(QUANTILES, values):
+                out.append((f'smalldp_rpc_recent_seconds{{method="{method}",quantile="{q:g}"}}', "gauge",
+                            f"bsky.Service answer time, quantiles of each method's last {LATENCY_WINDOW} calls.",
+                            value))
         return out
 
 
@@ -164,7 +193,7 @@ class Dispatcher:
         known = METHODS.get(method)
         code = "ok"
         if metrics.in_flight >= self.max_in_flight:
-            metrics.record(transport, method if known else UNKNOWN_METHOD, "resource_exhausted", 0.0)
+            metrics.record(transport, method if known else UNKNOWN_METHOD, "resource_exhausted", 0.0, timed=False)
             raise RpcError("resource_exhausted", f"more than {self.max_in_flight} bsky.Service calls in flight")
         metrics.in_flight += 1
         if self.gate is not None:

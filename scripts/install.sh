@@ -6,8 +6,11 @@
 #   sudo scripts/install.sh --no-start    the same without starting (image builds)
 #   sudo scripts/install.sh --no-compile  install the interpreted source: no mypyc build
 #                                         (also SMALLDP_COMPILE=0), no C compiler needed
-#   sudo scripts/install.sh --uninstall   remove smalldp; keep the data and the config
+#   sudo scripts/install.sh --uninstall   remove smalldp (and the AppView); keep the data and the config
 #   sudo scripts/install.sh --purge       remove smalldp, its data, its config and its user
+#   sudo scripts/install.sh --appview     also install the official Bluesky AppView on smalldp
+#                                         (smalldp-appview.service); later runs upgrade it too
+#   sudo scripts/install.sh --appview --uninstall   remove only the AppView (--purge: and its settings)
 #
 # What it puts where:
 #   /opt/smalldp/.venv                     a virtualenv with this checkout's package (wheels from PyPI),
@@ -16,6 +19,12 @@
 #   /etc/systemd/system/smalldp.service    the unit (systemd/smalldp.service)
 #   /etc/sysusers.d/smalldp.conf           the system user smalldp (systemd/smalldp.sysusers)
 #   /var/lib/smalldp                       the data (the unit's StateDirectory)
+# and with --appview (appliance/README.md, "Run the official AppView"):
+#   /opt/smalldp/appview                   the pinned @atproto/bsky (conformance/node's package.json,
+#                                          package-lock.json: npm ci) and its launcher appview.cjs
+#   /etc/smalldp/appview.env               from systemd/appview.env with a fresh signing key, only when absent
+#   /etc/systemd/system/smalldp-appview.service   the unit (systemd/smalldp-appview.service)
+#   Node and npm                           Debian's nodejs and npm, when /usr/bin/node is missing or too old
 #
 # Safe to run again: each step checks what is there. Without a running systemd (a chroot,
 # an image build) it enables the unit by its symlink and does not start it.
@@ -31,6 +40,12 @@ WANTS=/etc/systemd/system/multi-user.target.wants
 SYSUSERS=/etc/sysusers.d/smalldp.conf
 DATA=/var/lib/smalldp
 USER_NAME=smalldp
+# The AppView (--appview). It runs as a DynamicUser: no account to create.
+APPVIEW_DIR=$PREFIX/appview
+APPVIEW_ENV=$CONF_DIR/appview.env
+APPVIEW_UNIT=/etc/systemd/system/smalldp-appview.service
+# The unit's ExecStart names this node.
+NODE_BIN=/usr/bin/node
 # procps: /bin/kill, the unit's ExecReload.
 APT_PACKAGES=(python3 python3-venv ca-certificates procps)
 # The mypyc build: a C compiler and Python's headers.
@@ -39,15 +54,16 @@ COMPILE_APT_PACKAGES=(gcc libc6-dev python3-dev)
 say() { printf 'smalldp install: %s\n' "$*"; }
 die() { printf 'smalldp install: error: %s\n' "$*" >&2; exit 1; }
 
-usage() { sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
-MODE=install START=1 COMPILE=${SMALLDP_COMPILE:-1}
+MODE=install START=1 COMPILE=${SMALLDP_COMPILE:-1} APPVIEW=0
 for arg in "$@"; do
   case $arg in
     --uninstall) MODE=uninstall ;;
     --purge) MODE=purge ;;
     --no-start) START=0 ;;
     --no-compile) COMPILE=0 ;;
+    --appview) APPVIEW=1 ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $arg" ;;
   esac
@@ -78,14 +94,32 @@ quiet() {
 }
 
 disable_unit() {
+  local name=${1:-smalldp.service}
   if systemd_running; then
-    systemctl disable --now smalldp.service >/dev/null 2>&1 || true
+    systemctl disable --now "$name" >/dev/null 2>&1 || true
   else
-    rm -f "$WANTS/smalldp.service"
+    rm -f "$WANTS/$name"
+  fi
+}
+
+# The AppView's unit and its copy of @atproto/bsky; its settings go only with --purge.
+uninstall_appview() {
+  if [ -e "$APPVIEW_UNIT" ] || [ -e "$APPVIEW_DIR" ]; then
+    [ -e "$APPVIEW_UNIT" ] && disable_unit smalldp-appview.service
+    rm -f "$APPVIEW_UNIT" "$WANTS/smalldp-appview.service"
+    rm -rf "$APPVIEW_DIR"
+    systemd_running && systemctl daemon-reload || true
+    say "removed the AppView (smalldp-appview.service, $APPVIEW_DIR)"
+  fi
+  if [ "$MODE" = purge ]; then
+    rm -f "$APPVIEW_ENV"
+  elif [ -e "$APPVIEW_ENV" ]; then
+    say "kept its settings, $APPVIEW_ENV (--purge removes them)"
   fi
 }
 
 uninstall() {
+  uninstall_appview
   say "removing smalldp (mode: $MODE)"
   [ -e "$UNIT" ] && disable_unit
   rm -f "$UNIT" "$WANTS/smalldp.service" "$SYSUSERS"
@@ -107,7 +141,7 @@ uninstall() {
 }
 
 if [ "$MODE" != install ]; then
-  uninstall
+  if [ "$APPVIEW" = 1 ]; then uninstall_appview; else uninstall; fi
   exit 0
 fi
 
@@ -241,12 +275,12 @@ if ! check=$(STATE_DIRECTORY=$DATA "$VENV/bin/python" -c '
 import sys
 from smalldp.config import load_settings
 s = load_settings(config_path=sys.argv[1])
-print(s.listen_host_port()[1], s.listen_host_port()[0])
+grpc = s.grpc_host_port()
+print(s.listen_host_port()[1], s.listen_host_port()[0], *(grpc[::-1] if grpc else ("off", "off")))
 ' "$CONF" 2>&1); then
   die "$CONF: ${check##*$'\n'}"
 fi
-PORT=${check%% *}
-HOST=${check#* }
+read -r PORT HOST GRPC_PORT GRPC_HOST <<<"$check"
 
 install -m 0644 "$SRC/systemd/smalldp.service" "$UNIT"
 
@@ -279,13 +313,172 @@ else
 fi
 
 say "$VERSION ($BUILD_KIND) $state"
-case $HOST in
-  0.0.0.0|::)
-    say "open http://$(hostname).local:$PORT/"
-    ip=$(hostname -I 2>/dev/null | awk '{print $1}') || true
-    [ -n "${ip:-}" ] && say "  or http://$ip:$PORT/"
-    ;;
-  *:*) say "open http://[$HOST]:$PORT/" ;;
-  *) say "open http://$HOST:$PORT/" ;;
-esac
+# where HOST:PORT is reached from the LAN
+show_url() {
+  local host=$1 port=$2 path=${3:-/} ip
+  case $host in
+    0.0.0.0|::)
+      say "open http://$(hostname).local:$port$path"
+      ip=$(hostname -I 2>/dev/null | awk '{print $1}') || true
+      [ -n "${ip:-}" ] && say "  or http://$ip:$port$path"
+      ;;
+    *:*) say "open http://[$host]:$port$path" ;;
+    *) say "open http://$host:$port$path" ;;
+  esac
+}
+show_url "$HOST" "$PORT"
 say "logs: journalctl -u smalldp -f    status: systemctl status smalldp"
+
+# --- the AppView (--appview, or already installed: upgraded with smalldp) ----------------
+[ "$APPVIEW" = 1 ] || [ -e "$APPVIEW_UNIT" ] || exit 0
+[ "$APPVIEW" = 1 ] || say "upgrading the AppView too (installed earlier with --appview)"
+[ "$GRPC_PORT" != off ] ||
+  die "grpc_listen is off in $CONF: the AppView reads smalldp through it (set it, e.g. \"127.0.0.1:8081\")"
+# What the service's user reads (node_modules, the launcher) must not be root-only.
+umask 022
+
+# 1. Node and npm: Debian's, when /usr/bin/node (the unit's) is missing or too old.
+# shellcheck source=_node_common.sh
+. "$SRC/scripts/_node_common.sh"
+read -r -a want <<<"$(node_wanted_packages "$NODE_BIN")"
+if [ ${#want[@]} -gt 0 ]; then
+  say "installing ${want[*]} with apt-get (Debian's Node for the AppView)"
+  export DEBIAN_FRONTEND=noninteractive
+  quiet apt-get update -q
+  quiet apt-get install -y -q --no-install-recommends "${want[@]}"
+  hash -r
+fi
+problem=$(node_problem "$NODE_BIN") || die "$problem"
+
+# 2. The pinned @atproto/bsky, as the conformance tests run it: npm ci from the lockfile
+# (the npm registry; no install scripts run), again only when the lockfile or Node's ABI
+# changed. Root owns it all; the service only reads it.
+NODE_SRC=$SRC/conformance/node
+for f in package.json package-lock.json appview.cjs; do
+  [ -f "$NODE_SRC/$f" ] || die "$NODE_SRC/$f missing"
+done
+install -d -m 0755 "$APPVIEW_DIR"
+install -m 0644 "$NODE_SRC/package.json" "$NODE_SRC/package-lock.json" "$NODE_SRC/appview.cjs" "$APPVIEW_DIR/"
+stamp_file=$APPVIEW_DIR/node_modules/.smalldp-stamp
+want_stamp=$(node_modules_stamp "$APPVIEW_DIR" "$NODE_BIN")
+if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$want_stamp" ]; then
+  say "kept $APPVIEW_DIR/node_modules (same lockfile, same Node)"
+else
+  say "installing @atproto/bsky into $APPVIEW_DIR (npm ci, $("$NODE_BIN" --version), npm $(npm --version))"
+  started=$SECONDS
+  # The unit's node first on PATH: npm runs on it.
+  (cd "$APPVIEW_DIR" && quiet env PATH="$(dirname "$NODE_BIN"):$PATH" npm ci --omit=dev --ignore-scripts \
+    --no-audit --no-fund --loglevel=error)
+  echo "$want_stamp" >"$stamp_file"
+  say "npm ci took $((SECONDS - started)) s ($(du -sh "$APPVIEW_DIR/node_modules" | cut -f1))"
+fi
+APPVIEW_VERSION=$(cd "$APPVIEW_DIR" && "$NODE_BIN" -p 'require("@atproto/bsky/package.json").version') ||
+  die "@atproto/bsky does not load in $APPVIEW_DIR"
+
+# 3. Settings: written only when absent, with a secp256k1 key made here.
+if [ ! -e "$APPVIEW_ENV" ]; then
+  key=$(cd "$APPVIEW_DIR" && "$NODE_BIN" -e '
+const { Secp256k1Keypair } = require("@atproto/crypto")
+Secp256k1Keypair.create({ exportable: true })
+  .then((k) => k.export())
+  .then((b) => process.stdout.write(Buffer.from(b).toString("hex")))') || die "could not make a signing key"
+  [ ${#key} = 64 ] || die "the signing key made is not 64 hex digits"
+  case $GRPC_HOST in
+    0.0.0.0) dataplane=http://127.0.0.1:$GRPC_PORT ;;
+    ::) dataplane=http://[::1]:$GRPC_PORT ;;
+    *:*) dataplane=http://[$GRPC_HOST]:$GRPC_PORT ;;
+    *) dataplane=http://$GRPC_HOST:$GRPC_PORT ;;
+  esac
+  name=$(hostname | tr 'A-Z' 'a-z')
+  tmp=$(mktemp "$CONF_DIR/.appview.env.XXXXXX")
+  sed -e "s|^BSKY_SERVICE_SIGNING_KEY=.*|BSKY_SERVICE_SIGNING_KEY=$key|" \
+      -e "s|^BSKY_DATAPLANE_URLS=.*|BSKY_DATAPLANE_URLS=$dataplane|" \
+      -e "/^[A-Z_]*=/s|smalldp\.local|${name:-smalldp}.local|g" \
+      "$SRC/systemd/appview.env" >"$tmp"
+  chown root:root "$tmp"
+  chmod 0600 "$tmp"
+  mv "$tmp" "$APPVIEW_ENV"
+  unset key
+  say "wrote $APPVIEW_ENV with a new service signing key (edit it, then: systemctl restart smalldp-appview)"
+else
+  chown root:root "$APPVIEW_ENV"
+  chmod 0600 "$APPVIEW_ENV"
+  say "kept $APPVIEW_ENV"
+fi
+# A setting the AppView rejects is reported now rather than in a restart loop: the file
+# read as systemd reads it (NAME=value lines), then ServerConfig.readEnv and the key.
+if ! check=$(cd "$APPVIEW_DIR" && env -i PATH=/usr/bin:/bin NODE_ENV=production "$NODE_BIN" -e '
+// one line on failure: the last line of the output is what install.sh reports
+const fail = (err) => { console.log(`${err.name || "Error"}: ${String(err.message).replace(/\s+/g, " ").slice(0, 400)}`); process.exit(1) }
+Promise.resolve().then(() => {
+const fs = require("node:fs")
+for (const line of fs.readFileSync(process.argv[1], "utf8").split("\n")) {
+  const m = /^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$/.exec(line)
+  if (!m || /^\s*[#;]/.test(line)) continue
+  process.env[m[1]] = m[2].replace(/^"(.*)"$|^'"'"'(.*)'"'"'$/, "$1$2")
+}
+const e = process.env
+if (e.NODE_ENV === "test" || e.NODE_ENV === "development") throw new Error(`NODE_ENV=${e.NODE_ENV} is refused`)
+for (const name of ["BSKY_DATAPLANE_URLS", "BSKY_SERVER_DID", "BSKY_SERVICE_SIGNING_KEY", "BSKY_BSYNC_URL", "MOD_SERVICE_DID"]) {
+  if (!e[name]) throw new Error(`${name} is not set`)
+}
+if (!/^[0-9a-fA-F]{64}$/.test(e.BSKY_SERVICE_SIGNING_KEY)) throw new Error("BSKY_SERVICE_SIGNING_KEY is not 64 hex digits")
+const { ServerConfig } = require("@atproto/bsky")
+const { Secp256k1Keypair } = require("@atproto/crypto")
+const config = ServerConfig.readEnv()
+return Secp256k1Keypair.import(e.BSKY_SERVICE_SIGNING_KEY).then((k) => {
+  console.log([e.SMALLDP_APPVIEW_HOST || "127.0.0.1", config.port, config.dataplaneUrls.join(","), k.did()].join(" "))
+})
+}).catch(fail)' "$APPVIEW_ENV" 2>&1); then
+  die "$APPVIEW_ENV: ${check##*$'\n'}"
+fi
+read -r AV_HOST AV_PORT AV_DATAPLANE AV_KEY <<<"${check##*$'\n'}"
+case ",$AV_DATAPLANE," in
+  *"127.0.0.1:$GRPC_PORT,"*|*"localhost:$GRPC_PORT,"*|*"[::1]:$GRPC_PORT,"*|*"$GRPC_HOST:$GRPC_PORT,"*) ;;
+  *) say "warning: BSKY_DATAPLANE_URLS=$AV_DATAPLANE in $APPVIEW_ENV, but smalldp's grpc_listen is $GRPC_HOST:$GRPC_PORT" ;;
+esac
+
+# 4. The unit, enabled; started (restarted on upgrade) where systemd runs.
+install -m 0644 "$SRC/systemd/smalldp-appview.service" "$APPVIEW_UNIT"
+if systemd_running; then
+  systemctl daemon-reload
+  systemctl enable smalldp-appview.service >/dev/null 2>&1
+else
+  systemctl enable smalldp-appview.service >/dev/null 2>&1 || true
+  mkdir -p "$WANTS"
+  ln -sfn "$APPVIEW_UNIT" "$WANTS/smalldp-appview.service"
+fi
+[ -L "$WANTS/smalldp-appview.service" ] || die "could not enable smalldp-appview.service"
+if systemd_running && [ "$START" = 1 ]; then
+  if systemctl is-active --quiet smalldp-appview.service; then
+    say "restarting the AppView (upgrade)"
+    systemctl restart smalldp-appview.service
+  else
+    say "starting the AppView"
+    systemctl start smalldp-appview.service
+  fi
+  av_state="running"
+  # Ready when /xrpc/_health is 200: listening, and its Ping reached smalldp.
+  case $AV_HOST in 0.0.0.0) probe=127.0.0.1 ;; ::) probe=[::1] ;; *:*) probe=[$AV_HOST] ;; *) probe=$AV_HOST ;; esac
+  if python3 - "http://$probe:$AV_PORT/xrpc/_health" <<'PY'
+import sys, time, urllib.request
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    try:
+        with urllib.request.urlopen(sys.argv[1], timeout=5) as r:
+            sys.exit(0 if r.status == 200 else 1)
+    except OSError:
+        time.sleep(0.5)
+sys.exit(1)
+PY
+  then
+    av_state="running, answering (its /xrpc/_health reached smalldp)"
+  else
+    say "warning: the AppView does not answer http://$probe:$AV_PORT/xrpc/_health yet: journalctl -u smalldp-appview"
+  fi
+else
+  av_state="installed and enabled, not started"
+fi
+say "AppView @atproto/bsky $APPVIEW_VERSION on smalldp ($AV_DATAPLANE) $av_state, service key $AV_KEY"
+show_url "$AV_HOST" "$AV_PORT" /xrpc/_health
+say "logs: journalctl -u smalldp-appview -f    settings: $APPVIEW_ENV"

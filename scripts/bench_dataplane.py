@@ -113,13 +113,17 @@ def _manifest_ok(path: Path, key: dict[str, Any], fields: tuple[str, ...]) -> bo
     return all(have.get(f) == key.get(f) for f in fields)
 
 
-def ensure_dp_events(out: Path, key: dict[str, Any]) -> tuple[Path, Path]:
+def ensure_dp_events(out: Path, key: dict[str, Any], *, prefix: str = "dp",
+                     transform: Callable[[bytes], bytes] | None = None) -> tuple[Path, Path]:
     """The N-event file and its M-event tail (one generator pass over N + M events, so the
-    tail continues the stream), regenerated when the key differs."""
-    stem = f"dp-events-{key['events']}-{key['seed']}-a{key['accounts']}"
+    tail continues the stream), regenerated when the key differs.
+
+    ``prefix`` names the files; ``transform`` rewrites each line (the AppView benchmark's
+    stand-in DIDs): give such a variant its own prefix and a ``variant`` in the key."""
+    stem = f"{prefix}-events-{key['events']}-{key['seed']}-a{key['accounts']}"
     main, tail = out / f"{stem}.jsonl.zst", out / f"{stem}-tail{key['tail']}.jsonl.zst"
     manifest = out / f"{stem}-tail{key['tail']}.json"
-    fields = ("events", "seed", "accounts", "tail", "generator_sha256")
+    fields = ("events", "seed", "accounts", "tail", "generator_sha256", "variant")
     if main.exists() and tail.exists() and _manifest_ok(manifest, key, fields):
         return main, tail
     gen = load_generator()
@@ -133,7 +137,7 @@ def ensure_dp_events(out: Path, key: dict[str, Any]) -> tuple[Path, Path]:
                 zstandard.ZstdCompressor(level=3).stream_writer(raw_tail) as w_tail:
             for i, line in enumerate(it):
                 w = w_main if i < key["events"] else w_tail
-                w.write(line)
+                w.write(line if transform is None else transform(line))
                 w.write(b"\n")
     tmp_main.rename(main)
     tmp_tail.rename(tail)
@@ -150,16 +154,17 @@ def open_lines(path: Path) -> io.BufferedReader:
 
 
 def ensure_store(out: Path, events_file: Path, key: dict[str, Any],
-                 rebuild: bool = False) -> tuple[Path, dict[str, Any]]:
+                 rebuild: bool = False, *, prefix: str = "dp") -> tuple[Path, dict[str, Any]]:
     """`smalldp import --json` into a pristine store, once per key (the generator's
     arguments and source, and the store's schema version; --rebuild forces a new import,
-    e.g. after a change to the import path that kept the schema version)."""
+    e.g. after a change to the import path that kept the schema version). ``prefix`` as
+    for ensure_dp_events."""
     from smalldp.store.schema import SCHEMA_VERSION
 
     key = dict(key, schema=SCHEMA_VERSION)
-    store = out / f"dp-store-{key['events']}-{key['seed']}-a{key['accounts']}"
+    store = out / f"{prefix}-store-{key['events']}-{key['seed']}-a{key['accounts']}"
     manifest = store / "bench-manifest.json"
-    fields = ("events", "seed", "accounts", "generator_sha256", "schema")
+    fields = ("events", "seed", "accounts", "generator_sha256", "schema", "variant")
     if not rebuild and _manifest_ok(manifest, key, fields):
         return store, json.loads(manifest.read_text())["import"]
     if store.exists():
@@ -167,11 +172,11 @@ def ensure_store(out: Path, events_file: Path, key: dict[str, Any],
     store.mkdir(parents=True)
     log(f"building the store: smalldp import {events_file.name} -> {store.name}")
     started = time.monotonic()
-    with open(out / "dp-import.log", "wb") as errlog:
+    with open(out / f"{prefix}-import.log", "wb") as errlog:
         proc = subprocess.run(smalldp("import", "--json", "--data-dir", str(store), str(events_file)),
                               stdout=subprocess.PIPE, stderr=errlog, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"smalldp import exited with {proc.returncode}; see {out / 'dp-import.log'}")
+        raise RuntimeError(f"smalldp import exited with {proc.returncode}; see {out / f'{prefix}-import.log'}")
     summary = json.loads(proc.stdout.decode().strip().splitlines()[-1])
     summary["wall_s"] = round(time.monotonic() - started, 1)
     manifest.write_text(json.dumps(dict(key, built_by=_git_state(), **{"import": summary})) + "\n")
@@ -206,11 +211,15 @@ class Reservoir:
                 self.items[j] = item
 
 
-def pick_params(events_file: Path, key: dict[str, Any]) -> dict[str, Any]:
-    """Request parameters drawn from the stream the store holds (one pass, bounded memory)."""
+def pick_params(events_file: Path, key: dict[str, Any],
+                rename: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """Request parameters drawn from the stream the store holds (one pass, bounded memory).
+    ``rename`` maps the generator's scripted DIDs as the stream's ``transform`` did."""
     gen = load_generator()
     A = key["accounts"]
     viewers, mega, owners = gen.viewer_dids(A), gen.mega_did(A), gen.list_owner_dids(A)
+    if rename is not None:
+        viewers, mega, owners = [rename(v) for v in viewers], rename(mega), [rename(o) for o in owners]
     vset = set(viewers)
     rng = random.Random(11)
     likes = Reservoir(200_000, rng)  # (actor, subject uri)
@@ -530,11 +539,12 @@ class Recorder:
         self.sent: Counter[str] = Counter()
         self.trace: list[tuple[float, float, str]] = []  # (scheduled, ms, method)
 
-    async def one(self, session: aiohttp.ClientSession, method: str, url: URL, t0: float) -> None:
+    async def one(self, session: aiohttp.ClientSession, method: str, url: URL, t0: float,
+                  headers: dict[str, str] | None = None) -> None:
         loop = asyncio.get_running_loop()
         self.sent[method] += 1
         try:
-            async with session.get(url) as r:
+            async with session.get(url, headers=headers) as r:
                 body = await r.read()
                 ok, why = r.status == 200, f"HTTP {r.status} {body[:120]!r}"
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
@@ -559,11 +569,14 @@ class Recorder:
         return out
 
 
-async def open_loop(base: str, requests: list[tuple[str, URL]], rate: float, seconds: float,
-                    max_in_flight: int) -> dict[str, Any]:
-    """Send ``requests`` (cycled) at ``rate``/s for ``seconds``; latency from the schedule."""
+async def open_loop(base: str, requests: list[tuple[str, URL]] | list[tuple[str, URL, dict[str, str]]],
+                    rate: float, seconds: float, max_in_flight: int,
+                    recorder: Recorder | None = None) -> dict[str, Any]:
+    """Send ``requests`` (cycled) at ``rate``/s for ``seconds``; latency from the schedule.
+    A request may carry headers as a third element; ``recorder`` replaces the default one
+    (a subclass that judges answers differently)."""
     loop = asyncio.get_running_loop()
-    rec = Recorder()
+    rec = recorder if recorder is not None else Recorder()
     delays: list[float] = []
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     connector = aiohttp.TCPConnector(limit=max_in_flight)
@@ -578,8 +591,8 @@ async def open_loop(base: str, requests: list[tuple[str, URL]], rate: float, sec
             if delay > 0:
                 await asyncio.sleep(delay)
             delays.append((loop.time() - due) * 1000)
-            method, url = requests[i % len(requests)]
-            task = asyncio.create_task(rec.one(session, method, url, due))
+            req = requests[i % len(requests)]
+            task = asyncio.create_task(rec.one(session, req[0], req[1], due, req[2] if len(req) > 2 else None))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         sent_for = loop.time() - start

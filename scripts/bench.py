@@ -2,6 +2,8 @@
 
 `--dataplane` runs the DataPlane benchmark instead (scripts/bench_dataplane.py: every
 dev.smalldp method under open-loop load while live ingest runs; see its --help).
+`--appview` runs the AppView benchmark (scripts/bench_appview.py: the official AppView on
+smalldp under live ingest, and on the reference DataPlane; see its --help).
 
 Run through `scripts/bench` (which sets up the virtualenv).  Prints and writes JSON.
 This is a measurement, never a test: figures depend on the machine and its load.
@@ -289,6 +291,11 @@ def main() -> int:
         import bench_dataplane
 
         return bench_dataplane.main([a for a in sys.argv[1:] if a != "--dataplane"])
+    if "--appview" in sys.argv[1:]:  # the official AppView on smalldp (scripts/bench_appview.py)
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import bench_appview
+
+        return bench_appview.main([a for a in sys.argv[1:] if a != "--appview"])
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--seed", type=int, default=1)

@@ -146,6 +146,55 @@ def test_bench_dataplane(tmp_path: Path) -> None:
     assert {t["what"].split(" ")[0] for t in result["targets"]} >= {"getTimeline", "getFollowsFollowing"}
 
 
+APPVIEW_ENDPOINTS = ["app.bsky.feed.getTimeline", "app.bsky.actor.getProfile", "app.bsky.feed.getAuthorFeed",
+                     "app.bsky.feed.getPostThread", "app.bsky.graph.getFollowers", "app.bsky.feed.getLikes",
+                     "app.bsky.notification.listNotifications"]
+
+
+def test_bench_appview(tmp_path: Path) -> None:
+    """`scripts/bench --appview` at its smallest: the store, serve following the replay with
+    gRPC and the fake PLC, the official AppView on it, every endpoint logged in, the RPC
+    quantiles from serve's health; then the reference stack on the first 1,000 events.
+    Every section written, no request error on either side (needs node, the pinned
+    @atproto/bsky and PostgreSQL, as the conformance tests do)."""
+    out_json = tmp_path / "appview.json"
+    rc, out, seconds = run_bench(
+        ["--appview", "--events", "2000", "--ingest-rate", "500", "--duration-s", "3", "--warmup-s", "1",
+         "--settle-s", "1", "--candidates", "4", "--reference-events", "1000",
+         "--out-dir", str(tmp_path / "out"), "--json", str(out_json)], tmp_path, 300)
+    print(f"scripts/bench --appview --events 2000: {seconds:.1f} s")
+    assert out_json.exists(), out[-3000:]
+    result: dict[str, Any] = json.loads(out_json.read_text())
+    failures = [p for p in result["problems"] if "could not keep to its schedule" not in p]
+    assert failures == [], out[-3000:]
+    assert rc == (1 if result["problems"] else 0), out[-3000:]
+    for section in ("settings", "machine", "generator", "import", "params", "smalldp", "reference",
+                    "side_by_side", "targets"):
+        assert section in result, section
+    assert result["import"]["events"] == 2000
+    assert result["smalldp_build"]["build"] == (os.environ.get("SMALLDP_TEST_BUILD") or "interpreted")
+    ours, ref = result["smalldp"], result["reference"]
+    for side in (ours, ref):
+        assert side["errors"] == 0, side["streams"]
+        assert list(side["endpoints"]) == APPVIEW_ENDPOINTS
+        for nsid, fig in side["endpoints"].items():
+            assert fig["errors"] == 0 and fig["n"] + fig["gone"] > 0, (nsid, fig)
+        assert side["subjects"]["app.bsky.feed.getTimeline"]["kept"] == 1
+    assert ours["serve_exit"] == 0 and ours["appview"]["bsky"] and ours["appview"]["blocked_off_loopback"] == []
+    assert ours["plc_requests"]["doc"] > 0 and not ours["tail_exhausted"]
+    rpcs = ours["rpcs"]
+    assert {"GetTimeline", "GetActors", "GetIdentityByDid"} <= set(rpcs), rpcs
+    assert all(f["calls"] > 0 and f["p50_ms"] <= f["p99_ms"] and f["per_s"] > 0 for f in rpcs.values()), rpcs
+    ingest = ours["ingest"]
+    for key in ("events_per_s", "max_behind_s", "commit_gap_max_s", "kept_up"):
+        assert key in ingest, key
+    assert ingest["events_total"] > 0
+    assert ref["events"] == 1000 and ref["build"]["indexed"]["events"] == 1000 and ref["blocked_off_loopback"] == []
+    assert "reference" in ref["note"] and ref["viewer"] == ours["viewer"]
+    assert list(result["side_by_side"]) == APPVIEW_ENDPOINTS
+    assert result["targets"][0]["what"].startswith("getTimeline p95")
+
+
 def test_bench_live(tmp_path: Path) -> None:
     """`scripts/bench_live` (it picks its query targets as scripts/bench does): a catch-up of
     `serve` following `replay` under queries, answers compared with the imported store's,

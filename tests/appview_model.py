@@ -19,6 +19,12 @@ Replay rules (as the store applies them):
   any commit of that account delivered before it; commits with a rev up to that are
   ignored from then on.
 
+One record per pair: follows, blocks (per author and subject DID), likes, reposts (per
+author and subject uri), list blocks (per author and list) and list items (per list and
+subject) count once, as the reference's indexer keeps only the first of each pair; the
+model's first is the pair's oldest live record by rkey (``oldest_per``).  Every list of
+such records names that one record per pair, and a pair's record is that one.
+
 Answers are plain JSON-like values; methods that page return the whole list (the
 tests walk every cursor and compare the concatenation).
 """
@@ -262,6 +268,15 @@ class AppViewModel:
         """Records sorted newest first (rkey TID, then account ID, descending)."""
         return sorted(rids, key=self.sk, reverse=True)
 
+    def oldest_per(self, keyed: Iterable[tuple[RecordId, Any]]) -> list[RecordId]:
+        """Of (record, pair) items, each pair's oldest record (lowest rkey TID): the one
+        record of a pair the reference indexes."""
+        best: dict[Any, RecordId] = {}
+        for rid, pair in keyed:
+            if pair not in best or self.sk(rid) < self.sk(best[pair]):
+                best[pair] = rid
+        return list(best.values())
+
     def get_record(self, uri: str) -> Rec | None:
         """The live record at uri, or None."""
         rid = split_uri(uri)
@@ -280,10 +295,10 @@ class AppViewModel:
                 out.append((rid, rid[0], subject))
         return out
 
-    def newest_edge(self, collection: str, actor: str, subject: str) -> str:
-        """The newest live edge record actor -> subject, or ""."""
+    def first_edge(self, collection: str, actor: str, subject: str) -> str:
+        """The oldest live edge record actor -> subject (the pair's record), or ""."""
         rids = [rid for rid, a, s in self.edges(collection) if a == actor and s == subject]
-        return uri_of(self.newest_first(rids)[0]) if rids else ""
+        return uri_of(min(rids, key=self.sk)) if rids else ""
 
     def follows_of(self, viewer: str) -> set[str]:
         """Accounts the viewer follows (live follow, active subject)."""
@@ -334,12 +349,14 @@ class AppViewModel:
         }
 
     def get_likes_by_subject(self, subject: str) -> list[str]:
-        """getLikesBySubject, all pages."""
-        return [uri_of(r) for r in self.newest_first(self._likers(LIKE, subject))]
+        """getLikesBySubject, all pages: each liker's oldest like of the subject."""
+        return [uri_of(r) for r in self.newest_first(self.oldest_per((rid, rid[0])
+                                                                     for rid in self._likers(LIKE, subject)))]
 
     def get_reposts_by_subject(self, subject: str) -> list[str]:
-        """getRepostsBySubject, all pages."""
-        return [uri_of(r) for r in self.newest_first(self._likers(REPOST, subject))]
+        """getRepostsBySubject, all pages: each reposter's oldest repost of the subject."""
+        return [uri_of(r) for r in self.newest_first(self.oldest_per((rid, rid[0])
+                                                                     for rid in self._likers(REPOST, subject)))]
 
     def get_quotes_by_subject(self, subject: str) -> list[str]:
         """getQuotesBySubject, all pages."""
@@ -349,7 +366,7 @@ class AppViewModel:
         out = []
         for subject in subjects:
             rids = [rid for rid in self._likers(collection, subject) if rid[0] == actor]
-            out.append(uri_of(self.newest_first(rids)[0]) if rids else "")
+            out.append(uri_of(min(rids, key=self.sk)) if rids else "")
         return out
 
     def get_likes_by_actor_and_subjects(self, actor: str, subjects: list[str]) -> list[str]:
@@ -372,7 +389,7 @@ class AppViewModel:
         found = {rid: (a, s) for rid, a, s in self.edges(collection)
                  if (actor is None or a == actor) and (subject is None or s == subject)}
         return [{"uri": uri_of(rid), "actorDid": found[rid][0], "subjectDid": found[rid][1]}
-                for rid in self.newest_first(found)]
+                for rid in self.newest_first(self.oldest_per(found.items()))]
 
     def get_followers(self, actor: str) -> list[dict[str, str]]:
         """getFollowers, all pages."""
@@ -394,7 +411,7 @@ class AppViewModel:
 
     def get_actor_follows_actors(self, actor: str, targets: list[str]) -> list[str]:
         """getActorFollowsActors."""
-        return [self.newest_edge(FOLLOW, actor, t) for t in targets]
+        return [self.first_edge(FOLLOW, actor, t) for t in targets]
 
     def _list_contains(self, list_uri: str, member: str) -> bool:
         """A live listitem of the list's owner puts member in the list."""
@@ -405,13 +422,14 @@ class AppViewModel:
                    for _, rec in self.live(LISTITEM, owner[0]))
 
     def _list_block_rid(self, blocker: str, blocked: str) -> RecordId | None:
-        """The blocker's newest live listblock of a list containing blocked, or None.
+        """Of the blocker's live listblocks of lists containing blocked, each list's oldest
+        (the pair's record), the newest; or None.
 
         A list block is a block: invisible when the blocked account is inactive."""
         if not self.active(blocked):
             return None
-        rids = [rid for rid, rec in self.live(LISTBLOCK, blocker)
-                if self._list_contains(_get(rec.value, "subject"), blocked)]
+        rids = self.oldest_per((rid, rec.value["subject"]) for rid, rec in self.live(LISTBLOCK, blocker)
+                               if self._list_contains(_get(rec.value, "subject"), blocked))
         return self.newest_first(rids)[0] if rids else None
 
     def list_block(self, blocker: str, blocked: str) -> str:
@@ -429,42 +447,42 @@ class AppViewModel:
         instead of the listblock record (dev.smalldp)."""
         by_list = self.list_block_list if list_uris else self.list_block
         return [{"targetDid": t,
-                 "following": self.newest_edge(FOLLOW, viewer, t),
-                 "followedBy": self.newest_edge(FOLLOW, t, viewer),
-                 "blocking": self.newest_edge(BLOCK, viewer, t),
-                 "blockedBy": self.newest_edge(BLOCK, t, viewer),
+                 "following": self.first_edge(FOLLOW, viewer, t),
+                 "followedBy": self.first_edge(FOLLOW, t, viewer),
+                 "blocking": self.first_edge(BLOCK, viewer, t),
+                 "blockedBy": self.first_edge(BLOCK, t, viewer),
                  "blockingByList": by_list(viewer, t),
                  "blockedByList": by_list(t, viewer)} for t in targets]
 
     def get_block_existence(self, pairs: list[tuple[str, str]]) -> list[bool]:
         """getBlockExistence."""
-        return [bool(self.newest_edge(BLOCK, a, b) or self.newest_edge(BLOCK, b, a)
+        return [bool(self.first_edge(BLOCK, a, b) or self.first_edge(BLOCK, b, a)
                      or self.list_block(a, b) or self.list_block(b, a)) for a, b in pairs]
 
     def get_block_refs(self, pairs: list[tuple[str, str]]) -> list[dict[str, str]]:
         """bsky.Service's BlockExistence per pair (a, b): block records both ways, and the
         lists through which a blocks b / b blocks a."""
-        return [{"blocking": self.newest_edge(BLOCK, a, b), "blockedBy": self.newest_edge(BLOCK, b, a),
+        return [{"blocking": self.first_edge(BLOCK, a, b), "blockedBy": self.first_edge(BLOCK, b, a),
                  "blockingByList": self.list_block_list(a, b), "blockedByList": self.list_block_list(b, a)}
                 for a, b in pairs]
 
     def get_bidirectional_block(self, actor: str, target: str) -> str:
-        """A block record either way: the actor's newest of the target, else the target's of the actor."""
-        return self.newest_edge(BLOCK, actor, target) or self.newest_edge(BLOCK, target, actor)
+        """A block record either way: the actor's of the target, else the target's of the actor."""
+        return self.first_edge(BLOCK, actor, target) or self.first_edge(BLOCK, target, actor)
 
     def get_bidirectional_block_via_list(self, actor: str, target: str) -> str:
         """The list through which the actor blocks the target, else the other way, or ""."""
         return self.list_block_list(actor, target) or self.list_block_list(target, actor)
 
     def get_blocklist_subscription(self, actor: str, list_uri: str) -> str:
-        """The actor's newest live listblock whose subject is the list (live or not), or ""."""
+        """The actor's oldest live listblock whose subject is the list (live or not), or ""."""
         rids = [rid for rid, rec in self.live(LISTBLOCK, actor) if rec.value.get("subject") == list_uri]
-        return uri_of(self.newest_first(rids)[0]) if rids else ""
+        return uri_of(min(rids, key=self.sk)) if rids else ""
 
     def get_blocklist_subscriptions(self, actor: str) -> list[str]:
         """All pages: the live lists the actor has a live listblock of, each once, ordered by
-        the actor's newest listblock of each, newest first."""
-        newest: dict[str, tuple[int, int]] = {}
+        the actor's oldest listblock of each, newest first."""
+        oldest: dict[str, tuple[int, int]] = {}
         for rid, rec in self.live(LISTBLOCK, actor):
             subject = rec.value.get("subject")
             if not isinstance(subject, str):
@@ -472,8 +490,8 @@ class AppViewModel:
             target = split_uri(subject)
             if target is None or target[1] != LIST or self.get_record(subject) is None:
                 continue
-            newest[subject] = max(newest.get(subject, (-1, -1)), self.sk(rid))
-        return sorted(newest, key=lambda list_uri: newest[list_uri], reverse=True)
+            oldest[subject] = min(oldest.get(subject, self.sk(rid)), self.sk(rid))
+        return sorted(oldest, key=lambda list_uri: oldest[list_uri], reverse=True)
 
     def get_counts_for_users(self, dids: list[str]) -> dict[str, list[int]]:
         """getCountsForUsers."""
@@ -615,11 +633,12 @@ class AppViewModel:
     # ------------------------------------------------------------ Lists
 
     def get_list_members(self, list_uri: str) -> list[dict[str, Any]]:
-        """getListMembers, all pages."""
+        """getListMembers, all pages: each member's oldest listitem."""
         owner = split_uri(list_uri)
         if owner is None:
             return []
-        rids = [rid for rid, rec in self.live(LISTITEM, owner[0]) if rec.value.get("list") == list_uri]
+        rids = self.oldest_per((rid, str(rec.value.get("subject"))) for rid, rec in self.live(LISTITEM, owner[0])
+                               if rec.value.get("list") == list_uri)
         return [{"uri": uri_of(r), "did": self.records[r].value.get("subject")} for r in self.newest_first(rids)]
 
     def get_actor_lists(self, actor: str) -> list[str]:
@@ -627,7 +646,7 @@ class AppViewModel:
         return [uri_of(r) for r in self.newest_first(rid for rid, _ in self.live(LIST, actor))]
 
     def get_list_membership(self, actor: str, lists: list[str]) -> list[str]:
-        """getListMembership: newest listitem of the list's owner putting actor in it, or ""."""
+        """getListMembership: oldest listitem of the list's owner putting actor in it, or ""."""
         out = []
         for list_uri in lists:
             owner = split_uri(list_uri)
@@ -636,7 +655,7 @@ class AppViewModel:
                 continue
             rids = [rid for rid, rec in self.live(LISTITEM, owner[0])
                     if rec.value.get("list") == list_uri and rec.value.get("subject") == actor]
-            out.append(uri_of(self.newest_first(rids)[0]) if rids else "")
+            out.append(uri_of(min(rids, key=self.sk)) if rids else "")
         return out
 
     def get_list_counts(self, lists: list[str]) -> list[int]:

@@ -767,3 +767,96 @@ def test_limit_zero_is_the_default(small: DataPlaneReader, tmp_path: Path) -> No
     finally:
         dp.close()
         writer.close()
+
+
+# ---------------------------------------------------------------- one record per pair
+
+
+@pytest.mark.parametrize("skip_max", [10_000, 1, 3])
+def test_one_record_per_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, skip_max: int) -> None:
+    """Likes, reposts, follows, blocks, list items and list blocks count once per pair, as
+    the reference indexes them (store/dataplane/base.py): 40 accounts each liking,
+    reposting, following, blocking one account, being put in its list and blocking that
+    list one to six times, with rkeys older and newer than their earlier ones, batch after
+    batch (small chunks, merges: keys in several runs, big keys read from per-run
+    summaries), some pairs' oldest record deleted.  Every list names each pair once, at
+    its oldest live record, newest first, on every page (also when only one or three
+    newer duplicates may be skipped per page: short pages with a cursor); a pair's record
+    (by actor and subjects, relationships, memberships, subscriptions) is that one too."""
+    monkeypatch.setattr("smalldp.store.dataplane.base.DUPLICATES_SKIP_MAX", skip_max)
+    rng = random.Random(99)
+    ev = Events()
+    star = did("star")
+    post = f"at://{star}/{am.POST}/{tidk(0, 1)}"
+    list_uri = f"at://{star}/{am.LIST}/{tidk(0, 6)}"
+    fans = [did(f"fan{i}") for i in range(40)]
+    path = tmp_path / "db.sqlite"
+    writer = Writer(path, fanout=2, chunk_entries=4)
+    model = AppViewModel()
+    first = [ev.post(star, tidk(0, 1), "hello"),
+             ev.put(star, am.LIST, tidk(0, 6), {"$type": am.LIST, "name": "l", "purpose": "app.bsky.graph.defs#modlist",
+                                                  "createdAt": "2024-01-01T00:00:00.000Z"})]
+    apply(writer, first)
+    model.apply_all(first)
+    dp = DataPlaneReader(path)
+    try:
+        for round_ in range(8):
+            batch = []
+            for i, fan in enumerate(fans):
+                if rng.random() < 0.5:
+                    continue
+                k = rng.randrange(1, 900)  # anywhere: older or newer than the fan's earlier ones
+                batch += [ev.like(fan, tidk(k, 2), post), ev.repost(fan, tidk(k, 3), post),
+                          ev.follow(fan, tidk(k, 4), star),
+                          ev.put(fan, am.BLOCK, tidk(k, 5), {"$type": am.BLOCK, "subject": star,
+                                                             "createdAt": "2024-01-01T00:00:00.000Z"}),
+                          ev.put(fan, am.LISTBLOCK, tidk(k, 8), {"$type": am.LISTBLOCK, "subject": list_uri,
+                                                                 "createdAt": "2024-01-01T00:00:00.000Z"}),
+                          ev.listitem(star, tidk(k * 50 + i, 7), list_uri, fan)]
+            if round_ >= 3:  # delete some pairs' oldest record: the next one takes its place
+                for uri in rng.sample(model.get_likes_by_subject(post), 3) + \
+                        rng.sample([f["uri"] for f in model.get_followers(star)], 3) + \
+                        rng.sample([m["uri"] for m in model.get_list_members(list_uri)], 3):
+                    rid = am.split_uri(uri)
+                    assert rid is not None
+                    batch.append(ev.delete(*rid))
+            apply(writer, batch)
+            model.apply_all(batch)
+        twice = sum(1 for fan in fans if len([r for r, _ in model.live(am.LIKE, fan)]) > 1)
+        assert twice > 20  # most pairs have duplicates
+        for limit in (1, 2, 3, 7, 100):
+            assert walk(dp, "GetLikesBySubjectSorted", "uris", limit, subject=ref(post)) == \
+                model.get_likes_by_subject(post), limit
+            assert walk(dp, "GetRepostsBySubject", "uris", limit, subject=ref(post)) == \
+                model.get_reposts_by_subject(post), limit
+            assert [_follow_dict(f) for f in walk(dp, "GetFollowers", "followers", limit, actor_did=star)] == \
+                model.get_followers(star), limit
+            got = [{"uri": m.uri, "did": m.did} for m in walk(dp, "GetListMembers", "listitems", limit,
+                                                              list_uri=list_uri)]
+            assert got == model.get_list_members(list_uri), limit
+            for fan in fans[:5]:
+                assert [_follow_dict(f) for f in walk(dp, "GetFollows", "follows", limit, actor_did=fan)] == \
+                    model.get_follows(fan), (limit, fan)
+                assert walk(dp, "GetBlocks", "block_uris", limit, actor_did=fan) == model.get_blocks(fan)
+        assert len(model.get_likes_by_subject(post)) >= 30
+        assert dp._summaries._big, "no key big enough to be read from per-run summaries"
+        for fan in fans:
+            assert list(call(dp, "GetLikesByActorAndSubjects", actor_did=fan, refs=[ref(post)]).uris) == \
+                model.get_likes_by_actor_and_subjects(fan, [post])
+            assert list(call(dp, "GetRepostsByActorAndSubjects", actor_did=fan, refs=[ref(post)]).uris) == \
+                model.get_reposts_by_actor_and_subjects(fan, [post])
+            assert list(call(dp, "GetActorFollowsActors", actor_did=fan, target_dids=[star]).uris) == \
+                model.get_actor_follows_actors(fan, [star])
+            assert call(dp, "GetBlocklistSubscription", actor_did=fan, list_uri=list_uri).listblock_uri == \
+                model.get_blocklist_subscription(fan, list_uri)
+            assert list(call(dp, "GetListMembership", actor_did=fan, list_uris=[list_uri]).listitem_uris) == \
+                model.get_list_membership(fan, [list_uri])
+            rels = call(dp, "GetRelationships", actor_did=fan, target_dids=[star] + fans[:5]).relationships
+            want = model.get_relationships(fan, [star] + fans[:5], list_uris=True)
+            assert [{"targetDid": w["targetDid"], "following": r.following, "followedBy": r.followed_by,
+                     "blocking": r.blocking, "blockedBy": r.blocked_by, "blockingByList": r.blocking_by_list,
+                     "blockedByList": r.blocked_by_list} for r, w in zip(rels, want)] == want, fan
+            assert dp.relationships(fan, fans[:5]) == model.get_relationships(fan, fans[:5]), fan
+    finally:
+        dp.close()
+        writer.close()

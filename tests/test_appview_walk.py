@@ -238,7 +238,7 @@ def test_profile_and_thread_pages(tmp_path: Path) -> None:
                             "replies": [0, 0, 0, 0, 2, 1],  # P1: C1, BR (DR hidden); B1: P3
                             "quotes": [0, 0, 0, 0, 1, 1]}  # P1: B3 (recordWithMedia); B1: P4
             body = await call(client, "getLikesByActorAndSubjects", [("actor", VIEWER), *(("subjects", u) for u in feed)])
-            assert body == {"uris": ["", "", "", "", VIEWER_LIKE_P1_NEW]}
+            assert body == {"uris": ["", "", "", "", VIEWER_LIKE_P1_OLD]}  # one like per pair: the oldest
             body = await call(client, "getRepostsByActorAndSubjects",
                               [("actor", VIEWER), *(("subjects", u) for u in feed)])
             assert body == {"uris": ["", "", "", VIEWER_REPOST_P2, ""]}
@@ -294,6 +294,6 @@ def test_model_gives_the_hand_answers(tmp_path: Path) -> None:
     assert m.get_known_likers(VIEWER, [P1, C1]) == [(P1, {BOB, CAROL}), (C1, {BOB})]
     assert m.get_block_existence([(VIEWER, EVE), (VIEWER, MALLORY), (VIEWER, ALICE), (VIEWER, DAVE)]) == [
         True, True, False, False]
-    assert m.get_likes_by_actor_and_subjects(VIEWER, [P2, P1]) == ["", VIEWER_LIKE_P1_NEW]
+    assert m.get_likes_by_actor_and_subjects(VIEWER, [P2, P1]) == ["", VIEWER_LIKE_P1_OLD]
     records = m.get_records([P1, P0])
     assert records[1] is None and records[0] == world.record(P1, "2023-01-01T00:00:00.000Z")

@@ -5,9 +5,12 @@ packs by author and actor search, answered by store/dataplane/graph.py (and base
 Differences from the reference DataPlane (which reads Postgres tables its indexer fills)
 that hold for every RPC here: records are ordered by their rkey as a TID (the reference:
 ``sortAt``, the earlier of createdAt and indexedAt); inactive accounts are invisible
-(the reference keeps their rows and lets the AppView hide them); two live records of
-one edge (two follows of one account) both count where the reference indexes only the
-first; a cursor comes only when there is more.
+(the reference keeps their rows and lets the AppView hide them); a cursor comes only
+when there is more.  Follows, blocks and list blocks are one record per pair, as the
+reference indexes them: an account that followed another twice is listed once, with
+the pair's oldest live follow, and that follow is the one the pair's lookups name (the
+reference's is the first it indexed: the same one when records arrive in rkey order;
+store/dataplane/base.py).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from smalldp.store.dataplane import DataPlaneReader
 @rpc("GetActorFollowsActors")
 def get_actor_follows_actors(dp: DataPlaneReader,
                              req: bsky_pb2.GetActorFollowsActorsRequest) -> bsky_pb2.GetActorFollowsActorsResponse:
-    """Per target, the actor's follow record of it (the newest if several), or ""."""
+    """Per target, the actor's follow record of it (the oldest live one if several), or ""."""
     actor = args.did(req.actor_did, "actor_did")
     targets = args.dids(req.target_dids, "target_dids")
     return bsky_pb2.GetActorFollowsActorsResponse(uris=dp.actor_follows_actors(actor, targets) if targets else [])
@@ -30,7 +33,7 @@ def get_actor_follows_actors(dp: DataPlaneReader,
 
 @rpc("GetFollowers")
 def get_followers(dp: DataPlaneReader, req: bsky_pb2.GetFollowersRequest) -> bsky_pb2.GetFollowersResponse:
-    """Follow records whose subject is the actor, newest first."""
+    """Follow records whose subject is the actor, newest first, one per follower."""
     actor, limit, cursor = args.did(req.actor_did, "actor_did"), args.limit(req.limit), args.cursor(req.cursor)
     with args.cursor_errors():
         items, next_cursor = dp.followers(actor, limit, cursor)
@@ -39,7 +42,7 @@ def get_followers(dp: DataPlaneReader, req: bsky_pb2.GetFollowersRequest) -> bsk
 
 @rpc("GetFollows")
 def get_follows(dp: DataPlaneReader, req: bsky_pb2.GetFollowsRequest) -> bsky_pb2.GetFollowsResponse:
-    """The actor's follow records, newest first."""
+    """The actor's follow records, newest first, one per followed account."""
     actor, limit, cursor = args.did(req.actor_did, "actor_did"), args.limit(req.limit), args.cursor(req.cursor)
     with args.cursor_errors():
         items, next_cursor = dp.out_edges(actor, FOLLOW, limit, cursor)
@@ -97,7 +100,7 @@ def get_block_existence(dp: DataPlaneReader,
 
 @rpc("GetBlocks")
 def get_blocks(dp: DataPlaneReader, req: bsky_pb2.GetBlocksRequest) -> bsky_pb2.GetBlocksResponse:
-    """The actor's block records, newest first."""
+    """The actor's block records, newest first, one per blocked account."""
     actor, limit, cursor = args.did(req.actor_did, "actor_did"), args.limit(req.limit), args.cursor(req.cursor)
     with args.cursor_errors():
         items, next_cursor = dp.out_edges(actor, BLOCK, limit, cursor)
@@ -125,7 +128,7 @@ def get_bidirectional_block_via_list(
 def get_blocklist_subscription(
         dp: DataPlaneReader,
         req: bsky_pb2.GetBlocklistSubscriptionRequest) -> bsky_pb2.GetBlocklistSubscriptionResponse:
-    """The actor's listblock record of the list (the newest if several), or ""."""
+    """The actor's listblock record of the list (the oldest live one if several), or ""."""
     actor, list_uri = args.did(req.actor_did, "actor_did"), args.at_uri(req.list_uri, "list_uri")
     return bsky_pb2.GetBlocklistSubscriptionResponse(listblock_uri=dp.blocklist_subscription(actor, list_uri))
 
@@ -134,8 +137,8 @@ def get_blocklist_subscription(
 def get_blocklist_subscriptions(
         dp: DataPlaneReader,
         req: bsky_pb2.GetBlocklistSubscriptionsRequest) -> bsky_pb2.GetBlocklistSubscriptionsResponse:
-    """The live lists the actor blocks, each once, by the actor's newest listblock of each
-    (the reference orders by the lists' createdAt)."""
+    """The live lists the actor blocks, each once, by the actor's listblock of each (its
+    oldest live one), newest first (the reference orders by the lists' createdAt)."""
     actor, limit, cursor = args.did(req.actor_did, "actor_did"), args.limit(req.limit), args.cursor(req.cursor)
     with args.cursor_errors():
         uris, next_cursor = dp.blocklist_subscriptions(actor, limit, cursor)

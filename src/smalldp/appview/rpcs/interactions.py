@@ -3,8 +3,9 @@ likes and reposts (of given subjects, or all), interaction counts and starter-pa
 joins, answered by store/dataplane/interactions.py (and base.py).
 
 As in rpcs/graph.py: newest first means by rkey as a TID (the reference: ``sortAt``),
-inactive accounts are invisible, every live record is listed (the reference indexes one
-like or repost per account and subject), a cursor comes only when there is more.
+inactive accounts are invisible, one like or repost per account and subject is listed
+(its oldest live one: the reference indexes only the first), a cursor comes only when
+there is more.
 Subjects are matched by uri; their cids are ignored, as the reference ignores them.
 """
 
@@ -37,7 +38,7 @@ def _by_subject(dp: DataPlaneReader, req: SubjectRequest, collection: str,
 @rpc("GetLikesBySubjectSorted")
 def get_likes_by_subject_sorted(
         dp: DataPlaneReader, req: bsky_pb2.GetLikesBySubjectSortedRequest) -> bsky_pb2.GetLikesBySubjectSortedResponse:
-    """Like records of the subject, newest first."""
+    """Like records of the subject, newest first, one per account."""
     uris, cursor = _by_subject(dp, req, LIKE, (".subject.uri",))
     return bsky_pb2.GetLikesBySubjectSortedResponse(uris=uris, cursor=cursor)
 
@@ -53,7 +54,7 @@ def get_likes_by_subject(dp: DataPlaneReader,
 @rpc("GetRepostsBySubject")
 def get_reposts_by_subject(dp: DataPlaneReader,
                            req: bsky_pb2.GetRepostsBySubjectRequest) -> bsky_pb2.GetRepostsBySubjectResponse:
-    """Repost records of the subject, newest first."""
+    """Repost records of the subject, newest first, one per account."""
     uris, cursor = _by_subject(dp, req, REPOST, (".subject.uri",))
     return bsky_pb2.GetRepostsBySubjectResponse(uris=uris, cursor=cursor)
 
@@ -72,7 +73,7 @@ def get_quotes_by_subject_sorted(
 def get_likes_by_actor_and_subjects(
         dp: DataPlaneReader,
         req: bsky_pb2.GetLikesByActorAndSubjectsRequest) -> bsky_pb2.GetLikesByActorAndSubjectsResponse:
-    """Per ref, the actor's like of it (the newest if several), or ""."""
+    """Per ref, the actor's like of it (the oldest live one if several), or ""."""
     actor, subjects = args.did(req.actor_did, "actor_did"), args.ref_uris(req.refs, "refs")
     return bsky_pb2.GetLikesByActorAndSubjectsResponse(
         uris=dp.actor_subjects(actor, LIKE, subjects) if subjects else [])
@@ -82,7 +83,7 @@ def get_likes_by_actor_and_subjects(
 def get_reposts_by_actor_and_subjects(
         dp: DataPlaneReader,
         req: bsky_pb2.GetRepostsByActorAndSubjectsRequest) -> bsky_pb2.GetRepostsByActorAndSubjectsResponse:
-    """Per ref, the actor's repost of it (the newest if several), or ""."""
+    """Per ref, the actor's repost of it (the oldest live one if several), or ""."""
     actor, subjects = args.did(req.actor_did, "actor_did"), args.ref_uris(req.refs, "refs")
     return bsky_pb2.GetRepostsByActorAndSubjectsResponse(
         uris=dp.actor_subjects(actor, REPOST, subjects) if subjects else [])

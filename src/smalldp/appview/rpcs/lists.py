@@ -2,8 +2,9 @@
 an actor's memberships, answered by store/dataplane/lists.py (and base.py).
 
 A list's members are the live listitems of the list's *owner* that point at it (the
-reference's indexer refuses listitems by anyone else, so both agree); newest first by
-rkey (the reference: ``sortAt``); inactive owners' lists are empty.
+reference's indexer refuses listitems by anyone else, so both agree), one per member
+(its oldest live listitem: the reference indexes one per list and subject); newest first
+by rkey (the reference: ``sortAt``); inactive owners' lists are empty.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def get_actor_lists(dp: DataPlaneReader, req: bsky_pb2.GetActorListsRequest) -> 
 
 @rpc("GetListMembers")
 def get_list_members(dp: DataPlaneReader, req: bsky_pb2.GetListMembersRequest) -> bsky_pb2.GetListMembersResponse:
-    """The owner's listitems of the list, newest first: {uri, did} (did the member)."""
+    """The owner's listitems of the list, newest first, one per member: {uri, did} (did the
+    member). Costs one read of each listed member's key (its listitems' backlinks)."""
     list_uri = args.at_uri(req.list_uri, "list_uri")
     limit, cursor = args.limit(req.limit), args.cursor(req.cursor)
     with args.cursor_errors():
@@ -38,7 +40,8 @@ def get_list_members(dp: DataPlaneReader, req: bsky_pb2.GetListMembersRequest) -
 @rpc("GetListMembership")
 def get_list_membership(dp: DataPlaneReader,
                         req: bsky_pb2.GetListMembershipRequest) -> bsky_pb2.GetListMembershipResponse:
-    """Per list, the owner's listitem that puts the actor in it (the newest if several), or ""."""
+    """Per list, the owner's listitem that puts the actor in it (the oldest live one if
+    several), or ""."""
     actor = args.did(req.actor_did, "actor_did")
     lists = args.uris(args.items(req.list_uris, "list_uris"))
     return bsky_pb2.GetListMembershipResponse(listitem_uris=dp.list_membership(actor, lists) if lists else [])
@@ -47,7 +50,10 @@ def get_list_membership(dp: DataPlaneReader,
 @rpc("GetListCounts")
 def get_list_counts(dp: DataPlaneReader, req: bsky_pb2.GetListCountsRequest) -> bsky_pb2.GetListCountsResponse:
     """Per ref, the number of the list's listitems (records: one account listed twice
-    counts twice, where the reference's indexer keeps only the first)."""
+    counts twice, where the reference's indexer keeps only the first, and GetListMembers
+    lists it once). Counting members would read every listitem's subject (the index
+    counts records per key from chunk headers, not what they point at): a list of
+    100,000 is a count here, and would be 100,000 lookups."""
     uris = args.ref_uris(req.refs, "refs")
     return bsky_pb2.GetListCountsResponse(list_items=dp.list_counts(uris) if uris else [])
 

@@ -6,11 +6,31 @@ into at-uris.
 
 Every query module builds on :class:`DataPlaneBase`; the one method here is what several
 families share: an actor's records of one author-linked collection (``authored``).
+
+**One record per (account, subject).**  The reference's indexer keeps one follow, like,
+repost, block, list block and list item per pair (unique constraints on ``follow``
+(creator, subjectDid), ``like`` / ``repost`` (creator, subject), ``actor_block``
+(creator, subjectDid), ``list_block`` (creator, subjectUri), ``list_item`` (listUri,
+subjectDid)): the first it indexed.  A later one goes to ``duplicate_record`` and is seen
+nowhere; when the kept one is deleted, the duplicate indexed first takes its place.  So
+lists of such records name each pair once.  smalldp keeps every live record in the index
+and picks at read time: the pair's *oldest live* record by rkey (the one the reference
+indexed first whenever records are indexed in the order their rkeys were minted; records
+of an account whose rkeys are not TIDs sort below all TIDs).  The walks here
+(``_first_page``, ``_is_first``, ``_oldest_of``) do it from what a key already holds:
+the accounts with two live entries or more under a key (``_repeated``: from the per-run
+summaries of a big key, else from the chunk headers' bitmaps and repeat counts) are the
+only ones whose entries need a second look: an entry of such an account is its first
+unless a chunk of the key below it holds the account too (the chunk bitmaps answer for
+chunks wholly below; only a chunk straddling the entry's sort key is decoded).  A pair's
+record (``_first_of``) is found from the lowest chunk of each run whose bitmap holds the
+account.
 """
 
 from __future__ import annotations
 
 import base64
+import math
 import struct
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -23,6 +43,11 @@ from smalldp.store.reader import BadCursor, Reader, _Chunk, decode_cursor, encod
 from smalldp.tid import int_to_tid, tid_to_int
 
 _TIMELINE_CURSOR = struct.Struct(">qIB")
+# Newer duplicates (an account's second like of one post, ...) a one-per-account page
+# skips at most (``_first_page``); then the page ends, possibly short, with a cursor where
+# it stopped. A skipped entry costs ~0.3 µs (the walk and two set lookups), so ~3 ms.
+DUPLICATES_SKIP_MAX = 10_000
+_UNSEEN = -(1 << 64)  # no sort key is this: "not looked up yet" in the _oldest memo
 FeedEntry = tuple[int, int, int]  # (sort key, author ID, kind: 0 post, 1 repost)
 T = TypeVar("T")
 
@@ -50,6 +75,13 @@ class DataPlaneBase(Reader):
         # Chunks fetched during one request, by (target key, source): a request about 25
         # targets asks for the viewer's follows 25 times. Cleared at every read.
         self._memo: dict[tuple[bytes, int], list[_Chunk]] = {}
+        # Per request too: per key, the accounts with two live entries or more under it,
+        # and per (key, account) of those, the sort key of its oldest entry (None: none).
+        self._repeats: dict[tuple[bytes, int], BitMap] = {}
+        self._oldest: dict[tuple[bytes, int, int], int | None] = {}
+        # and per key, each chunk's ceiling: the floor of the next newer chunk of its run
+        # (by id: the chunks are the request's memo, alive meanwhile)
+        self._ceilings: dict[tuple[bytes, int], dict[int, float]] = {}
 
     def authored(self, actor: str, collection: str, limit: int, cursor: str | None) -> tuple[list[str], str | None]:
         """The actor's live records of a collection that links records to their author
@@ -69,11 +101,11 @@ class DataPlaneBase(Reader):
     # ------------------------------------------------------------ plumbing
 
     def _read(self, fn: Callable[[], T]) -> T:
-        self._memo = {}
+        self._memo, self._repeats, self._oldest, self._ceilings = {}, {}, {}, {}
         try:
             return super()._read(fn)
         finally:
-            self._memo = {}
+            self._memo, self._repeats, self._oldest, self._ceilings = {}, {}, {}, {}
 
     def _chunks(self, tkey: bytes, sid: int) -> list[_Chunk]:
         chunks = self._memo.get((tkey, sid))
@@ -202,16 +234,117 @@ class DataPlaneBase(Reader):
         assert coll is not None  # an entry of the collection exists
         return f"at://{self._did(aid)}/{collection}/{self._rkey(aid, coll, sk)}"
 
-    def _newest_of(self, chunks: list[_Chunk], aid: int) -> int | None:
-        """The newest sort key among entries of account ``aid`` (chunk bitmaps skip the rest)."""
-        best: int | None = None
+    # ------------------------------------------------------------ one record per pair
+
+    def _oldest_of(self, chunks: list[_Chunk], aid: int) -> int | None:
+        """The oldest sort key among entries of account ``aid`` (None: it has none): in
+        each run the lowest chunk whose bitmap holds it, then the oldest of those."""
+        lowest: dict[int, _Chunk] = {}
         for chunk in chunks:
             if aid in chunk.header.bitmap:
-                for sk, a in chunk.entries():
-                    if a == aid and (best is None or sk > best):
-                        best = sk
-                        break  # entries are newest first
-        return best
+                best = lowest.get(chunk.run)
+                if best is None or chunk.floor < best.floor:
+                    lowest[chunk.run] = chunk
+        found: int | None = None
+        for chunk in lowest.values():
+            for sk, a in reversed(chunk.entries()):  # oldest first
+                if a == aid:
+                    if found is None or sk < found:
+                        found = sk
+                    break
+        return found
+
+    def _repeated(self, tkey: bytes, sid: int) -> BitMap:
+        """The accounts with two live entries or more under a key (in one run or across
+        runs), memoized per request: from the per-run summaries of a big key (cached
+        across requests), else from the headers of its chunks."""
+        key = (tkey, sid)
+        found = self._repeats.get(key)
+        if found is None:
+            seen, found = BitMap(), BitMap()
+            if self._summaries.is_big(key):
+                for summary in self._run_summaries(key):
+                    found |= seen & summary.actors
+                    seen |= summary.actors
+                    found.update(summary.extra)
+            else:
+                for chunk in self._chunks(tkey, sid):
+                    header = chunk.header
+                    found |= seen & header.bitmap
+                    seen |= header.bitmap
+                    found.update(header.extra)
+            self._repeats[key] = found
+        return found
+
+    def _oldest_entry(self, tkey: bytes, sid: int, aid: int) -> int | None:
+        """``_oldest_of`` the key's chunks, memoized per request."""
+        memo = (tkey, sid, aid)
+        oldest = self._oldest.get(memo, _UNSEEN)
+        if oldest == _UNSEEN:
+            oldest = self._oldest[memo] = self._oldest_of(self._chunks(tkey, sid), aid)
+        return oldest
+
+    def _is_first(self, tkey: bytes, sid: int, sk: int, aid: int) -> bool:
+        """Whether the live entry (sk, aid) is its account's oldest under the key: the one
+        record of the pair the reference lists (module docstring)."""
+        return aid not in self._repeated(tkey, sid) or not self._has_older(tkey, sid, sk, aid)
+
+    def _has_older(self, tkey: bytes, sid: int, sk: int, aid: int) -> bool:
+        """Whether account ``aid`` has a live entry under the key with a sort key below
+        ``sk``: a chunk wholly below ``sk`` whose bitmap holds it says so without being
+        decoded; only chunks straddling ``sk`` are (once per request)."""
+        chunks = self._chunks(tkey, sid)
+        ceilings = self._ceilings.get((tkey, sid))
+        if ceilings is None:
+            ceilings = self._ceilings[(tkey, sid)] = {}
+            by_run: dict[int, list[_Chunk]] = {}
+            for chunk in chunks:
+                by_run.setdefault(chunk.run, []).append(chunk)
+            for run_chunks in by_run.values():
+                run_chunks.sort(key=lambda c: c.floor)
+                for older, newer in zip(run_chunks, run_chunks[1:] + [None]):
+                    ceilings[id(older)] = math.inf if newer is None else newer.floor
+        straddling: list[_Chunk] = []
+        for chunk in chunks:
+            if chunk.floor > sk or aid not in chunk.header.bitmap:
+                continue  # all newer than sk, or without the account
+            if ceilings[id(chunk)] < sk:
+                return True  # every entry of the chunk is at most its ceiling: below sk
+            straddling.append(chunk)
+        return any(a == aid and s < sk for chunk in straddling for s, a in chunk.entries())
+
+    def _first_of(self, tkey: bytes | None, collection: str, path: str, aid: int | None) -> int | None:
+        """The sort key of account ``aid``'s oldest live entry under a key, or None."""
+        sid = self._source_id(collection, path)
+        if sid is None or tkey is None or aid is None:
+            return None
+        return self._oldest_entry(tkey, sid, aid)
+
+    def _first_page(self, tkey: bytes | None, collection: str, path: str, after: Entry | None,
+                    limit: int) -> tuple[list[Entry], str | None]:
+        """A page of a key's live entries newest first, one per account: each account at
+        its oldest live entry (``_is_first``), strictly past ``after``. At most
+        DUPLICATES_SKIP_MAX newer duplicates are skipped per page: then it ends where it
+        stopped, with a cursor, possibly short (even empty)."""
+        sid = self._source_id(collection, path)
+        if sid is None or tkey is None:
+            return [], None
+        entries = self._live(self._chunks(tkey, sid), after)
+        repeated = self._repeated(tkey, sid)
+        if not repeated:
+            return self._page(entries, limit)
+        picked: list[Entry] = []
+        skipped = 0
+        for entry in entries:
+            if entry[1] in repeated and self._has_older(tkey, sid, entry[0], entry[1]):
+                skipped += 1
+                if skipped >= DUPLICATES_SKIP_MAX:
+                    return picked, encode_cursor(entry)
+                continue
+            if len(picked) == limit:
+                return picked, encode_cursor(picked[-1])
+            picked.append(entry)
+        return picked, None
 
     def _sort_key(self, aid: int, coll: int, rkey: str) -> int | None:
         sk = tid_to_int(rkey)

@@ -2,6 +2,10 @@
 author, smalldp.derived), follows-following intersections, relationships and block
 existence (direct or through list blocks, with the records or lists behind them),
 list-block subscriptions, an account's counts, and actors by handle prefix.
+
+Follows, blocks and list blocks are one record per (account, subject), as the reference
+indexes them (store/dataplane/base.py): lists name each pair once, at its oldest live
+record, and a pair's record is that one.
 """
 
 from __future__ import annotations
@@ -31,28 +35,30 @@ class GraphQueries(ListQueries):
     subscriptions and actors by handle prefix."""
 
     def followers(self, actor: str, limit: int, cursor: str | None) -> tuple[list[dict[str, str]], str | None]:
-        """getFollowers: follow records of the actor, newest first."""
+        """getFollowers: follow records of the actor, newest first, one per follower (its
+        oldest live one)."""
         after = decode_cursor(cursor) if cursor else None
 
         def read() -> tuple[list[dict[str, str]], str | None]:
             aid = self._active(actor)
             if aid is None:
                 return [], None
-            picked, next_cursor = self._page(self._live(self._keyed(did_key(aid), FOLLOW, ".subject"), after), limit)
+            picked, next_cursor = self._first_page(did_key(aid), FOLLOW, ".subject", after, limit)
             return [{"uri": self._uri(a, FOLLOW, sk), "actorDid": self._did(a), "subjectDid": actor}
                     for sk, a in picked], next_cursor
         return self._read(read)
 
     def out_edges(self, actor: str, collection: str, limit: int,
                   cursor: str | None) -> tuple[list[dict[str, str]], str | None]:
-        """getFollows / getBlocks: the actor's follow or block records, newest first."""
+        """getFollows / getBlocks: the actor's follow or block records, newest first, one
+        per subject (the oldest live one)."""
         after = decode_cursor(cursor) if cursor else None
 
         def read() -> tuple[list[dict[str, str]], str | None]:
             aid = self._active(actor)
             if aid is None:
                 return [], None
-            picked, next_cursor = self._page(self._live(self._of(aid, collection, OUT_SUBJECT), after), limit)
+            picked, next_cursor = self._first_page(did_key(aid), collection, OUT_SUBJECT, after, limit)
             coll = self._coll_id(collection)
             return [{"uri": f"at://{actor}/{collection}/{self._rkey(aid, coll, sk)}",  # type: ignore[arg-type]
                      "actorDid": actor, "subjectDid": self._did(subject)} for sk, subject in picked], next_cursor
@@ -75,10 +81,11 @@ class GraphQueries(ListQueries):
         return self._read(read)
 
     def _edge_uri(self, aid: int | None, collection: str, subject: int | None) -> str:
-        """The newest follow or block record of ``aid`` whose subject is ``subject``, or ""."""
+        """The follow or block record of ``aid`` whose subject is ``subject`` (its oldest
+        live one), or ""."""
         if aid is None or subject is None:
             return ""
-        sk = self._newest_of(self._of(aid, collection, OUT_SUBJECT), subject)
+        sk = self._first_of(did_key(aid), collection, OUT_SUBJECT, subject)
         if sk is None:
             return ""
         coll = self._coll_id(collection)
@@ -180,15 +187,17 @@ class GraphQueries(ListQueries):
         return self._read(read)
 
     def _list_block_ref(self, blocker: int, blocked: int) -> tuple[str, str]:
-        """(the blocker's newest listblock of a list that contains ``blocked``, that list's
-        uri), or ("", "")."""
+        """(the blocker's listblock of a list that contains ``blocked``, that list's uri),
+        or ("", ""): the list whose listblock (the oldest live one of each list) is the
+        newest."""
         for sk, list_key in self._blocked_lists(blocker):
             if self._member_item(list_key, blocked):
                 return self._uri(blocker, LISTBLOCK, sk), self._target_name(list_key)
         return "", ""
 
     def _blocked_lists(self, blocker: int) -> list[tuple[int, bytes]]:
-        """(listblock sort key, list key) of an account's newest list blocks (memoized per request)."""
+        """(listblock sort key, list key) of an account's newest list blocks, newest first,
+        each list once at its oldest live listblock (memoized per request)."""
         memo_key = (did_key(blocker), -1)
         cached = self._memo.get(memo_key)
         if cached is not None:
@@ -200,6 +209,10 @@ class GraphQueries(ListQueries):
             list_key = self._link_target(links or [], LISTBLOCK, ".subject")
             if list_key is not None and key_record(list_key) is not None:
                 found.append((sk, list_key))
+        oldest: dict[bytes, int] = {}
+        for sk, list_key in found:  # newest first: the last one seen of a list is its oldest
+            oldest[list_key] = sk
+        found = [(sk, list_key) for sk, list_key in found if oldest[list_key] == sk]
         self._memo[memo_key] = found  # type: ignore[assignment]
         return found
 
@@ -228,18 +241,18 @@ class GraphQueries(ListQueries):
     # ------------------------------------------------------------ list-block subscriptions
 
     def blocklist_subscription(self, actor: str, list_uri: str) -> str:
-        """The actor's newest listblock record of the list, or ""."""
+        """The actor's listblock record of the list (its oldest live one), or ""."""
         def read() -> str:
             aid = self._active(actor)
             if aid is None:
                 return ""
-            sk = self._newest_of(self._keyed(self._target_key(list_uri), LISTBLOCK, ".subject"), aid)
+            sk = self._first_of(self._target_key(list_uri), LISTBLOCK, ".subject", aid)
             return "" if sk is None else self._uri(aid, LISTBLOCK, sk)
         return self._read(read)
 
     def blocklist_subscriptions(self, actor: str, limit: int, cursor: str | None) -> tuple[list[str], str | None]:
         """The live lists the actor blocks through listblocks, each once, ordered by the
-        actor's newest listblock of each (newest first)."""
+        actor's listblock of each (its oldest live one), newest first."""
         after = decode_cursor(cursor) if cursor else None
 
         def read() -> tuple[list[str], str | None]:
@@ -253,8 +266,8 @@ class GraphQueries(ListQueries):
                 list_key = self._link_target(self._links_of(sk, aid, listblock) or [], LISTBLOCK, ".subject")
                 if list_key is None or not self._is_live_list(list_key):
                     continue
-                if self._newest_of(self._keyed(list_key, LISTBLOCK, ".subject"), aid) != sk:
-                    continue  # an older listblock of a list already listed at its newest one
+                if self._first_of(list_key, LISTBLOCK, ".subject", aid) != sk:
+                    continue  # a newer listblock of a list listed at its oldest one
                 if len(uris) == limit:
                     return uris, encode_cursor(last)  # type: ignore[arg-type]
                 uris.append(self._target_name(list_key))

@@ -3,6 +3,11 @@ reposted a subject (getLikesBySubject and kin), an actor's likes or reposts of g
 subjects, the likers a viewer follows (getKnownLikers, a bitmap intersection), an
 actor's own likes (a bounded scan: likes have no author link), and how many accounts
 joined through a starter pack.
+
+Likes and reposts are one record per (account, subject), as the reference indexes them
+(store/dataplane/base.py): who liked or reposted a subject lists each account once, at
+its oldest live like (repost) of it, and an account's like of a subject is that one.
+Quotes are posts: every one is listed.
 """
 
 from __future__ import annotations
@@ -63,11 +68,16 @@ class InteractionQueries(DataPlaneBase):
 
     def by_subject(self, subject: str, collection: str, paths: tuple[str, ...], limit: int,
                    cursor: str | None) -> tuple[list[str], str | None]:
-        """getLikesBySubject / getRepostsBySubject / getQuotesBySubject: record uris, newest first."""
+        """getLikesBySubject / getRepostsBySubject / getQuotesBySubject: record uris, newest
+        first; likes and reposts one per account (its oldest live one)."""
         after = decode_cursor(cursor) if cursor else None
 
         def read() -> tuple[list[str], str | None]:
             tkey = self._target_key(subject)
+            if collection in (LIKE, REPOST) and len(paths) == 1:
+                (path,) = paths
+                picked, next_cursor = self._first_page(tkey, collection, path, after, limit)
+                return [self._uri(aid, collection, sk) for sk, aid in picked], next_cursor
             streams = [self._live(self._keyed(tkey, collection, p), after) for p in paths]
             merged = heapq.merge(*streams, reverse=True) if len(streams) > 1 else streams[0]
             picked, next_cursor = self._page(_distinct(merged), limit)
@@ -75,13 +85,13 @@ class InteractionQueries(DataPlaneBase):
         return self._read(read)
 
     def actor_subjects(self, actor: str, collection: str, subjects: list[str]) -> list[str]:
-        """getLikesByActorAndSubjects / getRepostsByActorAndSubjects."""
+        """getLikesByActorAndSubjects / getRepostsByActorAndSubjects: per subject, the
+        actor's like (repost) of it (its oldest live one), or ""."""
         def read() -> list[str]:
             aid = self._active(actor)
             out = []
             for subject in subjects:
-                sk = None if aid is None else self._newest_of(
-                    self._keyed(self._target_key(subject), collection, ".subject.uri"), aid)
+                sk = self._first_of(self._target_key(subject), collection, ".subject.uri", aid)
                 out.append("" if sk is None else self._uri(aid, collection, sk))  # type: ignore[arg-type]
             return out
         return self._read(read)

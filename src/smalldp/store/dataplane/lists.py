@@ -1,6 +1,9 @@
 """Lists: a list's members (the owner's listitems only), their number and set, an
 actor's lists, and whether an actor is in given lists (also what list blocks in
 store/dataplane/graph.py and list feeds in store/dataplane/feeds.py ask).
+
+A list holds each account once, as the reference indexes list items (one per list and
+subject: store/dataplane/base.py): the owner's oldest live listitem putting it there.
 """
 
 from __future__ import annotations
@@ -25,13 +28,22 @@ class ListQueries(DataPlaneBase):
     and a list's member set."""
 
     def list_members(self, list_uri: str, limit: int, cursor: str | None) -> tuple[list[dict[str, str]], str | None]:
-        """getListMembers: the owner's listitems of the list, newest first."""
+        """getListMembers: the owner's listitems of the list, newest first, one per member
+        (its oldest live one)."""
         after = decode_cursor(cursor) if cursor else None
 
         def read() -> tuple[list[dict[str, str]], str | None]:
             items: list[dict[str, str]] = []
             last: Entry | None = None
+            list_key = self._target_key(list_uri)
+            sid = self._source_id(LISTITEM, ".subject")
             for sk, owner, member in self._list_items(list_uri, after):
+                # Only when the owner has put the member in a list twice (this one or
+                # another) is there a second look (the member's key is read either way).
+                if list_key is None or sid is None or (owner in self._repeated(did_key(member), sid)
+                                                       and self._member_items(list_key, member)[:1] != [sk]):
+                    last = (sk, owner)
+                    continue  # a newer listitem of a member listed at its oldest one
                 if len(items) == limit:
                     return items, encode_cursor(last)  # type: ignore[arg-type]
                 items.append({"uri": self._uri(owner, LISTITEM, sk), "did": self._did(member)})
@@ -91,16 +103,28 @@ class ListQueries(DataPlaneBase):
 
 
     def _member_item(self, list_key: bytes, member: int) -> str:
-        """The live listitem, owned by the list's author, putting ``member`` in the list, or ""."""
+        """The live listitem, owned by the list's author, putting ``member`` in the list
+        (the oldest if several), or ""."""
+        found = self._member_items(list_key, member)
+        return "" if not found else self._uri(key_account(list_key), LISTITEM, found[0])  # type: ignore[arg-type]
+
+    def _member_items(self, list_key: bytes, member: int) -> list[int]:
+        """The sort keys of the live listitems of the list's author that put ``member`` in
+        the list, oldest first; for each member its first listitem is found without
+        reading one when the owner has put it in one list only."""
         owner = key_account(list_key)
         listitem = self._coll_id(LISTITEM)
-        if owner is None or owner in self.hidden or listitem is None:
-            return ""
-        found: list[int] = []
-        for chunk in self._keyed(did_key(member), LISTITEM, ".subject"):
-            if owner in chunk.header.bitmap:
-                found += [sk for sk, a in chunk.entries() if a == owner]
-        for sk in sorted(found, reverse=True):  # the newest listitem when there are several
-            if self._link_target(self._links_of(sk, owner, listitem) or [], LISTITEM, ".list") == list_key:
-                return self._uri(owner, LISTITEM, sk)
-        return ""
+        sid = self._source_id(LISTITEM, ".subject")
+        if owner is None or owner in self.hidden or listitem is None or sid is None:
+            return []
+        tkey = did_key(member)
+        if owner not in self._repeated(tkey, sid):  # one listitem of the owner names the member
+            sk = self._oldest_entry(tkey, sid, owner)
+            if sk is None:
+                return []
+            candidates = [sk]
+        else:
+            candidates = sorted(sk for chunk in self._chunks(tkey, sid) if owner in chunk.header.bitmap
+                                for sk, a in chunk.entries() if a == owner)
+        return [sk for sk in candidates
+                if self._link_target(self._links_of(sk, owner, listitem) or [], LISTITEM, ".list") == list_key]

@@ -81,16 +81,13 @@ from __future__ import annotations
 
 import datetime
 import heapq
-import math
 from dataclasses import dataclass
 from typing import Iterator
-
-from pyroaring import BitMap
 
 from smalldp.derived import AUTHOR, FOLLOW, GENERATOR, LIST, POST, PROFILE, REPOST, STARTERPACK
 from smalldp.store.dataplane.base import DataPlaneBase
 from smalldp.store.encoding import Entry, chunk_floor, did_key, get_varint, iter_entries, key_record, varint
-from smalldp.store.reader import BadCursor, _Chunk
+from smalldp.store.reader import BadCursor
 
 LIKE = "app.bsky.feed.like"
 LABELER = "app.bsky.labeler.service"
@@ -219,10 +216,6 @@ class NotificationQueries(DataPlaneBase):
         # Streams start at the cursor's (sort key, account) inclusive, so the record at the
         # cursor is seen whole; its notifications at or above the cursor are then skipped.
         start: Entry | None = None if after is None else (after[0], after[1] + 1)
-        # for _has_older, per (key, collection, path): the accounts linking twice or more, and
-        # each chunk's ceiling (by id: the chunks are the request's memo, alive meanwhile)
-        self._twins: dict[tuple[bytes, str, str], BitMap] = {}
-        self._ceilings: dict[tuple[bytes, str, str], dict[int, float]] = {}
         streams = self._streams(x, start, after)
         follows = self._follow_set(x)
         live: dict[bytes, bool] = {}
@@ -433,7 +426,7 @@ class NotificationQueries(DataPlaneBase):
         reference's rules (module docstring), from the links that made it a candidate."""
         kinds = {kind: tkey for kind, tkey in reversed(links)}  # the first link of each kind
         if FOLLOWED in kinds:
-            if self._has_older(kinds[FOLLOWED], FOLLOW, ".subject", sk, aid):
+            if not self._first_link(kinds[FOLLOWED], FOLLOW, ".subject", sk, aid):
                 return []  # a second follow of X by one account (the reference keeps the first)
             return [(_PLACE_OTHER, "follow", None)]
         if JOINED in kinds:
@@ -447,7 +440,7 @@ class NotificationQueries(DataPlaneBase):
             if subject is None:  # only via X's repost: the subject is someone else's
                 own = self._links_of(sk, aid, coll)
                 subject = None if own is None else self._link_target(own, name, ".subject.uri")
-            if subject is not None and self._has_older(subject, name, ".subject.uri", sk, aid):
+            if subject is not None and not self._first_link(subject, name, ".subject.uri", sk, aid):
                 return []  # not the account's first like (repost) of the subject: the reference ignores it
             out: list[tuple[int, str, bytes | None]] = []
             if SUBJECT in kinds:
@@ -485,41 +478,12 @@ class NotificationQueries(DataPlaneBase):
                 return parent
         return None
 
-    def _has_older(self, tkey: bytes, collection: str, path: str, sk: int, aid: int) -> bool:
-        """Whether account ``aid`` has another live record of (collection, path) linking to
-        ``tkey`` with a lower sort key: then the one at ``sk`` is a duplicate the reference
-        does not index (one like, repost or follow per account and subject)."""
-        chunks = self._keyed(tkey, collection, path)  # memoised for the request
-        twins = self._twins.get((tkey, collection, path))
-        if twins is None:  # accounts with two entries or more under the key, from chunk headers
-            seen, twins = BitMap(), BitMap()
-            for chunk in chunks:
-                header = chunk.header
-                twins |= seen & header.bitmap
-                seen |= header.bitmap
-                twins.update(header.extra)
-            self._twins[(tkey, collection, path)] = twins
-        if aid not in twins:
-            return False
-        ceilings = self._ceilings.get((tkey, collection, path))
-        if ceilings is None:  # per chunk, the floor of the next newer chunk of its run
-            ceilings = {}
-            by_run: dict[int, list[_Chunk]] = {}
-            for chunk in chunks:
-                by_run.setdefault(chunk.run, []).append(chunk)
-            for run_chunks in by_run.values():
-                run_chunks.sort(key=lambda c: c.floor)
-                for older, newer in zip(run_chunks, run_chunks[1:] + [None]):
-                    ceilings[id(older)] = math.inf if newer is None else newer.floor
-            self._ceilings[(tkey, collection, path)] = ceilings
-        for chunk in chunks:
-            if chunk.floor > sk or aid not in chunk.header.bitmap:
-                continue
-            if ceilings[id(chunk)] <= sk:
-                return True  # every entry of the chunk is below sk
-            if any(a == aid and s < sk for s, a in chunk.entries()):
-                return True
-        return False
+    def _first_link(self, tkey: bytes, collection: str, path: str, sk: int, aid: int) -> bool:
+        """Whether the record at (sk, aid) is its author's oldest live one of (collection,
+        path) linking to ``tkey``: the one like, repost or follow of the pair the reference
+        indexes (base.py)."""
+        sid = self._source_id(collection, path)
+        return sid is None or self._is_first(tkey, sid, sk, aid)
 
     def _subject_live(self, tkey: bytes, memo: dict[bytes, bool]) -> bool:
         """Whether the record a target key names is live (memoised per page)."""

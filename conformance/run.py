@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from appview_harness import (  # noqa: E402
     CORPUS, AppView, FakePlc, HarnessError, Query, Stream, ask, choose_subjects, compare, generated_lines, latencies,
-    plan, plc_for_web, reference_appview, sanity, smalldp_appview,
+    plan, plc_for_web, reference_appview, rkey_order, sanity, smalldp_appview,
 )
 
 LATENCY_VIEWS = ("app.bsky.feed.getTimeline", "app.bsky.actor.getProfile", "app.bsky.feed.getAuthorFeed")
@@ -64,8 +64,11 @@ def measure(url: str, subjects: Any, stream: Stream, calls: int) -> dict[str, An
     return out
 
 
-def judge(queries: list[Query], answers: dict[str, Any], stream: Stream) -> dict[str, list[str]]:
-    return {q.name: p for q in queries if (p := sanity(q, answers[q.name], stream))}
+def judge(queries: list[Query], answers: dict[str, Any], stream: Stream, smalldp: bool) -> dict[str, list[str]]:
+    """Each query's conformance problems (appview_harness.sanity); smalldp's answers also
+    in smalldp's own order (rkey_order: the reference orders those lists by sortAt)."""
+    return {q.name: p for q in queries
+            if (p := sanity(q, answers[q.name], stream) + (rkey_order(q, answers[q.name], stream) if smalldp else []))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 rc = 2
                 continue
             info["total_s"] = round(time.monotonic() - t0, 2)
-            problems = judge(queries, answers, stream)
+            problems = judge(queries, answers, stream, smalldp=name == "smalldp")
             sides[name] = {"info": info, "answers": answers, "problems": problems}
             lat = info.get("latency_ms", {})
             print(f"{name}: {sum(1 for a in answers.values() if a[0].status == 200)} of {len(queries)} "

@@ -255,6 +255,22 @@ class Stream:
         return any(rec.get("list") in lists and rec.get("subject") == b
                    for _, rec in self.records("app.bsky.graph.listitem"))
 
+    def pair_rkeys(self, collection: str) -> dict[tuple[str, str], list[str]]:
+        """(author, subject) -> the rkeys of the author's live records of ``collection``
+        naming that subject (a DID, or ``.subject.uri``), oldest first (TIDs sort as
+        strings); memoized."""
+        memo = self.__dict__.setdefault("_pairs", {})
+        if collection not in memo:
+            pairs: dict[tuple[str, str], list[str]] = defaultdict(list)
+            for uri, rec in self.records(collection):
+                subject = rec.get("subject")
+                if isinstance(subject, dict):
+                    subject = subject.get("uri")
+                if isinstance(subject, str):
+                    pairs[(uri.split("/")[2], subject)].append(uri.rsplit("/", 1)[1])
+            memo[collection] = {pair: sorted(rkeys) for pair, rkeys in pairs.items()}
+        return memo[collection]  # type: ignore[no-any-return]
+
     def subjects(self, collection: str) -> Counter:
         """subject at-uri -> how many live records of ``collection`` point at it."""
         return Counter(rec["subject"]["uri"] for _, rec in self.records(collection)
@@ -647,14 +663,22 @@ class SmalldpDataPlane:
 class Query:
     """One XRPC GET to an AppView: ``name`` identifies it across DataPlanes; ``viewer`` (a
     DID) makes it a logged-in request (Authorization: Bearer <service JWT>, lxm = nsid);
-    ``page2`` also asks for the next page with the cursor the first answer gave."""
+    ``page2`` also asks for the next page with the cursor the first answer gave; ``walk``
+    follows every cursor to the end (at most WALK_PAGES pages)."""
 
     name: str
     nsid: str
     params: tuple[tuple[str, str], ...]
     viewer: str | None = None
     page2: bool = False
+    walk: bool = False
 
+
+# Views whose lists are walked to the end (every cursor) and compared as a whole, in any
+# order (ORDER_FREE); at most this many pages each.
+WALKED = ("app.bsky.graph.getFollowers", "app.bsky.graph.getFollows", "app.bsky.feed.getLikes",
+          "app.bsky.feed.getRepostedBy")
+WALK_PAGES = 200
 
 MAIN_VIEWS = ("app.bsky.actor.getProfile", "app.bsky.graph.getFollowers", "app.bsky.graph.getFollows",
               "app.bsky.feed.getAuthorFeed", "app.bsky.feed.getPostThread", "app.bsky.feed.getLikes",
@@ -729,19 +753,20 @@ def plan(subjects: Subjects, limit: int = 25) -> list[Query]:
             tag: str = "") -> None:
         short = nsid.rsplit(".", 1)[1]
         label = ",".join(f"{k}={v}" for k, v in params if k != "limit")
-        queries.append(Query(f"{short}({label}){tag} as {viewer or 'anonymous'}", nsid, params, viewer, page2))
+        queries.append(Query(f"{short}({label}){tag} as {viewer or 'anonymous'}", nsid, params, viewer, page2,
+                             walk=nsid in WALKED))
 
     for viewer in who:
         for actor in subjects.actors:
             add("app.bsky.actor.getProfile", (("actor", actor),), viewer)
-            add("app.bsky.graph.getFollowers", (("actor", actor), lim), viewer, True)
-            add("app.bsky.graph.getFollows", (("actor", actor), lim), viewer, True)
+            add("app.bsky.graph.getFollowers", (("actor", actor), lim), viewer)
+            add("app.bsky.graph.getFollows", (("actor", actor), lim), viewer)
             add("app.bsky.feed.getAuthorFeed", (("actor", actor), lim), viewer, True)
             add("app.bsky.feed.getAuthorFeed", (("actor", actor), ("filter", "posts_no_replies"), lim), viewer)
         for uri in subjects.posts:
             add("app.bsky.feed.getPostThread", (("uri", uri),), viewer)
-            add("app.bsky.feed.getLikes", (("uri", uri), lim), viewer, True)
-            add("app.bsky.feed.getRepostedBy", (("uri", uri), lim), viewer, True)
+            add("app.bsky.feed.getLikes", (("uri", uri), lim), viewer)
+            add("app.bsky.feed.getRepostedBy", (("uri", uri), lim), viewer)
     for viewer in subjects.viewers:
         add("app.bsky.feed.getTimeline", (lim,), viewer, True)
     for viewer in subjects.notified:
@@ -796,11 +821,17 @@ class AppViewClient:
         return Answer(resp.status, body, ms)
 
     def run(self, q: Query) -> list[Answer]:
-        """The query's answer; with ``page2`` and a cursor, also the next page's."""
-        first = self.get(q.nsid, q.params, q.viewer)
-        out = [first]
-        if q.page2 and first.status == 200 and isinstance(first.body, dict) and first.body.get("cursor"):
-            out.append(self.get(q.nsid, (*q.params, ("cursor", first.body["cursor"])), q.viewer))
+        """The query's answer; with ``page2`` and a cursor, also the next page's; with
+        ``walk`` every next page while there is a cursor and the page was not empty (the
+        reference gives a cursor after its last item), at most WALK_PAGES."""
+        out = [self.get(q.nsid, q.params, q.viewer)]
+        pages = WALK_PAGES if q.walk else 2 if q.page2 else 1
+        while len(out) < pages:
+            last = out[-1]
+            if last.status != 200 or not isinstance(last.body, dict) or not last.body.get("cursor") or \
+                    (len(out) > 1 and not any(v for v in last.body.values() if isinstance(v, list))):
+                break
+            out.append(self.get(q.nsid, (*q.params, ("cursor", last.body["cursor"])), q.viewer))
         return out
 
     def close(self) -> None:
@@ -842,7 +873,20 @@ def latencies(url: str, nsid: str, params: Iterable[tuple[str, str]], viewer: st
 ALLOWED: dict[str, str] = {
     "cursor": "opaque to the AppView and its clients: each DataPlane encodes its own position; "
               "after the last item the reference still gives one (its next page is empty), "
-              "a DataPlane may give none",
+              "a DataPlane may give none (compare() leaves cursors out of a query's whole answer)",
+}
+
+# Lists compared as sets of their items (sorted by identity first, then field by field),
+# over a query's whole walk (WALKED: every page, concatenated): which items and what each
+# says must agree, not their order. Each with its reason; conformance/README.md explains.
+# smalldp's own order is checked against the stream instead (rkey_order).
+ORDER_FREE: dict[str, str] = {
+    key: "the reference orders by sortAt, the earlier of createdAt and the time it indexed the "
+         "record (then by CID), smalldp by the rkey's TID: near-simultaneous records (the same "
+         "createdAt millisecond, or indexed before their createdAt) come out in another order; "
+         "sortAt depends on when an AppView indexed a record, so two reference AppViews fed at "
+         "different times disagree too"
+    for key in ("followers", "follows", "likes", "repostedBy")
 }
 
 
@@ -1003,15 +1047,37 @@ def canonical(body: Any) -> Any:
     return body
 
 
-def _empty_page(a: Answer) -> bool:
-    """A page with nothing in it: one side gave a cursor after its last item (the reference
-    does whenever it returned any rows), the other gave none; clients see the same list."""
-    return a.status == 200 and isinstance(a.body, dict) and all(
-        not v for k, v in a.body.items() if isinstance(v, list))
+def whole(pages: list[Answer]) -> Any:
+    """A query's answer over all the pages asked (one, two, or a whole walk): the first
+    page's body with each list the concatenation of every page's, and no cursor (opaque:
+    ALLOWED). Pages split a list wherever each DataPlane's page ends (the reference gives
+    a cursor, then an empty page, after its last item; smalldp no cursor), so the whole is
+    what a client that reads the pages sees; an error page is not merged (its status is
+    compared)."""
+    first = pages[0].body
+    if not isinstance(first, dict) or any(a.status != 200 or not isinstance(a.body, dict) for a in pages):
+        return first
+    body = {k: v for k, v in first.items() if k != "cursor"}
+    for page in pages[1:]:
+        for key, value in page.body.items():
+            if isinstance(value, list) and isinstance(body.get(key), list):
+                body[key] = body[key] + value
+    return body
+
+
+def order_free(body: Any, keys: dict[str, str] = ORDER_FREE) -> Any:
+    """The body with its top-level ORDER_FREE lists sorted by their items' identity."""
+    if not isinstance(body, dict):
+        return body
+    return {k: sorted(v, key=lambda x: str(_identity(x))) if k in keys and isinstance(v, list) else v
+            for k, v in body.items()}
 
 
 def compare(ref: dict[str, list[Answer]], other: dict[str, list[Answer]],
-            allow: dict[str, str] = ALLOWED) -> Comparison:
+            allow: dict[str, str] = ALLOWED, unordered: dict[str, str] = ORDER_FREE) -> Comparison:
+    """Each query's whole answer (``whole``: its pages concatenated) on the reference and on
+    the other side, field by field (``diff``), after ``canonical`` and, for the
+    ``unordered`` lists, ``order_free``; page statuses compared one by one."""
     cmp = Comparison()
     for name, ref_pages in ref.items():
         cmp.queries += 1
@@ -1023,22 +1089,26 @@ def compare(ref: dict[str, list[Answer]], other: dict[str, list[Answer]],
             cmp.reference_errors[name] = f"{failed[0].status}: {_short(failed[0].body)}"
             continue
         for page, (a, b) in enumerate(zip(ref_pages, other_pages)):
-            prefix = f"page{page + 1}:" if len(ref_pages) > 1 or len(other_pages) > 1 else ""
             if a.status != b.status:
-                diffs.append({"path": f"{prefix}status", "reference": a.status, "other": b.status,
+                diffs.append({"path": f"page{page + 1}:status", "reference": a.status, "other": b.status,
                               "bodies": [a.body, b.body]})
-                continue
-            for path, x, y in diff(canonical(a.body), canonical(b.body)):
+        common = min(len(ref_pages), len(other_pages))
+        for pages, mine, theirs in ((ref_pages, "reference", "other"), (other_pages, "other", "reference")):
+            for page in range(common, len(pages)):  # a page only this side had (the other gave no cursor)
+                if pages[page].status != 200:
+                    diffs.append({"path": f"page{page + 1}:status", mine: pages[page].status,
+                                  theirs: "<no such page>", "bodies": [pages[page].body]})
+        if not other_pages:
+            diffs.append({"path": "pages", "reference": len(ref_pages), "other": 0})
+        elif not diffs:
+            a_body = order_free(canonical(whole(ref_pages)), unordered)
+            b_body = order_free(canonical(whole(other_pages)), unordered)
+            for path, x, y in diff(a_body, b_body):
                 why = allowed(path, allow)
                 if why:
                     cmp.allowed_counts[normalise(path)] += 1
                 else:
-                    diffs.append({"path": prefix + path, "reference": x, "other": y})
-        longer = ref_pages if len(ref_pages) > len(other_pages) else other_pages
-        extra = longer[min(len(ref_pages), len(other_pages)):]
-        if extra and not all(_empty_page(a) for a in extra):
-            diffs.append({"path": "pages", "reference": len(ref_pages), "other": len(other_pages),
-                          "extra": [_short(a.body, 300) for a in extra]})
+                    diffs.append({"path": path, "reference": x, "other": y})
         if diffs:
             cmp.differing[name] = diffs
             for p in {normalise(re.sub(r"^page\d+:", "", d["path"])) for d in diffs}:
@@ -1089,6 +1159,57 @@ def smalldp_appview(events: Path, plc: FakePlc, workdir: Path,
 
 
 # ----------------------------------------------------------------------------- sanity
+
+_TID = re.compile(r"[234567abcdefghij][234567abcdefghijklmnopqrstuvwxyz]{12}\Z")
+
+
+def rkey_order(q: Query, answers: list[Answer], stream: Stream) -> list[str]:
+    """smalldp's order of the ORDER_FREE lists, judged from the stream: each listed account
+    stands for its pair's record (the follow, like or repost linking it and the subject),
+    which must be the pair's oldest live record in the stream (the one the reference
+    indexes), and the whole walk must be newest first by that record's rkey as a TID
+    (equal TIDs in any order: smalldp breaks ties by its account IDs). For getLikes the
+    item's ``createdAt`` must be that record's. Empty when all is well (or for another
+    view). Not a check of the reference, which orders by sortAt (ORDER_FREE)."""
+    params = dict(q.params)
+    bodies = [a.body for a in answers if a.status == 200 and isinstance(a.body, dict)]
+    if q.nsid == "app.bsky.graph.getFollowers":
+        collection, key = "app.bsky.graph.follow", "followers"
+        pairs = [(x.get("did"), params["actor"]) for b in bodies for x in b.get(key, [])]
+    elif q.nsid == "app.bsky.graph.getFollows":
+        collection, key = "app.bsky.graph.follow", "follows"
+        pairs = [(params["actor"], x.get("did")) for b in bodies for x in b.get(key, [])]
+    elif q.nsid == "app.bsky.feed.getLikes":
+        collection, key = "app.bsky.feed.like", "likes"
+        pairs = [(x.get("actor", {}).get("did"), params["uri"]) for b in bodies for x in b.get(key, [])]
+    elif q.nsid == "app.bsky.feed.getRepostedBy":
+        collection, key = "app.bsky.feed.repost", "repostedBy"
+        pairs = [(x.get("did"), params["uri"]) for b in bodies for x in b.get(key, [])]
+    else:
+        return []
+    items = [x for b in bodies for x in b.get(key, [])]
+    index = stream.pair_rkeys(collection)
+    problems: list[str] = []
+    previous: tuple[str, str] | None = None
+    for position, ((author, subject), item) in enumerate(zip(pairs, items)):
+        rkeys = index.get((str(author), str(subject)))
+        if not rkeys:
+            problems.append(f"[{position}] {author}: no live {collection} of {subject} in the stream")
+            continue
+        rkey = rkeys[0]
+        if key == "likes":
+            created = stream.live[f"at://{author}/{collection}/{rkey}"].get("createdAt")
+            if item.get("createdAt") != created:
+                problems.append(f"[{position}] {author}: createdAt {item.get('createdAt')}, its oldest like's is "
+                                f"{created} (rkey {rkey})")
+        if not _TID.match(rkey):
+            previous = None  # no time to order by
+            continue
+        if previous is not None and rkey > previous[0]:
+            problems.append(f"[{position}] {author} (rkey {rkey}) after {previous[1]} (rkey {previous[0]}): "
+                            f"not newest first by rkey")
+        previous = (rkey, str(author))
+    return problems
 
 NOTIFICATION_REASONS = {"like", "repost", "follow", "mention", "reply", "quote", "starterpack-joined",
                         "verified", "unverified", "like-via-repost", "repost-via-repost", "subscribed-post"}
@@ -1201,6 +1322,8 @@ def sanity(q: Query, answers: list[Answer], stream: Stream) -> list[str]:
             listed = [x.get("did") for x in items("repostedBy")]
         if bodies[0].get("uri") != uri:
             problems.append(f"uri {bodies[0].get('uri')} != {uri}")
+        if len(listed) != len(set(listed)):  # one like (repost) per account and subject
+            problems.append(f"listed twice: {[d for d, n in Counter(listed).items() if n > 1][:5]}")
         if not set(listed) <= truth:
             problems.append(f"actors without a live record in the stream: {sorted(set(listed) - truth)[:5]}")
         if truth & (stream.actors - stream.deleted) and not listed and uri in stream.live:

@@ -448,10 +448,12 @@ def test_health_and_metrics_give_each_methods_recent_latency(served: Served) -> 
     for _ in range(4):
         served.call("GetLatestRev", pb.GetLatestRevRequest(actor_did=ALICE))
     health = json.loads(request(served.http, "GET", "/xrpc/_health")[2])["grpc"]
-    rev = health["methods"]["GetLatestRev"]
-    assert set(rev) == {"calls", "window", "p50_ms", "p99_ms"}
+    rev = health["methods"]["GetLatestRev"]  # a sync handler: its own run on the reader thread too
+    assert set(rev) == {"calls", "window", "p50_ms", "p99_ms", "run_p50_ms", "run_p99_ms"}
     assert rev["calls"] >= 4 and 4 <= rev["window"] <= rev["calls"]
     assert 0 < rev["p50_ms"] <= rev["p99_ms"] < 10_000
+    # each call's run is part of its time, so each quantile of the runs is at most the calls'
+    assert 0 < rev["run_p50_ms"] <= rev["p50_ms"] and rev["run_p99_ms"] <= rev["p99_ms"]
     samples = rpc_samples(served.http)
     p50 = samples[("smalldp_rpc_recent_seconds", (("method", "GetLatestRev"), ("quantile", "0.5")))]
     p99 = samples[("smalldp_rpc_recent_seconds", (("method", "GetLatestRev"), ("quantile", "0.99")))]
@@ -749,6 +751,25 @@ def test_recent_latency_quantiles_in_process(store: Path) -> None:
             assert methods["Ping"]["calls"] == 22 and methods["Ping"]["window"] == 21  # the refusal not timed
             assert 10 <= methods["Ping"]["p50_ms"] < 200  # twenty calls of 10 ms
             assert methods["Ping"]["p99_ms"] >= 300  # the slow one: index int(21 * 0.99) = 20 of 21
+            assert "run_p50_ms" not in methods["Ping"]  # an async handler: no reader-thread run
+
+    asyncio.run(main())
+
+
+def test_run_time_apart_from_waiting_for_the_reader_thread(store: Path) -> None:
+    """Two calls of a sync handler at once on the one reader thread: the second waits for
+    the first. Its time counts the wait, its run does not."""
+    def slow_rev(dp: Any, req: Any) -> Any:
+        time.sleep(0.05)
+        return pb.GetLatestRevResponse()
+
+    async def main() -> None:
+        async with InProcess(store, {"GetLatestRev": slow_rev}, {}) as s:
+            await asyncio.gather(*(s.unary("GetLatestRev")(b"", timeout=20) for _ in range(2)))
+            rev = s.dispatcher.metrics.health()["methods"]["GetLatestRev"]
+            assert rev["window"] == 2 and rev["run_p50_ms"] >= 50
+            # the later call took both runs: at least the longest run plus 50 ms
+            assert rev["p99_ms"] - rev["run_p99_ms"] >= 45, rev
 
     asyncio.run(main())
 
@@ -765,7 +786,10 @@ def test_recent_latency_ring_is_bounded_and_exposed() -> None:
     m.record("connect", "GetActors", "not_found", 0.002)
     m.record("grpc", UNKNOWN_METHOD, "unimplemented", 0.001)
     m.record("grpc", "GetActors", "resource_exhausted", 0.0, timed=False)
+    m.record("grpc", "GetLatestRev", "ok", 0.004, ran=0.001)
     health = m.health()["methods"]
+    assert health["GetLatestRev"] == {"calls": 1, "window": 1, "p50_ms": 4.0, "p99_ms": 4.0,
+                                      "run_p50_ms": 1.0, "run_p99_ms": 1.0}
     n = LATENCY_WINDOW
     assert health["GetTimeline"] == {"calls": n + 100, "window": n, "p50_ms": float(n // 2),
                                      "p99_ms": float(int(n * 0.99))}
@@ -776,4 +800,8 @@ def test_recent_latency_ring_is_bounded_and_exposed() -> None:
     assert recent.type == "gauge"
     values = {(s.labels["method"], s.labels["quantile"]): s.value for s in recent.samples}
     assert values == {("GetActors", "0.5"): 0.002, ("GetActors", "0.99"): 0.002,
+                      ("GetLatestRev", "0.5"): 0.004, ("GetLatestRev", "0.99"): 0.004,
                       ("GetTimeline", "0.5"): (n // 2) / 1000, ("GetTimeline", "0.99"): int(n * 0.99) / 1000}
+    run = families["smalldp_rpc_recent_run_seconds"]
+    assert run.type == "gauge" and {(s.labels["method"], s.labels["quantile"]): s.value for s in run.samples} == {
+        ("GetLatestRev", "0.5"): 0.001, ("GetLatestRev", "0.99"): 0.001}

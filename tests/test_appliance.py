@@ -1,13 +1,23 @@
 """The appliance: the systemd unit, scripts/install.sh, cloud-init files, the image layer.
 
-* The unit passes `systemd-analyze verify` with nothing on stderr and rates <= 2.0 in
-  `systemd-analyze security --offline=true`.
+* The units (smalldp.service, smalldp-appview.service) pass `systemd-analyze verify` with
+  nothing on stderr and rate <= 2.0 in `systemd-analyze security --offline=true`; the
+  AppView's keeps smalldp's sandbox but for MemoryDenyWriteExecute.
+* systemd/appview.env parses as an EnvironmentFile, holds every setting the AppView needs,
+  and the pinned @atproto/bsky's ServerConfig.readEnv accepts it, aimed at smalldp's
+  default grpc_listen.
 * appliance/user-data is valid for Debian's `cloud-init schema`; network-config converts.
 * scripts/install.sh runs for real inside a Debian Bookworm root (mmdebstrap, cached under
   ~/.cache/smalldp-ci/) in a chroot where systemd does not run: files, user, enablement
   symlink, and the installed smalldp answering /xrpc/_health on 127.0.0.1; then an upgrade
   that keeps an edited config, --uninstall (data kept), the image bake script, the
-  cloud-init first-boot script, and --purge.
+  cloud-init first-boot script, and --purge. The first install is `install.sh --appview`:
+  Debian's Node, the pinned @atproto/bsky (npm ci), /etc/smalldp/appview.env with a fresh
+  key, the AppView unit; the AppView then runs as that unit would (ExecStart, its
+  environment and env file, an unprivileged uid, stdin /dev/null) against the installed
+  smalldp serve's gRPC port: /xrpc/_health 200, getProfile of an unknown DID its own 400,
+  no connection attempted off loopback (loopback_guard.cjs preloaded). The upgrade keeps
+  node_modules and the env file; `--appview --uninstall` removes the AppView alone.
 
 Debian packages come from scripts/_system_deps.sh. A test skips only when a prerequisite
 truly cannot be had (no root nor sudo, a tool apt could not install), with a warning
@@ -16,6 +26,7 @@ that says which, so the skip shows in the run's summary.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -23,9 +34,11 @@ import socket
 import subprocess
 import tarfile
 import time
+import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -33,6 +46,14 @@ from smalldp.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "smalldp.service"
+APPVIEW_UNIT = ROOT / "systemd" / "smalldp-appview.service"
+APPVIEW_ENV = ROOT / "systemd" / "appview.env"
+APPVIEW_EXEC = "/usr/bin/node"
+LOOPBACK_GUARD = "/src/conformance/node/loopback_guard.cjs"
+# The settings ServerConfig.readEnv, the launcher or the appliance needs (appliance/README.md).
+APPVIEW_REQUIRED = ("BSKY_DATAPLANE_URLS", "BSKY_DATAPLANE_HTTP_VERSION", "BSKY_DID_PLC_URL", "BSKY_SERVER_DID",
+                    "BSKY_SERVICE_SIGNING_KEY", "BSKY_BSYNC_URL", "MOD_SERVICE_DID", "BSKY_PORT",
+                    "SMALLDP_APPVIEW_HOST", "BSKY_PUBLIC_URL", "BSKY_CDN_URL")
 EXAMPLE_CONFIG = ROOT / "systemd" / "smalldp.toml"
 USER_DATA = ROOT / "appliance" / "user-data"
 NETWORK_CONFIG = ROOT / "appliance" / "network-config"
@@ -89,14 +110,18 @@ def _yaml(path: Path) -> object:
 # --- the unit -------------------------------------------------------------------------
 
 
-def _unit_settings() -> dict[str, list[str]]:
+def _parse_unit(text: str) -> dict[str, list[str]]:
     settings: dict[str, list[str]] = {}
-    for line in UNIT.read_text().splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith(("#", ";", "[")):
             key, _, value = line.partition("=")
             settings.setdefault(key.strip(), []).append(value.strip())
     return settings
+
+
+def _unit_settings(unit: Path = UNIT) -> dict[str, list[str]]:
+    return _parse_unit(unit.read_text())
 
 
 def test_unit_has_what_the_appliance_needs() -> None:
@@ -119,35 +144,130 @@ def test_unit_has_what_the_appliance_needs() -> None:
     assert "--config /etc/smalldp/smalldp.toml" in one["ExecStart"]
 
 
-def test_unit_verifies_without_warnings(tmp_path: Path) -> None:
+@pytest.mark.parametrize("source, exec_start", [(UNIT, EXEC_START), (APPVIEW_UNIT, APPVIEW_EXEC)],
+                         ids=["smalldp", "smalldp-appview"])
+def test_unit_verifies_without_warnings(tmp_path: Path, source: Path, exec_start: str) -> None:
     """`systemd-analyze verify` exits 0 and says nothing about the unit.
 
     It checks that ExecStart exists: the copy verified here points it at a stand-in
     executable (the chroot test verifies the real path in an installed root).
     """
     analyze = _tool("systemd-analyze")
-    stand_in = tmp_path / "smalldp"
+    stand_in = tmp_path / Path(exec_start).name
     stand_in.write_text("#!/bin/sh\n")
     stand_in.chmod(0o755)
-    unit = tmp_path / "smalldp.service"
-    text = UNIT.read_text()
-    assert text.count(EXEC_START) == 1
-    unit.write_text(text.replace(EXEC_START, str(stand_in)))
+    unit = tmp_path / source.name
+    text = source.read_text()
+    assert text.count(f"ExecStart={exec_start} ") == 1
+    unit.write_text(text.replace(f"ExecStart={exec_start} ", f"ExecStart={stand_in} "))
     result = subprocess.run([analyze, "verify", "--man=no", str(unit)],
                             capture_output=True, text=True, timeout=120)
     complaints = [line for line in (result.stdout + result.stderr).splitlines() if "smalldp" in line]
     assert result.returncode == 0 and not complaints, result.stdout + result.stderr
 
 
-def test_unit_security_exposure_at_most_2() -> None:
+@pytest.mark.parametrize("unit", [UNIT, APPVIEW_UNIT], ids=["smalldp", "smalldp-appview"])
+def test_unit_security_exposure_at_most_2(unit: Path) -> None:
     analyze = _tool("systemd-analyze")
-    result = subprocess.run([analyze, "security", "--offline=true", "--no-pager", str(UNIT)],
+    result = subprocess.run([analyze, "security", "--offline=true", "--no-pager", str(unit)],
                             capture_output=True, text=True, timeout=120)
-    match = re.search(r"Overall exposure level for smalldp\.service:\s*([0-9.]+)", result.stdout)
+    match = re.search(rf"Overall exposure level for {re.escape(unit.name)}:\s*([0-9.]+)", result.stdout)
     assert match, result.stdout + result.stderr
     score = float(match.group(1))
-    print(f"systemd-analyze security: {score}")
+    print(f"systemd-analyze security {unit.name}: {score}")
     assert score <= SECURITY_MAX, result.stdout
+
+
+def test_appview_unit_has_what_the_appliance_needs() -> None:
+    s = _unit_settings(APPVIEW_UNIT)
+    one = {k: v[-1] for k, v in s.items()}
+    assert one["ExecStart"] == f"{APPVIEW_EXEC} /opt/smalldp/appview/appview.cjs"
+    assert one["WorkingDirectory"] == "/opt/smalldp/appview"
+    assert one["EnvironmentFile"] == "/etc/smalldp/appview.env"
+    assert "NODE_ENV=production" in s["Environment"]
+    assert one["DynamicUser"] == "yes" and "User" not in s and "StateDirectory" not in s
+    assert one["CacheDirectory"] == "smalldp-appview"
+    assert one["Restart"] == "on-failure"
+    assert "smalldp.service" in one["After"].split() and "smalldp.service" in one["Wants"].split()
+    # smalldp.service's sandbox, setting for setting, but MemoryDenyWriteExecute: V8's JIT.
+    ours = _unit_settings(UNIT)
+    sandbox = ("NoNewPrivileges", "CapabilityBoundingSet", "AmbientCapabilities", "ProtectSystem", "ProtectHome",
+               "PrivateTmp", "PrivateDevices", "PrivateUsers", "PrivateIPC", "PrivateMounts", "DevicePolicy",
+               "ProtectHostname", "ProtectClock", "ProtectKernelTunables", "ProtectKernelModules",
+               "ProtectKernelLogs", "ProtectControlGroups", "ProtectProc", "ProcSubset", "KeyringMode",
+               "RemoveIPC", "LockPersonality", "RestrictAddressFamilies", "RestrictNamespaces",
+               "RestrictRealtime", "RestrictSUIDSGID", "SystemCallArchitectures", "SystemCallFilter",
+               "SystemCallErrorNumber", "UMask")
+    for key in sandbox:
+        assert s.get(key) == ours[key], key
+    assert "MemoryDenyWriteExecute" not in s
+
+
+# --- the AppView's settings ------------------------------------------------------------
+
+
+def _parse_env_file(text: str) -> dict[str, str]:
+    """An EnvironmentFile read as systemd reads plain lines: `NAME=value`, blank lines and
+    lines starting with # or ; skipped, whitespace around name and value dropped. Quotes,
+    backslashes and continuation lines (which systemd interprets) are refused here, so the
+    files this reads mean the same to both."""
+    env: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;":
+            continue
+        name, eq, value = stripped.partition("=")
+        assert eq and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name.strip()), f"line {n}: {line!r}"
+        value = value.strip()
+        assert not re.search(r"[\\'\"]", value), f"line {n}: quotes or backslashes: {line!r}"
+        env[name.strip()] = value
+    return env
+
+
+def test_appview_env_example_has_every_setting() -> None:
+    env = _parse_env_file(APPVIEW_ENV.read_text())
+    for name in APPVIEW_REQUIRED:
+        assert name in env, name
+        assert env[name] or name == "BSKY_SERVICE_SIGNING_KEY", name  # the key: install.sh's
+    assert env["BSKY_SERVICE_SIGNING_KEY"] == ""  # never a key in the repository
+    assert env.get("NODE_ENV") not in ("test", "development")
+    assert env["BSKY_DATAPLANE_HTTP_VERSION"] == "2"
+    # aimed at smalldp's default gRPC port
+    grpc_host, grpc_port = load_settings(config_path=EXAMPLE_CONFIG,
+                                         env={"STATE_DIRECTORY": "/var/lib/smalldp"}).grpc_host_port()  # type: ignore[misc]
+    assert env["BSKY_DATAPLANE_URLS"] == f"http://{grpc_host}:{grpc_port}"
+    assert env["SMALLDP_APPVIEW_HOST"] == "0.0.0.0" and env["BSKY_PORT"] == "2584"
+    # a PDS forwarding to <server DID>#bsky_appview may use either as the JWT audience
+    assert env["BSKY_ALT_AUDIENCE_DIDS"] == env["BSKY_SERVER_DID"] + "#bsky_appview"
+
+
+def test_appview_env_example_is_accepted_by_the_appview(tmp_path: Path) -> None:
+    """The pinned package's own ServerConfig.readEnv, given the example as the unit gives
+    it (plus a key), reads what the file says."""
+    import json
+    from appview_harness import NODE_DIR, node_bin
+    env = _parse_env_file(APPVIEW_ENV.read_text())
+    env["BSKY_SERVICE_SIGNING_KEY"] = "11" * 32
+    script = """
+const { ServerConfig } = require('@atproto/bsky')
+const c = ServerConfig.readEnv()
+console.log(JSON.stringify({dataplaneUrls: c.dataplaneUrls, dataplaneHttpVersion: c.dataplaneHttpVersion,
+  didPlcUrl: c.didPlcUrl, serverDid: c.serverDid, alternateAudienceDids: c.alternateAudienceDids, port: c.port,
+  publicUrl: c.publicUrl, cdnUrl: c.cdnUrl, bsyncUrl: c.bsyncUrl, modServiceDid: c.modServiceDid,
+  debugMode: c.debugMode, blobCacheLocation: c.blobCacheLocation || null}))
+"""
+    result = subprocess.run([node_bin(), "-e", script], cwd=NODE_DIR, capture_output=True, text=True, timeout=60,
+                            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NODE_ENV": "production", **env})
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout.strip().splitlines()[-1])
+    assert config["dataplaneUrls"] == [env["BSKY_DATAPLANE_URLS"]]
+    assert config["dataplaneHttpVersion"] == "2"
+    assert config["serverDid"] == env["BSKY_SERVER_DID"]
+    assert config["alternateAudienceDids"] == [env["BSKY_ALT_AUDIENCE_DIDS"]]
+    assert config["port"] == 2584 and config["didPlcUrl"] == "https://plc.directory"
+    assert config["cdnUrl"] == "https://cdn.bsky.app/img" and config["blobCacheLocation"] is None
+    assert config["bsyncUrl"] == env["BSKY_BSYNC_URL"] and config["modServiceDid"] == env["MOD_SERVICE_DID"]
+    assert config["debugMode"] is False
 
 
 def test_sysusers_snippet_creates_the_user(tmp_path: Path) -> None:
@@ -250,7 +370,8 @@ class Chroot:
         self.mount(["-t", "sysfs", "sysfs"], "sys")
         self.mount(["--bind", "/dev"], "dev")
         self.mount(["--bind", str(ROOT)], "src", read_only=True)
-        for cache, inside in (("pip", "root/.cache/pip"), ("apt-archives", "var/cache/apt/archives")):
+        for cache, inside in (("pip", "root/.cache/pip"), ("apt-archives", "var/cache/apt/archives"),
+                              ("npm", "root/.npm")):
             (CACHE / cache).mkdir(parents=True, exist_ok=True)
             self.mount(["--bind", str(CACHE / cache)], inside)
         # Trust what the host trusts (a CI network may re-sign TLS with its own CA);
@@ -260,8 +381,9 @@ class Chroot:
                     "HOME=/root", "LANG=C.UTF-8", "DEBIAN_FRONTEND=noninteractive"]
         if host_ca.is_file():
             self.run_host(["cp", str(host_ca), str(path / "root/host-ca.pem")])
-            self.env.append("PIP_CERT=/root/host-ca.pem")
-        for name in ("PIP_INDEX_URL", "PIP_DEFAULT_TIMEOUT"):
+            # pip, and npm (install.sh --appview) through node's extra CAs
+            self.env += ["PIP_CERT=/root/host-ca.pem", "NODE_EXTRA_CA_CERTS=/root/host-ca.pem"]
+        for name in ("PIP_INDEX_URL", "PIP_DEFAULT_TIMEOUT", "NPM_CONFIG_REGISTRY"):
             if os.environ.get(name, "").partition(":")[0] in ("http", "https") or (
                     name == "PIP_DEFAULT_TIMEOUT" and os.environ.get(name)):
                 self.env.append(f"{name}={os.environ[name]}")
@@ -324,18 +446,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve_and_check_health(ch: Chroot) -> dict:
-    """Start the installed smalldp in the chroot as user smalldp, as the unit would (config,
-    STATE_DIRECTORY), on 127.0.0.1 with Jetstream pointed at a closed local port; read
-    /xrpc/_health; stop it with SIGTERM."""
+@contextlib.contextmanager
+def _smalldp_serving(ch: Chroot) -> Iterator[tuple[int, int, int]]:
+    """The installed smalldp serving in the chroot as user smalldp, as the unit would (config,
+    STATE_DIRECTORY), on free 127.0.0.1 ports (HTTP, gRPC), with Jetstream and the PLC
+    directory pointed at a closed local port; yields (http port, grpc port, closed port)
+    once /xrpc/_health answers; stopped with SIGTERM, which must exit 0."""
     import json
-    port, dead_port = _free_port(), _free_port()
+    port, grpc_port, dead_port = _free_port(), _free_port(), _free_port()
     proc = subprocess.Popen(
         [*ch.sudo, "chroot", "--userspec=smalldp:smalldp", str(ch.path), "/usr/bin/env", "-i",
          "PATH=/usr/bin:/bin", "HOME=/var/lib/smalldp", "STATE_DIRECTORY=/var/lib/smalldp",
          EXEC_START, "serve", "--config", "/etc/smalldp/smalldp.toml",
-         "--listen", f"127.0.0.1:{port}", "--grpc-listen", f"127.0.0.1:{_free_port()}",
-         "--jetstream", f"ws://127.0.0.1:{dead_port}/subscribe",
+         "--listen", f"127.0.0.1:{port}", "--grpc-listen", f"127.0.0.1:{grpc_port}",
+         "--jetstream", f"ws://127.0.0.1:{dead_port}/subscribe", "--plc-url", f"http://127.0.0.1:{dead_port}",
          "--no-compress"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -343,12 +467,13 @@ def _serve_and_check_health(ch: Chroot) -> dict:
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/xrpc/_health", timeout=5) as r:
-                    health = json.loads(r.read())
+                    json.loads(r.read())
                     break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError(f"smalldp did not answer:\n{proc.communicate(timeout=10)[0]}")
                 time.sleep(0.2)
+        yield port, grpc_port, dead_port
     finally:
         proc.terminate()
         try:
@@ -357,8 +482,80 @@ def _serve_and_check_health(ch: Chroot) -> dict:
             proc.kill()
             output = proc.communicate()[0]
     assert proc.returncode == 0, output
+
+
+def _serve_and_check_health(ch: Chroot) -> dict:
+    """smalldp serving in the chroot (_smalldp_serving): its /xrpc/_health."""
+    import json
+    with _smalldp_serving(ch) as (port, _, _):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/xrpc/_health", timeout=5) as r:
+            health = json.loads(r.read())
     assert health["status"] == "ok", health
     return health
+
+
+def _get_json(url: str) -> tuple[int, dict]:
+    import json
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def _check_appview_on_smalldp(ch: Chroot) -> None:
+    """The installed AppView started as smalldp-appview.service would start it: its
+    ExecStart in its WorkingDirectory, its Environment= and EnvironmentFile (parsed as
+    systemd does), an unprivileged uid from DynamicUser's range, stdin /dev/null; only the
+    address, port, DataPlane and PLC URLs changed, to free and closed loopback ports, and
+    loopback_guard.cjs preloaded (NODE_OPTIONS) to show nothing tries to leave 127.0.0.1.
+    Against the installed smalldp serve: /xrpc/_health 200 (its Ping reaches smalldp's
+    gRPC port), getProfile of an unknown DID the AppView's own 400; SIGTERM exits 0."""
+    unit = _parse_unit(ch.sh("cat /etc/systemd/system/smalldp-appview.service").stdout)
+    env = dict(e.split("=", 1) for e in unit.get("Environment", []))
+    env.update(_parse_env_file(ch.sh("cat " + unit["EnvironmentFile"][-1]).stdout))
+    assert re.fullmatch(r"[0-9a-f]{64}", env["BSKY_SERVICE_SIGNING_KEY"])
+    exec_start = unit["ExecStart"][-1].split()
+    with _smalldp_serving(ch) as (_, grpc_port, dead_port):
+        port = _free_port()
+        env.update({"SMALLDP_APPVIEW_HOST": "127.0.0.1", "BSKY_PORT": str(port),
+                    "BSKY_DATAPLANE_URLS": f"http://127.0.0.1:{grpc_port}",
+                    "BSKY_DID_PLC_URL": f"http://127.0.0.1:{dead_port}",
+                    "NODE_OPTIONS": f"--require {LOOPBACK_GUARD}", "PATH": "/usr/bin:/bin"})
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            [*ch.sudo, "chroot", "--userspec=61184:61184", str(ch.path), "/usr/bin/env", "-i",
+             "-C", unit["WorkingDirectory"][-1], *(f"{k}={v}" for k, v in env.items()), *exec_start],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    status, health = _get_json(f"http://127.0.0.1:{port}/xrpc/_health")
+                    if status == 200:
+                        break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"the AppView did not answer 200:\n{proc.communicate(timeout=10)[0]}")
+                time.sleep(0.2)
+            _timing("the AppView answering /xrpc/_health in the chroot", time.monotonic() - started)
+            assert "error" not in health, health  # {} (no BSKY_VERSION), 503 with an error when Ping fails
+            status, body = _get_json(f"http://127.0.0.1:{port}/xrpc/app.bsky.actor.getProfile"
+                                     "?actor=did:plc:aaaaaaaaaaaaaaaaaaaaaaaa")
+            assert (status, body) == (400, {"error": "InvalidRequest", "message": "Profile not found"})
+            assert proc.poll() is None  # stdin at /dev/null did not stop it
+        finally:
+            proc.terminate()
+            try:
+                output = proc.communicate(timeout=30)[0]
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                output = proc.communicate()[0]
+    assert proc.returncode == 0, output
+    ready = output.splitlines()[0]
+    assert f'"port":{port}' in ready and '"host":"127.0.0.1"' in ready, output
+    assert "loopback_guard: blocked" not in output, output
 
 
 def _timing(label: str, seconds: float) -> None:
@@ -380,12 +577,15 @@ def test_install_sh_in_a_bookworm_chroot(tmp_path_factory: pytest.TempPathFactor
         ch.setup(base)
         assert not ch.exists("/run/systemd/system")  # systemd does not run here
 
-        # 1. A fresh install, as `sudo scripts/install.sh` from the checkout.
+        # 1. A fresh install, as `sudo scripts/install.sh --appview` from the checkout:
+        #    smalldp and the official AppView on it.
         started = time.monotonic()
-        out = ch.sh("/src/scripts/install.sh").stdout
-        _timing("install.sh, fresh install in the chroot", time.monotonic() - started)
+        out = ch.sh("/src/scripts/install.sh --appview").stdout
+        _timing("install.sh --appview, fresh install in the chroot", time.monotonic() - started)
         assert "not started (systemd is not running here" in out, out
         assert re.search(r"open http://\S+\.local:8080/", out), out
+        assert re.search(r"open http://\S+\.local:2584/xrpc/_health", out), out
+        assert "installing nodejs npm with apt-get" in out and "wrote /etc/smalldp/appview.env" in out, out
         passwd = ch.sh("getent passwd smalldp").stdout.strip().split(":")
         assert int(passwd[2]) < 1000 and passwd[5] == "/var/lib/smalldp" and passwd[6] == "/usr/sbin/nologin"
         assert ch.sh("readlink /etc/systemd/system/multi-user.target.wants/smalldp.service").stdout.strip() \
@@ -404,6 +604,27 @@ def test_install_sh_in_a_bookworm_chroot(tmp_path_factory: pytest.TempPathFactor
         health = _serve_and_check_health(ch)
         assert health["version"] and "ingest" in health
         assert ch.exists("/var/lib/smalldp/smalldp.sqlite")
+        # The AppView: files, settings, unit, enabled; then running on smalldp.
+        assert ch.sh("cat /etc/systemd/system/smalldp-appview.service").stdout == APPVIEW_UNIT.read_text()
+        assert ch.sh("readlink /etc/systemd/system/multi-user.target.wants/smalldp-appview.service").stdout.strip() \
+            == "/etc/systemd/system/smalldp-appview.service"
+        for f in ("package.json", "package-lock.json", "appview.cjs"):
+            assert ch.sh(f"cat /opt/smalldp/appview/{f}").stdout == (ROOT / "conformance/node" / f).read_text(), f
+        assert ch.sh("stat -c '%U:%G %a' /etc/smalldp/appview.env /opt/smalldp/appview/node_modules/@atproto/bsky"
+                     ).stdout.split("\n")[:2] == ["root:root 600", "root:root 755"]
+        assert ch.exists("/usr/bin/node", "-x") and ch.exists("/usr/bin/npm", "-x")
+        appview_env = ch.sh("cat /etc/smalldp/appview.env").stdout
+        settings = _parse_env_file(appview_env)
+        host = ch.sh("hostname").stdout.strip().lower()
+        assert settings["BSKY_SERVER_DID"] == f"did:web:{host}.local"
+        assert settings["BSKY_DATAPLANE_URLS"] == "http://127.0.0.1:8081"  # smalldp.toml's grpc_listen
+        assert re.fullmatch(r"[0-9a-f]{64}", settings["BSKY_SERVICE_SIGNING_KEY"])
+        verify = subprocess.run([*sudo, analyze, "verify", "--man=no", f"--root={ch.path}",
+                                 "/etc/systemd/system/smalldp-appview.service"], capture_output=True, text=True)
+        assert verify.returncode == 0 and "smalldp" not in verify.stdout + verify.stderr, verify.stderr
+        started = time.monotonic()
+        _check_appview_on_smalldp(ch)
+        _timing("the AppView on smalldp in the chroot (both started, checked, stopped)", time.monotonic() - started)
 
         # 2. Upgrade: run again; the operator's edited config is kept byte for byte.
         edited = EXAMPLE_CONFIG.read_text() + '\n# edited by the operator\nlog_level = "debug"\n'
@@ -415,13 +636,22 @@ def test_install_sh_in_a_bookworm_chroot(tmp_path_factory: pytest.TempPathFactor
         assert "created the system user" not in out and "installing python3" not in out, out
         assert ch.sh("cat /etc/smalldp/smalldp.toml").stdout == edited
         _serve_and_check_health(ch)
+        # The AppView, installed before, is upgraded with it: same lockfile, no npm ci; its
+        # settings (and key) kept.
+        assert "upgrading the AppView too" in out and "kept /opt/smalldp/appview/node_modules" in out, out
+        assert "kept /etc/smalldp/appview.env" in out and "installing nodejs" not in out, out
+        assert ch.sh("cat /etc/smalldp/appview.env").stdout == appview_env
 
-        # 3. --uninstall: smalldp goes, the data, the config and the user stay.
-        ch.sh("/src/scripts/install.sh --uninstall")
+        # 3. --uninstall: smalldp and the AppView go, the data, the config (the AppView's
+        #    settings too) and the user stay.
+        out = ch.sh("/src/scripts/install.sh --uninstall").stdout
+        assert "removed the AppView" in out and "kept its settings, /etc/smalldp/appview.env" in out, out
         for gone in ("/etc/systemd/system/smalldp.service", "/etc/sysusers.d/smalldp.conf",
-                     "/opt/smalldp"):
+                     "/opt/smalldp", "/etc/systemd/system/smalldp-appview.service"):
             assert not ch.exists(gone), gone
-        assert not ch.exists("/etc/systemd/system/multi-user.target.wants/smalldp.service", "-L")
+        for name in ("smalldp.service", "smalldp-appview.service"):
+            assert not ch.exists(f"/etc/systemd/system/multi-user.target.wants/{name}", "-L"), name
+        assert ch.sh("cat /etc/smalldp/appview.env").stdout == appview_env
         assert ch.exists("/var/lib/smalldp/smalldp.sqlite")
         assert ch.sh("cat /etc/smalldp/smalldp.toml").stdout == edited
         assert ch.sh("getent passwd smalldp", check=False).returncode == 0
@@ -436,6 +666,21 @@ def test_install_sh_in_a_bookworm_chroot(tmp_path_factory: pytest.TempPathFactor
         assert ch.exists("/etc/systemd/system/multi-user.target.wants/smalldp.service", "-L")
         assert ch.sh("cat /etc/smalldp/smalldp.toml").stdout == edited  # present, so kept
         _serve_and_check_health(ch)
+        assert not ch.exists("/etc/systemd/system/smalldp-appview.service")  # not asked for
+
+        # 4b. `--appview --uninstall` removes the AppView alone (its unit, enablement and
+        #     directory, put in place by hand here), and keeps its settings.
+        ch.sh("install -m 0644 /src/systemd/smalldp-appview.service /etc/systemd/system/\n"
+              "ln -s /etc/systemd/system/smalldp-appview.service /etc/systemd/system/multi-user.target.wants/\n"
+              "mkdir -p /opt/smalldp/appview/node_modules")
+        out = ch.sh("/src/scripts/install.sh --appview --uninstall").stdout
+        assert "removed the AppView" in out and "removing smalldp" not in out, out
+        for gone in ("/etc/systemd/system/smalldp-appview.service", "/opt/smalldp/appview"):
+            assert not ch.exists(gone), gone
+        assert not ch.exists("/etc/systemd/system/multi-user.target.wants/smalldp-appview.service", "-L")
+        assert ch.exists("/etc/systemd/system/multi-user.target.wants/smalldp.service", "-L")
+        assert ch.exists(EXEC_START, "-x") and ch.exists("/opt/smalldp/src/scripts/install.sh", "-x")
+        assert ch.sh("cat /etc/smalldp/appview.env").stdout == appview_env
 
         # 5. The cloud-init first-boot script from user-data with a smalldp.tar.gz on the
         #    boot partition, after cloud-init's write_files put the user's config in place.
@@ -461,7 +706,8 @@ def test_install_sh_in_a_bookworm_chroot(tmp_path_factory: pytest.TempPathFactor
 
         # 6. --purge: nothing of smalldp is left.
         ch.sh("/src/scripts/install.sh --purge")
-        for gone in ("/opt/smalldp", "/var/lib/smalldp", "/etc/smalldp", "/etc/systemd/system/smalldp.service"):
+        for gone in ("/opt/smalldp", "/var/lib/smalldp", "/etc/smalldp", "/etc/systemd/system/smalldp.service",
+                     "/etc/systemd/system/smalldp-appview.service"):
             assert not ch.exists(gone), gone
         assert ch.sh("getent passwd smalldp", check=False).returncode != 0
         assert ch.sh("getent group smalldp", check=False).returncode != 0

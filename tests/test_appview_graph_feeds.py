@@ -860,3 +860,94 @@ def test_one_record_per_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sk
     finally:
         dp.close()
         writer.close()
+
+
+# ---------------------------------------------------------------- thread gates
+
+
+def test_thread_gate_violations(tmp_path: Path) -> None:
+    """GetPostRecords' violates_thread_gate and GetInteractionCounts' replies, by the
+    reference's rules (store/dataplane/gates.py), written out by hand: the root's author
+    may always reply; allow [] lets nobody else; followingRule / followerRule / mentionRule
+    / listRule let the followed, the followers, the mentioned, the listed in; a rule
+    counts with what was received before the reply (a follow or list item after it does
+    not help, a gate after it does not apply); a reply deeper in the thread is judged by
+    its root's gate; no gate, or a gate without ``allow``, lets anyone. The root's author
+    is notified of the replies that keep to the gates only."""
+    ev = Events()
+    alice, bob, carol, dave = did("alice"), did("bob"), did("carol"), did("dave")
+    gate_t, list_t = "app.bsky.feed.threadgate", am.LIST
+    rule = "app.bsky.feed.threadgate#"
+    roots = {name: f"at://{alice}/{am.POST}/{tidk(k, 1)}" for k, name in enumerate(
+        ["none", "following", "follower", "mention", "list", "late", "open", "nogate"])}
+    list_uri = f"at://{alice}/{list_t}/{tidk(0, 6)}"
+    allow: dict[str, Any] = {"none": [], "following": [{"$type": rule + "followingRule"}],
+                             "follower": [{"$type": rule + "followerRule"}],
+                             "mention": [{"$type": rule + "mentionRule"}],
+                             "list": [{"$type": rule + "listRule", "list": list_uri}], "late": []}
+    first: list[dict[str, Any]] = []
+    for name, root in roots.items():
+        record: dict[str, Any] = {"$type": am.POST, "text": name, "createdAt": "2024-01-01T00:00:00.000Z"}
+        if name == "mention":
+            record["facets"] = [{"index": {"byteStart": 0, "byteEnd": 1}, "features": [
+                {"$type": "app.bsky.richtext.facet#mention", "did": carol}]}]
+        first.append(ev.put(alice, am.POST, root.rsplit("/", 1)[1], record))
+    for name, rules in allow.items():
+        if name != "late":
+            first.append(ev.put(alice, gate_t, roots[name].rsplit("/", 1)[1], {
+                "$type": gate_t, "post": roots[name], "allow": rules, "createdAt": "2024-01-01T00:00:00.000Z"}))
+    first.append(ev.put(alice, gate_t, roots["open"].rsplit("/", 1)[1], {
+        "$type": gate_t, "post": roots["open"], "createdAt": "2024-01-01T00:00:00.000Z"}))  # no allow
+    first += [ev.follow(alice, tidk(1, 4), carol), ev.follow(bob, tidk(2, 4), alice),
+              ev.put(alice, list_t, tidk(0, 6), {"$type": list_t, "name": "l", "purpose": "app.bsky.graph.defs#curatelist",
+                                               "createdAt": "2024-01-01T00:00:00.000Z"}),
+              ev.listitem(alice, tidk(3, 7), list_uri, bob)]
+    replies: dict[str, bool] = {}  # reply uri -> violates
+    k = [100]
+
+    def reply(author: str, root: str, violates: bool, parent: str | None = None) -> dict[str, Any]:
+        k[0] += 1
+        at = f"at://{author}/{am.POST}/{tidk(k[0], 1)}"
+        replies[at] = violates
+        return ev.post(author, tidk(k[0], 1), "re", reply_to=parent or root, root=root)
+
+    second = [reply(alice, roots["none"], False), reply(bob, roots["none"], True),
+              reply(carol, roots["following"], False), reply(bob, roots["following"], True),
+              reply(dave, roots["following"], True),
+              reply(bob, roots["follower"], False), reply(carol, roots["follower"], True),
+              reply(carol, roots["mention"], False), reply(bob, roots["mention"], True),
+              reply(bob, roots["list"], False), reply(carol, roots["list"], True), reply(dave, roots["list"], True),
+              reply(bob, roots["late"], False), reply(bob, roots["open"], False), reply(bob, roots["nogate"], False)]
+    deep_parent = next(u for u, v in replies.items() if u.startswith(f"at://{alice}/") and not v)
+    second.append(reply(carol, roots["none"], True, parent=deep_parent))
+    # after those replies: alice follows dave, puts carol in the list, gates "late"
+    third = [ev.follow(alice, tidk(4, 4), dave), ev.listitem(alice, tidk(5, 7), list_uri, carol),
+             ev.put(alice, gate_t, roots["late"].rsplit("/", 1)[1], {
+                 "$type": gate_t, "post": roots["late"], "allow": [], "createdAt": "2024-01-01T00:00:00.000Z"}),
+             reply(bob, roots["late"], True), reply(dave, roots["following"], False),
+             reply(carol, roots["list"], False)]
+    path = tmp_path / "db.sqlite"
+    writer = Writer(path)
+    for batch in (first, second, third):
+        apply(writer, batch)
+    dp = DataPlaneReader(path)
+    try:
+        asked = list(replies) + list(roots.values())
+        meta = call(dp, "GetPostRecords", uris=asked).meta
+        got = {u: m.violates_thread_gate for u, m in zip(asked, meta)}
+        assert got == {**replies, **dict.fromkeys(roots.values(), False)}
+        parents = list(roots.values()) + [deep_parent]
+        counts = call(dp, "GetInteractionCounts", refs=[ref(u) for u in parents]).replies
+        want = [sum(1 for u, v in replies.items() if not v and dp.record(u)["value"]["reply"]["parent"]["uri"] == p)
+                for p in parents]
+        assert list(counts) == want and sum(want) < len(replies)
+        # dev.smalldp counts every reply (its rule: replies are records)
+        assert dp.interaction_counts(parents)["replies"] == [
+            sum(1 for u in replies if dp.record(u)["value"]["reply"]["parent"]["uri"] == p) for p in parents]
+        # alice is notified of the replies that keep to the gates only
+        notes = call(dp, "GetNotifications", actor_did=alice, limit=100).notifications
+        assert {n.uri for n in notes if n.reason == "reply"} == {
+            u for u, v in replies.items() if not v and not u.startswith(f"at://{alice}/")}
+    finally:
+        dp.close()
+        writer.close()

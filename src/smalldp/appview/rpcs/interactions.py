@@ -116,12 +116,14 @@ def get_actor_reposts(dp: DataPlaneReader,
 def get_interaction_counts(dp: DataPlaneReader,
                            req: bsky_pb2.GetInteractionCountsRequest) -> bsky_pb2.GetInteractionCountsResponse:
     """Per ref: likes and reposts (accounts), replies and quotes (records); bookmarks 0
-    (bookmarks are private data smalldp does not hold). ``skip_cache_for_dids`` is
-    moot: nothing is cached across requests."""
+    (bookmarks are private data smalldp does not hold). Replies that break their thread's
+    gate are not counted, as the reference's ``replyCount`` leaves them out
+    (store/dataplane/gates.py). ``skip_cache_for_dids`` is moot: nothing is cached across
+    requests."""
     uris = args.ref_uris(req.refs, "refs")
     if not uris:
         return bsky_pb2.GetInteractionCountsResponse()
-    counts = dp.interaction_counts(uris)
+    counts = dp.interaction_counts(uris, gated=True)
     return bsky_pb2.GetInteractionCountsResponse(likes=counts["likes"], reposts=counts["reposts"],
                                                  replies=counts["replies"], quotes=counts["quotes"],
                                                  bookmarks=[0] * len(uris))

@@ -122,14 +122,15 @@ def get_post_records(dp: DataPlaneReader, req: bsky_pb2.GetPostRecordsRequest) -
     ``has_thread_gate`` / ``has_post_gate``: a live gate record of the post's author at
     the post's rkey names the post (store/dataplane/records.py ``post_gates``).
 
-    ``violates_thread_gate`` and ``violates_embedding_rules`` are always false: the
-    reference computes them when it indexes a reply or a quote, from the root's thread gate
-    (mentions, followers, following, list members at that moment) and the quoted post's
-    post gate, and keeps the result; smalldp does not evaluate gate rules at ingest.  So a
-    reply that breaks its thread's gate shows in threads and counts as a reply, and a
-    quote of a post whose gate forbids embedding shows its embed (the AppView itself still
-    applies the gates it hydrates: who may reply now, detached quotes).  ``has_media``,
-    ``is_reply`` and ``has_video`` stay unset, as the reference leaves them.
+    ``violates_thread_gate``: the post is a reply that breaks its thread root's gate, by
+    the reference's rules, decided when read with the reference's "when indexed" kept by
+    receive times (store/dataplane/gates.py); the AppView then leaves the reply out of
+    threads and gives it no ``reply`` context in feeds.
+
+    ``violates_embedding_rules`` is always false: the reference computes it when it
+    indexes a quote, from the quoted post's post gate, and keeps the result; smalldp does
+    not (the AppView itself still applies the post gates it hydrates: detached quotes).
+    ``has_media``, ``is_reply`` and ``has_video`` stay unset, as the reference leaves them.
     """
     uris = args.items(req.uris, "uris")
     if not uris:
@@ -137,6 +138,7 @@ def get_post_records(dp: DataPlaneReader, req: bsky_pb2.GetPostRecordsRequest) -
     stored, gates = dp.stored_posts(uris)
     return bsky_pb2.GetPostRecordsResponse(
         records=[record_message(one) for one in stored],
-        meta=[bsky_pb2.PostRecordMeta(has_thread_gate=thread, has_post_gate=post) for thread, post in gates])
+        meta=[bsky_pb2.PostRecordMeta(has_thread_gate=thread, has_post_gate=post, violates_thread_gate=violates)
+              for thread, post, violates in gates])
 
 

@@ -19,6 +19,7 @@ One module per family of methods, each a mixin over the shared plumbing (base.py
 * interactions.py: interaction counts, likes/reposts/quotes by subject or actor, known likers
 * graph.py: followers, follows, blocks, relationships, block existence, counts for users
 * lists.py: list members, an actor's lists, list membership
+* gates.py: whether a reply breaks its thread's gate (post meta, reply counts, notifications)
 * feeds.py: author feed, timeline, thread, feed items
 * notifications.py: an account's notifications (GetNotifications), identity facts of a DID
 """
@@ -35,7 +36,6 @@ from smalldp.store.dataplane.feeds import (
 )
 from smalldp.store.dataplane.graph import LIST_BLOCKS_MAX, GraphQueries
 from smalldp.store.dataplane.interactions import LIKE, QUOTE_PATHS, InteractionQueries
-from smalldp.store.dataplane.lists import ListQueries
 from smalldp.store.dataplane.notifications import NotificationQueries
 from smalldp.store.dataplane.records import RecordQueries
 
@@ -46,5 +46,5 @@ __all__ = [
 ]
 
 
-class DataPlaneReader(RecordQueries, InteractionQueries, GraphQueries, ListQueries, FeedQueries, NotificationQueries):
+class DataPlaneReader(RecordQueries, InteractionQueries, NotificationQueries, GraphQueries, FeedQueries):
     """A Reader that also answers the DataPlane methods."""

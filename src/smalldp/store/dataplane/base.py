@@ -82,6 +82,8 @@ class DataPlaneBase(Reader):
         # and per key, each chunk's ceiling: the floor of the next newer chunk of its run
         # (by id: the chunks are the request's memo, alive meanwhile)
         self._ceilings: dict[tuple[bytes, int], dict[int, float]] = {}
+        # and thread gates by root key: (allow, receive time) (store/dataplane/gates.py)
+        self._gates: dict[bytes, tuple[Any, int]] = {}
 
     def authored(self, actor: str, collection: str, limit: int, cursor: str | None) -> tuple[list[str], str | None]:
         """The actor's live records of a collection that links records to their author
@@ -101,11 +103,11 @@ class DataPlaneBase(Reader):
     # ------------------------------------------------------------ plumbing
 
     def _read(self, fn: Callable[[], T]) -> T:
-        self._memo, self._repeats, self._oldest, self._ceilings = {}, {}, {}, {}
+        self._memo, self._repeats, self._oldest, self._ceilings, self._gates = {}, {}, {}, {}, {}
         try:
             return super()._read(fn)
         finally:
-            self._memo, self._repeats, self._oldest, self._ceilings = {}, {}, {}, {}
+            self._memo, self._repeats, self._oldest, self._ceilings, self._gates = {}, {}, {}, {}, {}
 
     def _chunks(self, tkey: bytes, sid: int) -> list[_Chunk]:
         chunks = self._memo.get((tkey, sid))

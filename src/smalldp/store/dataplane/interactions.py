@@ -23,7 +23,7 @@ import orjson
 from pyroaring import BitMap
 
 from smalldp.derived import POST, PROFILE, REPOST
-from smalldp.store.dataplane.base import DataPlaneBase
+from smalldp.store.dataplane.gates import GateQueries
 from smalldp.store.encoding import Entry
 from smalldp.store.reader import BadCursor, decode_cursor
 from smalldp.timestamps import datetime_us
@@ -46,11 +46,12 @@ _SCAN_TAG = 0x4C
 _SK_MAX, _U32_MAX = (1 << 63) - 1, (1 << 32) - 1
 
 
-class InteractionQueries(DataPlaneBase):
+class InteractionQueries(GateQueries):
     """getInteractionCounts, get*BySubject, get*ByActorAndSubjects, getKnownLikers."""
 
-    def interaction_counts(self, uris: list[str]) -> dict[str, list[int]]:
-        """getInteractionCounts."""
+    def interaction_counts(self, uris: list[str], *, gated: bool = False) -> dict[str, list[int]]:
+        """getInteractionCounts; with ``gated`` (bsky.Service) replies that break their
+        thread's gate are not counted (store/dataplane/gates.py), as the reference's."""
         def read() -> dict[str, list[int]]:
             out: dict[str, list[int]] = {"likes": [], "reposts": [], "replies": [], "quotes": []}
             sources = [self._source_id(c, p) for c, p in ((LIKE, ".subject.uri"), (REPOST, ".subject.uri"),
@@ -61,7 +62,11 @@ class InteractionQueries(DataPlaneBase):
                 self._prefetch(tkey, sources)
                 out["likes"].append(len(self._tally(tkey, LIKE, ".subject.uri")[1]))
                 out["reposts"].append(len(self._tally(tkey, REPOST, ".subject.uri")[1]))
-                out["replies"].append(self._tally(tkey, POST, ".reply.parent.uri")[0])
+                replies = self._tally(tkey, POST, ".reply.parent.uri")[0]
+                parent_sid = self._source_id(POST, ".reply.parent.uri")
+                if gated and replies and tkey is not None and parent_sid is not None:
+                    replies -= self._gated_replies(tkey, parent_sid)
+                out["replies"].append(replies)
                 out["quotes"].append(sum(self._tally(tkey, POST, p)[0] for p in QUOTE_PATHS))
             return out
         return self._read(read)

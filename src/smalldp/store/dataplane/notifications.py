@@ -58,8 +58,10 @@ notifications whose subject record is not live.  ``priority`` is "X follows the 
 * records whose rkey is not a TID have no time and are left out (starter-pack joins
   excepted, at their profile's receive time: its latest update, where the reference keeps
   the first);
-* thread gates, hidden replies and post gates are not applied (the reference skips reply
-  notifications that break a thread gate, and quote notifications that break a post gate);
+* a reply that breaks its thread's gate gives no reply notification, as the reference's
+  (decided when read: store/dataplane/gates.py); hidden replies and post gates are not
+  applied (the reference skips reply notifications of replies the root's author hid, and
+  quote notifications that break a post gate);
 * one like, repost or follow per account and subject notifies, as the reference indexes
   only the first: smalldp's first is the oldest live one by rkey, so when it is deleted
   the next one notifies (the reference then shows none);
@@ -85,7 +87,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from smalldp.derived import AUTHOR, FOLLOW, GENERATOR, LIST, POST, PROFILE, REPOST, STARTERPACK
-from smalldp.store.dataplane.base import DataPlaneBase
+from smalldp.store.dataplane.gates import GateQueries
 from smalldp.store.encoding import Entry, chunk_floor, did_key, get_varint, iter_entries, key_record, varint
 from smalldp.store.reader import BadCursor
 
@@ -174,7 +176,7 @@ def _prefix_end(prefix: bytes) -> bytes:
     return prefix[:-1] + bytes((prefix[-1] + 1,))
 
 
-class NotificationQueries(DataPlaneBase):
+class NotificationQueries(GateQueries):
     """GetNotifications, and the identity facts of a DID (for the AppView's DID cache)."""
 
     # ------------------------------------------------------------ identity facts
@@ -452,6 +454,10 @@ class NotificationQueries(DataPlaneBase):
             return [(_PLACE_OTHER, "mention", None)]
         if QUOTED in kinds:
             return [(_PLACE_OTHER, "quote", kinds[QUOTED])]
+        if PARENT in kinds or ROOT in kinds or DEEP in kinds:
+            own = self._links_of(sk, aid, coll)
+            if own is None or self._violates_thread_gate(sk, aid, own):
+                return []  # the reference sends no reply notification for a reply breaking the gate
         if PARENT in kinds:
             return [(_PLACE_OTHER, "reply", kinds[PARENT])]
         if ROOT in kinds or DEEP in kinds:

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from smalldp.derived import PROFILE
-from smalldp.store.dataplane.base import DataPlaneBase
+from smalldp.store.dataplane.gates import GateQueries
 from smalldp.store.encoding import key_record, split_target
 from smalldp.store.reader import _iso
 from smalldp.tid import int_to_tid
@@ -54,7 +54,7 @@ class ActorRow(NamedTuple):
     handle_owner: str | None  # the DID whose claim of ``handle`` is the newest (getDidsByHandles' rule)
 
 
-class RecordQueries(DataPlaneBase):
+class RecordQueries(GateQueries):
     """getRecords, the AppView's Get*Records, post gates, getActors, getDidsByHandles,
     getLatestRev."""
 
@@ -106,9 +106,21 @@ class RecordQueries(DataPlaneBase):
         author differ from its post's).  False for a uri that is not a live post."""
         return self._read(lambda: [self._post_gates(uri) for uri in uris])
 
-    def stored_posts(self, uris: list[str]) -> tuple[list[StoredRecord | None], list[tuple[bool, bool]]]:
-        """``stored_records(uris, POST)`` and ``post_gates(uris)`` in one read."""
-        return self._read(lambda: ([self._stored(uri, POST) for uri in uris], [self._post_gates(uri) for uri in uris]))
+    def stored_posts(self, uris: list[str]) -> tuple[list[StoredRecord | None], list[tuple[bool, bool, bool]]]:
+        """``stored_records(uris, POST)`` and per uri (has a thread gate, has a post gate,
+        is a reply that breaks its thread's gate: store/dataplane/gates.py) in one read."""
+        def read() -> tuple[list[StoredRecord | None], list[tuple[bool, bool, bool]]]:
+            stored = [self._stored(uri, POST) for uri in uris]
+            meta = []
+            for uri, body in zip(uris, stored):
+                thread, post = self._post_gates(uri)
+                key = None if body is None else self._record_key(uri)
+                links = None if key is None else self._links_of(*key)
+                violates = key is not None and links is not None and \
+                    self._violates_thread_gate(key[0], key[1], links, body.indexed_us)  # type: ignore[union-attr]
+                meta.append((thread, post, violates))
+            return stored, meta
+        return self._read(read)
 
     def _post_gates(self, uri: str) -> tuple[bool, bool]:
         parts = split_target(uri)

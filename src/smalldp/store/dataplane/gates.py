@@ -1,0 +1,160 @@
+"""Thread gates: whether a reply breaks the gate of its thread (bsky.Service's
+``PostRecordMeta.violates_thread_gate``), and reply counts without such replies.
+
+**What the reference does.**  When its indexer indexes a reply it reads the thread root's
+``app.bsky.feed.threadgate`` (the root author's gate record at the root's rkey) and the
+root post, and decides once (``violatesThreadGate`` in
+``dist/data-plane/server/util.js``, ``parseThreadGate`` in ``dist/views/util.js``), from
+what it has indexed by then:
+
+* the root's author may always reply; no gate, or a gate without ``allow``: anyone may;
+* ``allow: []``: nobody else may;
+* else the replier may when a rule lets it: ``mentionRule`` (the root post mentions the
+  replier in a facet), ``followingRule`` (the root author follows the replier),
+  ``followerRule`` (the replier follows the root author), ``listRule`` (the replier is
+  in one of the lists: a list item of the list names it).
+
+A reply that breaks the gate keeps the flag: the AppView then shows it in no thread and
+with no ``reply`` context in feeds, and the reference leaves it out of its parent's
+``replyCount`` and sends no reply notifications for it.
+
+**What smalldp does.**  The same rules, decided when read, from what the store holds, with
+"by then" kept by receive times (the ``time_us`` of the event that wrote each record, as
+the reference indexes events in the order they come): the gate counts only when it was
+received no later than the reply, and a follow or list item only when it was (the pair's
+record: its oldest live one, store/dataplane/base.py).  Differences that remain: a gate
+updated after the reply counts from its update only (smalldp keeps the latest version); a
+follow or list item deleted since no longer lets the reply through (the reference kept its
+decision); records without a stored body (a collection outside ``body_collections``)
+count whenever they exist.  Mentions are read from the root post's links.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import orjson
+
+from smalldp.derived import FOLLOW, OUT_SUBJECT, POST
+from smalldp.store.dataplane.lists import ListQueries
+from smalldp.store.encoding import did_key, key_record
+
+THREADGATE = "app.bsky.feed.threadgate"
+MENTION_PATH = ".facets[].features[app.bsky.richtext.facet#mention].did"
+RULE = "app.bsky.feed.threadgate#"
+# Replies of one post checked against their thread's gate when counting them (each is a
+# few lookups): past this many, the rest count as replies (a lower bound on the ones left
+# out).
+GATED_REPLIES_MAX = 1000
+_NO_GATE: tuple[Any, int] = (None, 0)
+
+
+class GateQueries(ListQueries):
+    """Thread-gate decisions (module docstring), memoized per request."""
+
+    def _gate_of(self, root: bytes) -> tuple[Any, int]:
+        """The thread gate of the post a root key names: (its ``allow`` value, its receive
+        time), or (None, 0) when there is none (no live gate record of the root's author
+        at the root's rkey naming the root in ``post``, or no stored body)."""
+        found = self._gates.get(root)
+        if found is not None:
+            return found
+        found = _NO_GATE
+        parts = key_record(root)
+        gate = self._coll_id(THREADGATE)
+        if parts is not None and gate is not None:
+            owner, _, rkey = parts
+            sk = rkey if isinstance(rkey, int) else self._sort_key(owner, gate, rkey)
+            links = None if sk is None else self._links_of(sk, owner, gate)
+            if sk is not None and links is not None and self._link_target(links, THREADGATE, ".post") == root:
+                row = self.conn.execute("SELECT cid, indexed_us, data FROM body WHERE sk=? AND aid=? AND coll=?",
+                                        (sk, owner, gate)).fetchone()
+                if row is not None:
+                    json, _ = self._bodies.read(sk, THREADGATE, row[0], row[1], row[2], self._target_name)
+                    record = orjson.loads(json)
+                    found = (record.get("allow") if isinstance(record, dict) else None, row[1])
+        self._gates[root] = found
+        return found
+
+    def _indexed_us(self, sk: int, aid: int, coll: int) -> int | None:
+        """When the stored version of a record was received, or None without a body."""
+        row = self.conn.execute("SELECT indexed_us FROM body WHERE sk=? AND aid=? AND coll=?",
+                                (sk, aid, coll)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _received_by(self, sk: int | None, aid: int, collection: str, moment: int) -> bool:
+        """Whether a live record (sort key ``sk``, None: none) was received by ``moment``
+        (one without a stored body counts as received)."""
+        if sk is None:
+            return False
+        coll = self._coll_id(collection)
+        received = None if coll is None else self._indexed_us(sk, aid, coll)
+        return received is None or received <= moment
+
+    def _violates_thread_gate(self, sk: int, aid: int, links: list[tuple[int, bytes]],
+                              received_us: int | None = None) -> bool:
+        """Whether the live post (sk, aid) with these links, received at ``received_us``
+        (None: read it), is a reply that breaks its thread's gate (module docstring)."""
+        root = self._link_target(links, POST, ".reply.root.uri")
+        parts = None if root is None else key_record(root)
+        if root is None or parts is None or parts[0] == aid:
+            return False
+        allow, gate_us = self._gate_of(root)
+        if not isinstance(allow, list):
+            return False
+        post = self._coll_id(POST)
+        if received_us is None:
+            received_us = None if post is None else self._indexed_us(sk, aid, post)
+        if received_us is not None and gate_us > received_us:
+            return False  # the gate came after the reply: the reference indexed the reply first
+        moment = received_us if received_us is not None else 1 << 62
+        kinds = {rule.get("$type") for rule in allow if isinstance(rule, dict)}
+        lists: list[str] = [rule["list"] for rule in allow if isinstance(rule, dict)
+                            and rule.get("$type") == RULE + "listRule" and isinstance(rule.get("list"), str)]
+        owner, root_coll, rkey = parts
+        if RULE + "mentionRule" in kinds:
+            root_sk = rkey if isinstance(rkey, int) else self._sort_key(owner, root_coll, rkey)
+            root_links = None if root_sk is None else self._links_of(root_sk, owner, root_coll)
+            mention = self._source_id(POST, MENTION_PATH)
+            if root_links is not None and (mention, did_key(aid)) in root_links:
+                return False
+        following, follower = RULE + "followingRule" in kinds, RULE + "followerRule" in kinds
+        if not following and not follower and not lists:
+            return True
+        if following and self._received_by(self._first_of(did_key(owner), FOLLOW, OUT_SUBJECT, aid), owner,
+                                           FOLLOW, moment):
+            return False
+        if follower and self._received_by(self._first_of(did_key(aid), FOLLOW, OUT_SUBJECT, owner), aid,
+                                          FOLLOW, moment):
+            return False
+        for list_uri in lists:
+            list_key = self._target_key(list_uri)
+            list_parts = None if list_key is None else key_record(list_key)
+            if list_key is None or list_parts is None:
+                continue
+            items = self._member_items(list_key, aid)
+            if items and self._received_by(items[0], list_parts[0], "app.bsky.graph.listitem", moment):
+                return False
+        return True
+
+    def _gated_replies(self, tkey: bytes, sid: int) -> int:
+        """How many live replies under a post's ``.reply.parent.uri`` key break their
+        thread's gate: none unless the post's thread (its own root, or itself) has a gate;
+        then each of its newest GATED_REPLIES_MAX replies is checked."""
+        parts = key_record(tkey)
+        post = self._coll_id(POST)
+        if parts is None or post is None:
+            return 0
+        aid, coll, rkey = parts
+        sk = rkey if isinstance(rkey, int) else self._sort_key(aid, coll, rkey)
+        links = None if sk is None else self._links_of(sk, aid, coll)
+        root = None if links is None else self._link_target(links, POST, ".reply.root.uri")
+        if not isinstance(self._gate_of(root if root is not None else tkey)[0], list):
+            return 0
+        broken = 0
+        for r_sk, r_aid in itertools.islice(self._live(self._chunks(tkey, sid)), GATED_REPLIES_MAX):
+            r_links = self._links_of(r_sk, r_aid, post)
+            if r_links is not None and self._violates_thread_gate(r_sk, r_aid, r_links):
+                broken += 1
+        return broken

@@ -17,14 +17,13 @@ getLikes, getRepostedBy, getTimeline, listNotifications) over the stream's busie
 anonymous and as a viewer, lists with their second page:
 
 * conformance (a): the AppView on smalldp answers each with the right status and content
-  that is sane by the stream alone (what is listed exists and is what was asked for);
+  that is sane by the stream alone (what is listed exists and is what was asked for), and
+  lists followers, follows, likers and reposters once each, at the pair's oldest record,
+  newest first by that record's rkey (``appview_harness.rkey_order``);
 * differential (b): equal to the AppView on the reference, field by field, except
-  ``appview_harness.ALLOWED`` (each with its reason).
-
-Here so far: the reference side, which proves the harness (every view answered as the
-stream says, on the reference). (a) and (b) against smalldp are written and run by
-``scripts/conformance`` today; they join this module once smalldp passes them
-(conformance/README.md lists what it does not yet).
+  ``appview_harness.ALLOWED``; those four lists are walked to the end and compared in any
+  order (``appview_harness.ORDER_FREE``: the reference orders by sortAt), each with its
+  reason.
 
 Nothing here is skipped: without node, the pinned package or PostgreSQL the tests fail,
 saying what to install (scripts/_node_deps.sh, scripts/_system_deps.sh). The bigger run
@@ -43,8 +42,9 @@ from typing import Any, Iterator
 import pytest
 
 from appview_harness import (
-    CORPUS, MAIN_VIEWS, SCRIPTS, Answer, FakePlc, HarnessError, Query, Stream, Subjects, ask, choose_subjects,
-    generated_lines, plan, plc_for_web, reference_appview, sanity,
+    CORPUS, MAIN_VIEWS, SCRIPTS, SERVER_DID, Answer, AppViewClient, Comparison, FakePlc, HarnessError,
+    Query, Stream, Subjects, ask, choose_subjects, compare, generated_lines, key_for, plan, plc_for_web,
+    reference_appview, rkey_order, sanity, service_jwt, smalldp_appview,
 )
 
 pytestmark = pytest.mark.timeout(900)
@@ -122,9 +122,91 @@ def reference(world: World) -> Side:
     return side
 
 
+@pytest.fixture(scope="module")
+def smalldp(world: World) -> Side:
+    side = Side()
+    started = time.monotonic()
+    try:
+        with smalldp_appview(world.events, world.plc, world.workdir) as (av, info):
+            side.answers = ask(av.url, world.queries)
+            side.extra["auth"] = auth_answers(av.url, world.subjects.viewers[0])
+            side.errors_logged = av.errors(50)
+            side.info = info
+    except HarnessError as err:
+        side.error = f"the smalldp stack did not run: {err}"
+    world.timings["smalldp_s"] = time.monotonic() - started
+    return side
+
+
+def auth_answers(url: str, viewer: str) -> dict[str, Answer]:
+    """getProfile of the viewer itself with a good JWT and with bad ones."""
+    client = AppViewClient(url)
+    nsid, params = "app.bsky.actor.getProfile", [("actor", viewer)]
+    out = {"good": client.get(nsid, params, viewer)}
+    bad = {
+        "wrong key": service_jwt(viewer, SERVER_DID, nsid, key=key_for(viewer + "#other")),
+        "wrong aud": service_jwt(viewer, "did:web:elsewhere.test", nsid),
+        "wrong lxm": service_jwt(viewer, SERVER_DID, "app.bsky.feed.getTimeline"),
+        "expired": service_jwt(viewer, SERVER_DID, nsid, now=time.time() - 3600),
+        "unknown iss": service_jwt("did:plc:zzzzzzzzzzzzzzzzzzzzzzzz", SERVER_DID, nsid),
+    }
+    for name, token in bad.items():
+        client.conn.request("GET", f"/xrpc/{nsid}?actor={viewer}", headers={"Authorization": f"Bearer {token}"})
+        resp = client.conn.getresponse()
+        raw = resp.read()
+        out[name] = Answer(resp.status, json.loads(raw) if raw.startswith(b"{") else raw.decode(), 0.0)
+    client.close()
+    return out
+
+
 def selected(world: World, nsid: str, as_viewer: bool | None = None) -> list[Query]:
     return [q for q in world.queries
             if q.nsid == nsid and (as_viewer is None or bool(q.viewer) == as_viewer)]
+
+
+# --------------------------------------------------------------------------- the comparison itself
+
+def test_the_comparison_walks_whole_lists_and_rkey_order_judges_smalldp() -> None:
+    """No stack needed: ``compare`` takes a walk's pages as one list (split anywhere) and
+    ORDER_FREE lists in any order, other lists in order; ``rkey_order`` wants each listed
+    account at its pair's oldest record, newest first by rkey, and getLikes' createdAt
+    that record's."""
+    a, b, s = "did:plc:" + "a" * 24, "did:plc:" + "b" * 24, "did:plc:" + "s" * 24
+    post = f"at://{s}/app.bsky.feed.post/3lbbbbbbbbbb2"
+
+    def line(author: str, collection: str, rkey: str, record: dict[str, Any]) -> bytes:
+        return json.dumps({"did": author, "time_us": 1, "kind": "commit", "commit": {
+            "rev": rkey, "operation": "create", "collection": collection, "rkey": rkey,
+            "record": {"$type": collection, "createdAt": f"2024-01-0{rkey[-1]}T00:00:00.000Z", **record},
+            "cid": "bafy"}}).encode()
+
+    stream = Stream.of([
+        line(a, "app.bsky.graph.follow", "3laaaaaaaaaa3", {"subject": s}),
+        line(a, "app.bsky.graph.follow", "3laaaaaaaaaa5", {"subject": s}),  # A's second follow of S
+        line(b, "app.bsky.graph.follow", "3laaaaaaaaaa4", {"subject": s}),
+        line(a, "app.bsky.feed.like", "3laaaaaaaaaa6", {"subject": {"uri": post, "cid": "bafy"}}),
+        line(a, "app.bsky.feed.like", "3laaaaaaaaaa7", {"subject": {"uri": post, "cid": "bafy"}}),
+    ])
+    followers = Query("f", "app.bsky.graph.getFollowers", (("actor", s),), walk=True)
+    ok = [Answer(200, {"followers": [{"did": b}], "cursor": "x"}, 0), Answer(200, {"followers": [{"did": a}]}, 0)]
+    assert rkey_order(followers, ok, stream) == []  # B (rkey ..4) before A (its oldest, ..3)
+    swapped = [Answer(200, {"followers": [{"did": a}, {"did": b}]}, 0)]
+    assert len(rkey_order(followers, swapped, stream)) == 1
+    likes = Query("l", "app.bsky.feed.getLikes", (("uri", post),), walk=True)
+    assert rkey_order(likes, [Answer(200, {"likes": [{"actor": {"did": a}, "createdAt": "2024-01-06T00:00:00.000Z"}]},
+                                     0)], stream) == []
+    assert rkey_order(likes, [Answer(200, {"likes": [{"actor": {"did": a}, "createdAt": "2024-01-07T00:00:00.000Z"}]},
+                                     0)], stream)  # the newer like's
+    # the reference's walk in its order, split in two pages, equals smalldp's in one page
+    cmp = compare({"f": ok}, {"f": swapped})
+    assert cmp.equal == 1 and not cmp.differing, cmp.report()
+    feed = [Answer(200, {"feed": [{"post": {"uri": "at://x/p/1"}}], "cursor": "c"}, 0),
+            Answer(200, {"feed": [{"post": {"uri": "at://x/p/2"}}]}, 0)]
+    assert compare({"t": feed}, {"t": [Answer(200, {"feed": [feed[0].body["feed"][0], feed[1].body["feed"][0]]},
+                                              0)]}).equal == 1
+    reordered = [Answer(200, {"feed": [feed[1].body["feed"][0], feed[0].body["feed"][0]]}, 0)]
+    assert compare({"t": feed}, {"t": reordered}).paths == {"feed[]": 1}  # feeds keep their order
+    assert compare({"t": feed}, {"t": [feed[0], Answer(500, "boom", 0)]}).paths == {"status": 1}
 
 
 # --------------------------------------------------------------------------- the reference
@@ -153,8 +235,68 @@ def test_the_reference_stack_answers_every_view(world: World, reference: Side) -
                    for q in selected(world, nsid)), f"{nsid}: no query with a non-empty answer"
 
 
-def test_timings(world: World, reference: Side) -> None:
+# --------------------------------------------------------------------------- (a) conformance
+
+CASES = [(nsid, v) for nsid in MAIN_VIEWS for v in (False, True)
+         if v or nsid not in ("app.bsky.feed.getTimeline", "app.bsky.notification.listNotifications")]
+
+
+@pytest.mark.parametrize("nsid,as_viewer", CASES,
+                         ids=[f"{n.rsplit('.', 1)[1]}-{'viewer' if v else 'anonymous'}" for n, v in CASES])
+def test_conformance(world: World, smalldp: Side, nsid: str, as_viewer: bool) -> None:
+    """(a) The AppView on smalldp: the expected status and sane content for every query;
+    lists of follows, likes and reposts in smalldp's order (newest first by the rkey of each
+    pair's oldest record)."""
+    smalldp.need()
+    queries = selected(world, nsid, as_viewer)
+    assert queries
+    problems = {q.name: p for q in queries
+                if (p := sanity(q, smalldp.answers[q.name], world.stream) +
+                    rkey_order(q, smalldp.answers[q.name], world.stream))}
+    if problems:
+        logged = "\n".join(smalldp.errors_logged[-10:])
+        pytest.fail(f"{len(problems)} of {len(queries)} {nsid} queries wrong:\n" +
+                    "\n".join(f"  {name}: {'; '.join(p[:3])}" for name, p in problems.items()) +
+                    (f"\nthe AppView logged:\n{logged}" if logged else ""), pytrace=False)
+
+
+def test_a_viewer_is_authenticated_by_the_key_smalldp_serves(world: World, smalldp: Side) -> None:
+    """A service JWT signed with the viewer's key (in the DID document smalldp resolved and
+    serves as GetIdentityByDid) is accepted; one signed with another key, or with the wrong
+    audience, method, expiry or an unresolvable issuer, is refused with 401."""
+    smalldp.need()
+    auth = smalldp.extra["auth"]
+    assert auth["good"].status == 200 and "viewer" in auth["good"].body, auth["good"]
+    refused = {name: (a.status, a.body.get("error") if isinstance(a.body, dict) else a.body)
+               for name, a in auth.items() if name != "good"}
+    assert all(status == 401 for status, _ in refused.values()), refused
+
+
+def test_nothing_left_loopback(world: World, smalldp: Side) -> None:
+    smalldp.need()
+    assert smalldp.info["blocked"] == [], smalldp.info["blocked"]
+
+
+# --------------------------------------------------------------------------- (b) differential
+
+@pytest.mark.parametrize("nsid", MAIN_VIEWS, ids=[n.rsplit(".", 1)[1] for n in MAIN_VIEWS])
+def test_differential(world: World, reference: Side, smalldp: Side, nsid: str) -> None:
+    """(b) The AppView's answers on smalldp equal its answers on the reference DataPlane,
+    field by field, except the allow-list (appview_harness.ALLOWED)."""
+    reference.need()
+    smalldp.need()
+    names = {q.name for q in selected(world, nsid)}
+    cmp: Comparison = compare({n: a for n, a in reference.answers.items() if n in names},
+                              {n: a for n, a in smalldp.answers.items() if n in names})
+    print(f"\n{nsid}: {cmp.equal} of {cmp.queries} equal; reference errors {len(cmp.reference_errors)}")
+    assert cmp.queries > 0
+    if cmp.differing:
+        pytest.fail(f"{nsid}: the AppView on smalldp differs from the reference:\n{cmp.report()}", pytrace=False)
+
+
+def test_timings(world: World, reference: Side, smalldp: Side) -> None:
     """Not a check: what each part of this module cost (pytest -s)."""
     print(f"\ntimings (s): {json.dumps({k: round(v, 1) for k, v in world.timings.items()})}; "
           f"reference {json.dumps({k: v for k, v in reference.info.items() if k.endswith('_s')})} "
-          f"indexing {reference.info.get('indexed', {}).get('seconds')}")
+          f"indexing {reference.info.get('indexed', {}).get('seconds')}; "
+          f"smalldp {json.dumps({k: v for k, v in smalldp.info.items() if k.endswith('_s')})}")

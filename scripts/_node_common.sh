@@ -3,7 +3,7 @@
 #   scripts/_node_deps.sh          the tests' copy in conformance/node
 #   scripts/install.sh --appview   the appliance's copy in /opt/smalldp/appview
 # Both take Node and npm from Debian (apt-get install nodejs npm) when what is there is
-# missing or too old: bookworm has 18.19 / 9.2.0, trixie 20.19 / 9.2.0, both enough.
+# missing or too old (bookworm: 18.20.4 and npm 9.2.0, enough).
 
 # The strictest `engines.node` in package-lock.json (undici >=18.17, sharp ^18.17.0 ||
 # ^20.3.0 || >=21); @atproto/bsky itself says >=18.7.0. Check again after a version bump:

@@ -423,6 +423,7 @@ for (const name of ["BSKY_DATAPLANE_URLS", "BSKY_SERVER_DID", "BSKY_SERVICE_SIGN
   if (!e[name]) throw new Error(`${name} is not set`)
 }
 if (!/^[0-9a-fA-F]{64}$/.test(e.BSKY_SERVICE_SIGNING_KEY)) throw new Error("BSKY_SERVICE_SIGNING_KEY is not 64 hex digits")
+if ((e.BSKY_DATAPLANE_HTTP_VERSION || "2") !== "2") throw new Error("BSKY_DATAPLANE_HTTP_VERSION must be 2: smalldp speaks gRPC over HTTP/2 only")
 const { ServerConfig } = require("@atproto/bsky")
 const { Secp256k1Keypair } = require("@atproto/crypto")
 const config = ServerConfig.readEnv()

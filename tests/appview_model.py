@@ -556,7 +556,7 @@ class AppViewModel:
         return rec.cid or ""
 
     def _feed_items(self, authors: set[str], filter_: str = "posts_with_replies",
-                    actor: str = "") -> list[dict[str, str]]:
+                    actor: str = "", reposted_post: bool = False) -> list[dict[str, str]]:
         items: list[tuple[tuple[int, int], dict[str, str]]] = []
         for rid, rec in self.live(POST):
             if rid[0] not in authors:
@@ -582,6 +582,9 @@ class AppViewModel:
                 if rid[0] not in authors:
                     continue
                 subject = self._subject_uri(rec)
+                target = split_uri(subject) if isinstance(subject, str) else None
+                if reposted_post and (target is None or target[1] != POST or target not in self.records):
+                    continue  # author feeds: only reposts of a post that exists (its author active or not)
                 items.append((self.sk(rid), {"uri": subject, "cid": self._post_cid(subject),
                                              "repost": uri_of(rid), "repostCid": ""}))
         items.sort(key=lambda x: x[0], reverse=True)
@@ -589,7 +592,7 @@ class AppViewModel:
 
     def get_author_feed(self, actor: str, filter_: str = "posts_with_replies") -> list[dict[str, str]]:
         """getAuthorFeed, all pages."""
-        return self._feed_items({actor}, filter_, actor)
+        return self._feed_items({actor}, filter_, actor, reposted_post=True)
 
     def get_timeline(self, viewer: str) -> list[dict[str, str]]:
         """getTimeline, all pages."""

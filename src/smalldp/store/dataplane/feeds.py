@@ -41,7 +41,10 @@ class FeedQueries(DataPlaneBase):
 
     def author_feed(self, actor: str, limit: int, cursor: str | None,
                     filter: str) -> tuple[list[dict[str, str]], str | None]:
-        """getAuthorFeed."""
+        """getAuthorFeed: the actor's posts (per filter) and reposts, newest first. A repost
+        is left out unless it reposts a post that exists (live, whatever its author's
+        status), as the reference's author feed joins its feed items with its posts (its
+        timeline does not: there, and in timelines here, the AppView drops such items)."""
         after = decode_feed_cursor(cursor) if cursor else None
         post_path, with_reposts = FEED_FILTERS[filter]
 
@@ -52,19 +55,21 @@ class FeedQueries(DataPlaneBase):
             streams = [self._feed_stream(self._of(aid, POST, post_path), timeline.KIND_POST, after)]
             if with_reposts:
                 streams.append(self._feed_stream(self._of(aid, REPOST, AUTHOR), timeline.KIND_REPOST, after))
-            items, last = self._feed_page(heapq.merge(*streams, reverse=True), limit)
+            items, last = self._feed_page(heapq.merge(*streams, reverse=True), limit, reposted_post=True)
             return items, None if last is None else encode_feed_cursor(last)
         return self._read(read)
 
-    def _feed_page(self, entries: Iterator[FeedEntry], limit: int) -> tuple[list[dict[str, str]], FeedEntry | None]:
+    def _feed_page(self, entries: Iterator[FeedEntry], limit: int,
+                   reposted_post: bool = False) -> tuple[list[dict[str, str]], FeedEntry | None]:
         """Items for entries (newest first) until ``limit`` live ones; with the last entry
-        shown when more follow, else None."""
+        shown when more follow, else None. ``reposted_post``: reposts of anything but an
+        existing post are left out."""
         items: list[dict[str, str]] = []
         last: FeedEntry | None = None
         for entry in entries:
             if len(items) == limit:
                 return items, last
-            item = self._feed_item(entry)
+            item = self._feed_item(entry, reposted_post)
             if item is not None:
                 items.append(item)
                 last = entry
@@ -77,8 +82,9 @@ class FeedQueries(DataPlaneBase):
         for sk, aid in self._live(chunks, start):
             yield sk, aid, kind
 
-    def _feed_item(self, entry: FeedEntry) -> dict[str, str] | None:
-        """A feed item for a post or repost entry, or None when the record is not live."""
+    def _feed_item(self, entry: FeedEntry, reposted_post: bool = False) -> dict[str, str] | None:
+        """A feed item for a post or repost entry, or None when the record is not live (with
+        ``reposted_post``, also for a repost of anything but an existing post)."""
         sk, aid, kind = entry
         collection = POST if kind == timeline.KIND_POST else REPOST
         coll = self._coll_id(collection)
@@ -93,9 +99,12 @@ class FeedQueries(DataPlaneBase):
         subject = self._link_target(links, REPOST, ".subject.uri")
         parts = key_record(subject) if subject is not None else None
         if parts is None or subject is None:
-            return {"uri": "", "cid": "", "repost": uri, "repostCid": ""}
+            return None if reposted_post else {"uri": "", "cid": "", "repost": uri, "repostCid": ""}
         s_aid, s_coll, s_rkey = parts
         s_sk = s_rkey if isinstance(s_rkey, int) else self._sort_key(s_aid, s_coll, s_rkey)
+        if reposted_post and (s_sk is None or self._coll_name(s_coll) != POST or
+                              self._links_of(s_sk, s_aid, s_coll) is None):
+            return None
         # The reposted *post's* cid: a repost of anything else (a list, ...) names none.
         live = s_sk is not None and s_aid not in self.hidden and self._coll_name(s_coll) == POST
         cid = self._cid(s_sk, s_aid, s_coll) if live else ""  # type: ignore[arg-type]

@@ -1020,7 +1020,11 @@ def canonical(body: Any) -> Any:
       sorted by uri;
     * ``viewer.knownFollowers.followers`` anywhere: the reference's GetFollowsFollowing has
       no ORDER BY; sorted by DID, and when ``count`` exceeds what is shown, which ones are
-      shown is arbitrary too, so only the count is kept."""
+      shown is arbitrary too, so only the count is kept;
+    * feed items (author feeds, timelines) with equal times (``reason.indexedAt`` of a
+      repost, else ``post.indexedAt``: the sortAt each DataPlane's order is by, to the
+      millisecond): the reference breaks such ties by CID, smalldp by the rkey's
+      microseconds; sorted by identity (smalldp's own order is checked by rkey_order)."""
     if isinstance(body, dict):
         known = body.get("knownFollowers")
         if isinstance(known, dict) and isinstance(known.get("followers"), list):
@@ -1034,17 +1038,34 @@ def canonical(body: Any) -> Any:
     elif isinstance(body, list):
         return [canonical(x) if isinstance(x, (dict, list)) else x for x in body]
     if isinstance(body, dict) and isinstance(body.get("notifications"), list):
-        notes = body["notifications"]
-        out: list[Any] = []
-        i = 0
-        while i < len(notes):
-            j = i
-            while j < len(notes) and notes[j].get("indexedAt") == notes[i].get("indexedAt"):
-                j += 1
-            out.extend(sorted(notes[i:j], key=lambda n: str(n.get("uri"))))
-            i = j
-        body = {**body, "notifications": out}
+        body = {**body, "notifications": _ties_sorted(body["notifications"], lambda n: n.get("indexedAt"),
+                                                      lambda n: str(n.get("uri")))}
+    if isinstance(body, dict) and isinstance(body.get("feed"), list) and \
+            all(isinstance(item, dict) for item in body["feed"]):
+        body = {**body, "feed": _ties_sorted(body["feed"], _feed_time, lambda item: str(_identity(item)))}
     return body
+
+
+def _feed_time(item: dict[str, Any]) -> Any:
+    """A feed item's time as the AppView shows it: its repost's, else its post's indexedAt."""
+    reason = item.get("reason")
+    if isinstance(reason, dict) and reason.get("indexedAt"):
+        return reason["indexedAt"]
+    post = item.get("post")
+    return post.get("indexedAt") if isinstance(post, dict) else None
+
+
+def _ties_sorted(items: list[Any], time: Any, ident: Any) -> list[Any]:
+    """``items`` with each run of equal ``time(item)`` sorted by ``ident(item)``."""
+    out: list[Any] = []
+    i = 0
+    while i < len(items):
+        j = i
+        while j < len(items) and time(items[j]) == time(items[i]):
+            j += 1
+        out.extend(sorted(items[i:j], key=ident))
+        i = j
+    return out
 
 
 def whole(pages: list[Answer]) -> Any:
@@ -1163,14 +1184,34 @@ def smalldp_appview(events: Path, plc: FakePlc, workdir: Path,
 _TID = re.compile(r"[234567abcdefghij][234567abcdefghijklmnopqrstuvwxyz]{12}\Z")
 
 
+def _feed_rkey_order(items: list[Any]) -> list[str]:
+    """A feed newest first by the rkey of each item's record (its repost's, else its
+    post's) as a TID; equal TIDs in any order, non-TID rkeys unordered."""
+    problems: list[str] = []
+    previous: str | None = None
+    for position, item in enumerate(items):
+        reason = item.get("reason") if isinstance(item, dict) else None
+        uri = reason.get("uri") if isinstance(reason, dict) else (item.get("post") or {}).get("uri")
+        rkey = uri.rsplit("/", 1)[1] if isinstance(uri, str) else ""
+        if not _TID.match(rkey):
+            previous = None
+            continue
+        if previous is not None and rkey > previous:
+            problems.append(f"feed[{position}] {uri} (rkey {rkey}) after rkey {previous}: not newest first by rkey")
+        previous = rkey
+    return problems
+
+
 def rkey_order(q: Query, answers: list[Answer], stream: Stream) -> list[str]:
     """smalldp's order of the ORDER_FREE lists, judged from the stream: each listed account
     stands for its pair's record (the follow, like or repost linking it and the subject),
     which must be the pair's oldest live record in the stream (the one the reference
     indexes), and the whole walk must be newest first by that record's rkey as a TID
     (equal TIDs in any order: smalldp breaks ties by its account IDs). For getLikes the
-    item's ``createdAt`` must be that record's. Empty when all is well (or for another
-    view). Not a check of the reference, which orders by sortAt (ORDER_FREE)."""
+    item's ``createdAt`` must be that record's. Author feeds and timelines: newest first
+    by the rkey of each item's repost, else its post. Empty when all is well (or for
+    another view). Not a check of the reference, which orders by sortAt (ORDER_FREE,
+    and feed ties in ``canonical``)."""
     params = dict(q.params)
     bodies = [a.body for a in answers if a.status == 200 and isinstance(a.body, dict)]
     if q.nsid == "app.bsky.graph.getFollowers":
@@ -1185,6 +1226,8 @@ def rkey_order(q: Query, answers: list[Answer], stream: Stream) -> list[str]:
     elif q.nsid == "app.bsky.feed.getRepostedBy":
         collection, key = "app.bsky.feed.repost", "repostedBy"
         pairs = [(x.get("did"), params["uri"]) for b in bodies for x in b.get(key, [])]
+    elif q.nsid in ("app.bsky.feed.getAuthorFeed", "app.bsky.feed.getTimeline"):
+        return _feed_rkey_order([x for b in bodies for x in b.get("feed", [])])
     else:
         return []
     items = [x for b in bodies for x in b.get(key, [])]

@@ -168,9 +168,10 @@ def selected(world: World, nsid: str, as_viewer: bool | None = None) -> list[Que
 
 def test_the_comparison_walks_whole_lists_and_rkey_order_judges_smalldp() -> None:
     """No stack needed: ``compare`` takes a walk's pages as one list (split anywhere) and
-    ORDER_FREE lists in any order, other lists in order; ``rkey_order`` wants each listed
-    account at its pair's oldest record, newest first by rkey, and getLikes' createdAt
-    that record's."""
+    ORDER_FREE lists in any order, other lists in order (feed items of one millisecond in
+    any order); ``rkey_order`` wants each listed account at its pair's oldest record,
+    newest first by rkey, and getLikes' createdAt that record's, and feeds newest first
+    by rkey."""
     a, b, s = "did:plc:" + "a" * 24, "did:plc:" + "b" * 24, "did:plc:" + "s" * 24
     post = f"at://{s}/app.bsky.feed.post/3lbbbbbbbbbb2"
 
@@ -200,13 +201,21 @@ def test_the_comparison_walks_whole_lists_and_rkey_order_judges_smalldp() -> Non
     # the reference's walk in its order, split in two pages, equals smalldp's in one page
     cmp = compare({"f": ok}, {"f": swapped})
     assert cmp.equal == 1 and not cmp.differing, cmp.report()
-    feed = [Answer(200, {"feed": [{"post": {"uri": "at://x/p/1"}}], "cursor": "c"}, 0),
-            Answer(200, {"feed": [{"post": {"uri": "at://x/p/2"}}]}, 0)]
-    assert compare({"t": feed}, {"t": [Answer(200, {"feed": [feed[0].body["feed"][0], feed[1].body["feed"][0]]},
-                                              0)]}).equal == 1
-    reordered = [Answer(200, {"feed": [feed[1].body["feed"][0], feed[0].body["feed"][0]]}, 0)]
-    assert compare({"t": feed}, {"t": reordered}).paths == {"feed[]": 1}  # feeds keep their order
+    def item(rkey: str, at: str) -> dict[str, Any]:
+        return {"post": {"uri": f"at://{a}/app.bsky.feed.post/{rkey}", "indexedAt": at}}
+
+    newer, older = item("3laaaaaaaaab2", "2024-01-01T00:00:02.000Z"), item("3laaaaaaaaaa2", "2024-01-01T00:00:01.000Z")
+    feed = [Answer(200, {"feed": [newer], "cursor": "c"}, 0), Answer(200, {"feed": [older]}, 0)]
+    assert compare({"t": feed}, {"t": [Answer(200, {"feed": [newer, older]}, 0)]}).equal == 1
+    assert compare({"t": feed}, {"t": [Answer(200, {"feed": [older, newer]}, 0)]}).paths == {"feed[]": 1}
     assert compare({"t": feed}, {"t": [feed[0], Answer(500, "boom", 0)]}).paths == {"status": 1}
+    # within one millisecond the order is free (the reference: by CID), and rkey_order wants smalldp's
+    tie = item("3laaaaaaaaab3", "2024-01-01T00:00:02.000Z")
+    assert compare({"t": [Answer(200, {"feed": [newer, tie]}, 0)]}, {"t": [Answer(200, {"feed": [tie, newer]}, 0)]}
+                   ).equal == 1
+    timeline = Query("t", "app.bsky.feed.getTimeline", (), viewer=a, page2=True)
+    assert rkey_order(timeline, [Answer(200, {"feed": [tie, newer, older]}, 0)], stream) == []
+    assert len(rkey_order(timeline, [Answer(200, {"feed": [newer, tie, older]}, 0)], stream)) == 1
 
 
 # --------------------------------------------------------------------------- the reference

@@ -328,24 +328,40 @@ class AppViewModel:
     def _subject_uri(self, rec: Rec) -> Any:
         return _get(rec.value, "subject", "uri")
 
-    def _likers(self, collection: str, uri: str) -> list[RecordId]:
-        return [rid for rid, rec in self.live(collection) if self._subject_uri(rec) == uri]
+    def _of(self, collection: str, inactive: bool = False, gone: frozenset[str] = frozenset()
+            ) -> list[tuple[RecordId, Rec]]:
+        """Live records of a collection; with ``inactive`` inactive authors' too, but for
+        the authors in ``gone``."""
+        if not inactive:
+            return self.live(collection)
+        return [(rid, rec) for rid, rec in self.records.items() if rid[1] == collection and rid[0] not in gone]
 
-    def _quoters(self, uri: str) -> list[RecordId]:
-        return [rid for rid, rec in self.live(POST)
+    def _likers(self, collection: str, uri: str, inactive: bool = False,
+                gone: frozenset[str] = frozenset()) -> list[RecordId]:
+        return [rid for rid, rec in self._of(collection, inactive, gone) if self._subject_uri(rec) == uri]
+
+    def _quoters(self, uri: str, inactive: bool = False, gone: frozenset[str] = frozenset()) -> list[RecordId]:
+        return [rid for rid, rec in self._of(POST, inactive, gone)
                 if _get(rec.value, "embed", "record", "uri") == uri
                 or _get(rec.value, "embed", "record", "record", "uri") == uri]
 
-    def _repliers(self, uri: str) -> list[RecordId]:
-        return [rid for rid, rec in self.live(POST) if _get(rec.value, "reply", "parent", "uri") == uri]
+    def _repliers(self, uri: str, inactive: bool = False, gone: frozenset[str] = frozenset()) -> list[RecordId]:
+        return [rid for rid, rec in self._of(POST, inactive, gone) if _get(rec.value, "reply", "parent", "uri") == uri]
 
-    def get_interaction_counts(self, uris: list[str]) -> dict[str, list[int]]:
-        """getInteractionCounts: likes/reposts count accounts, replies/quotes records."""
+    def get_interaction_counts(self, uris: list[str], inactive: bool = False,
+                               gone: Iterable[str] = ()) -> dict[str, list[int]]:
+        """getInteractionCounts: likes/reposts count accounts, replies/quotes records; with
+        ``inactive`` (bsky.Service, as the reference's aggregates) inactive accounts'
+        records count too, but for those of the accounts in ``gone`` (deleted ones whose
+        rows smalldp's purge sweep has yet to remove: the reference removed them at once).
+        Thread gates, which bsky.Service's reply counts apply, are not modelled
+        (test_appview_graph_feeds.test_thread_gate_violations has them)."""
+        out = frozenset(gone)
         return {
-            "likes": [len({rid[0] for rid in self._likers(LIKE, u)}) for u in uris],
-            "reposts": [len({rid[0] for rid in self._likers(REPOST, u)}) for u in uris],
-            "replies": [len(self._repliers(u)) for u in uris],
-            "quotes": [len(self._quoters(u)) for u in uris],
+            "likes": [len({rid[0] for rid in self._likers(LIKE, u, inactive, out)}) for u in uris],
+            "reposts": [len({rid[0] for rid in self._likers(REPOST, u, inactive, out)}) for u in uris],
+            "replies": [len(self._repliers(u, inactive, out)) for u in uris],
+            "quotes": [len(self._quoters(u, inactive, out)) for u in uris],
         }
 
     def get_likes_by_subject(self, subject: str) -> list[str]:
@@ -493,16 +509,25 @@ class AppViewModel:
             oldest[subject] = min(oldest.get(subject, self.sk(rid)), self.sk(rid))
         return sorted(oldest, key=lambda list_uri: oldest[list_uri], reverse=True)
 
-    def get_counts_for_users(self, dids: list[str]) -> dict[str, list[int]]:
-        """getCountsForUsers."""
-        edges = self.edges(FOLLOW)
+    def get_counts_for_users(self, dids: list[str], inactive: bool = False,
+                             gone: Iterable[str] = ()) -> dict[str, list[int]]:
+        """getCountsForUsers (zeros for an inactive account); with ``inactive``
+        (bsky.Service, as the reference's aggregates) followers and following count
+        inactive accounts too, but for those in ``gone`` (deleted, rows yet to be purged)."""
+        if inactive:
+            out = set(gone)
+            edges = [(rid, rid[0], rec.value["subject"]) for rid, rec in self.records.items()
+                     if rid[1] == FOLLOW and isinstance(rec.value.get("subject"), str)
+                     and rid[0] not in out and rec.value["subject"] not in out]
+        else:
+            edges = self.edges(FOLLOW)
 
         def records(collection: str, d: str) -> int:
             return len(self.live(collection, d))
 
         return {
-            "followers": [len({a for _, a, s in edges if s == d}) for d in dids],
-            "following": [len({s for _, a, s in edges if a == d}) for d in dids],
+            "followers": [len({a for _, a, s in edges if s == d}) if self.active(d) else 0 for d in dids],
+            "following": [len({s for _, a, s in edges if a == d}) if self.active(d) else 0 for d in dids],
             "posts": [records(POST, d) for d in dids],
             "reposts": [records(REPOST, d) for d in dids],
             "lists": [records(LIST, d) for d in dids],

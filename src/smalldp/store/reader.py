@@ -111,6 +111,8 @@ class Reader:
         self._run_gens: dict[int, int] = {}  # run -> gen, read at each new snapshot
         self._run_count = 0
         self.hidden = BitMap()
+        # deleted accounts whose rows the purge sweep has not removed yet (store/purge.py)
+        self.gone = BitMap()
         self._sources: dict[tuple[str, str], int] = {}
         self._source_names: dict[int, tuple[str, str]] = {}
         self._colls: dict[str, int] = {}
@@ -143,6 +145,7 @@ class Reader:
         self._runs = ",".join(runs) or "NULL"  # inlined into queries: integers only
         row = self.conn.execute("SELECT v FROM meta WHERE k='hidden'").fetchone()
         self.hidden = BitMap.deserialize(row[0]) if row and row[0] else BitMap()
+        self.gone = BitMap(aid for (aid,) in self.conn.execute("SELECT aid FROM purge WHERE reconcile=0")) & self.hidden
         if len(self._dids) > 200_000:
             self._dids.clear()
         if len(self._aids) > 200_000:
@@ -236,9 +239,12 @@ class Reader:
 
     # ------------------------------------------------------------ counting
 
-    def _count_chunks(self, chunks: list[_Chunk], dids: BitMap | None = None) -> tuple[int, BitMap]:
-        """Live links and the bitmap of live linking actors over some chunks."""
-        hidden = self.hidden
+    def _count_chunks(self, chunks: list[_Chunk], dids: BitMap | None = None,
+                      inactive: bool = False) -> tuple[int, BitMap]:
+        """Live links and the bitmap of live linking actors over some chunks (with
+        ``inactive``, inactive accounts' links too, but for deleted accounts' rows still
+        waiting for the purge sweep)."""
+        hidden = self.gone if inactive else self.hidden
         total = 0
         actors = BitMap()
         for chunk in chunks:

@@ -4,9 +4,10 @@ packs by author and actor search, answered by store/dataplane/graph.py (and base
 
 Differences from the reference DataPlane (which reads Postgres tables its indexer fills)
 that hold for every RPC here: records are ordered by their rkey as a TID (the reference:
-``sortAt``, the earlier of createdAt and indexedAt); inactive accounts are invisible
-(the reference keeps their rows and lets the AppView hide them); a cursor comes only
-when there is more.  Follows, blocks and list blocks are one record per pair, as the
+``sortAt``, the earlier of createdAt and indexedAt); inactive accounts are invisible in
+lists and lookups (the reference keeps their rows and lets the AppView hide them) but
+count in GetCountsForUsers, as the reference's aggregates; a cursor comes only when
+there is more.  Follows, blocks and list blocks are one record per pair, as the
 reference indexes them: an account that followed another twice is listed once, with
 the pair's oldest live follow, and that follow is the one the pair's lookups name (the
 reference's is the first it indexed: the same one when records arrive in rkey order;
@@ -148,12 +149,14 @@ def get_blocklist_subscriptions(
 @rpc("GetCountsForUsers")
 def get_counts_for_users(dp: DataPlaneReader,
                          req: bsky_pb2.GetCountsForUsersRequest) -> bsky_pb2.GetCountsForUsersResponse:
-    """Per DID: followers and following (accounts), posts, reposts, lists, feed generators,
-    starter packs (records); drafts 0 (drafts are private data smalldp does not hold)."""
+    """Per DID: followers and following (accounts, inactive ones too: the reference's
+    aggregates count every follow row it keeps, and it keeps an inactive account's records
+    until the account is deleted), posts, reposts, lists, feed generators, starter packs
+    (records); drafts 0 (drafts are private data smalldp does not hold)."""
     dids = args.dids(req.dids, "dids")
     if not dids:
         return bsky_pb2.GetCountsForUsersResponse()
-    counts = dp.counts_for_users(dids)
+    counts = dp.counts_for_users(dids, reference=True)
     return bsky_pb2.GetCountsForUsersResponse(
         followers=counts["followers"], following=counts["following"], posts=counts["posts"],
         reposts=counts["reposts"], lists=counts["lists"], feeds=counts["feeds"],

@@ -3,7 +3,8 @@ likes and reposts (of given subjects, or all), interaction counts and starter-pa
 joins, answered by store/dataplane/interactions.py (and base.py).
 
 As in rpcs/graph.py: newest first means by rkey as a TID (the reference: ``sortAt``),
-inactive accounts are invisible, one like or repost per account and subject is listed
+inactive accounts are invisible (but counted in GetInteractionCounts, as the reference
+counts them), one like or repost per account and subject is listed
 (its oldest live one: the reference indexes only the first), a cursor comes only when
 there is more.
 Subjects are matched by uri; their cids are ignored, as the reference ignores them.
@@ -115,15 +116,15 @@ def get_actor_reposts(dp: DataPlaneReader,
 @rpc("GetInteractionCounts")
 def get_interaction_counts(dp: DataPlaneReader,
                            req: bsky_pb2.GetInteractionCountsRequest) -> bsky_pb2.GetInteractionCountsResponse:
-    """Per ref: likes and reposts (accounts), replies and quotes (records); bookmarks 0
-    (bookmarks are private data smalldp does not hold). Replies that break their thread's
-    gate are not counted, as the reference's ``replyCount`` leaves them out
-    (store/dataplane/gates.py). ``skip_cache_for_dids`` is moot: nothing is cached across
-    requests."""
+    """Per ref: likes and reposts (accounts), replies and quotes (records), as the
+    reference's aggregates count them: inactive accounts' records too (the reference keeps
+    them until the account is deleted), replies that break their thread's gate not
+    (store/dataplane/gates.py); bookmarks 0 (bookmarks are private data smalldp does not
+    hold). ``skip_cache_for_dids`` is moot: nothing is cached across requests."""
     uris = args.ref_uris(req.refs, "refs")
     if not uris:
         return bsky_pb2.GetInteractionCountsResponse()
-    counts = dp.interaction_counts(uris, gated=True)
+    counts = dp.interaction_counts(uris, reference=True)
     return bsky_pb2.GetInteractionCountsResponse(likes=counts["likes"], reposts=counts["reposts"],
                                                  replies=counts["replies"], quotes=counts["quotes"],
                                                  bookmarks=[0] * len(uris))

@@ -125,18 +125,20 @@ class DataPlaneBase(Reader):
                 self._summaries.mark_big(key)
 
     def _tally(self, tkey: bytes | None, collection: str, path: str,
-               dids: BitMap | None = None) -> tuple[int, BitMap]:
+               dids: BitMap | None = None, inactive: bool = False) -> tuple[int, BitMap]:
         """Live entries and live actors of a key (only actors in ``dids``, if given).
 
         Big keys are answered from per-run summaries (store/summaries.py), others from
-        their chunks; both subtract inactive accounts the same way."""
+        their chunks; both subtract inactive accounts the same way (``inactive``: count
+        them too, as the reference's aggregates do, but for deleted accounts whose rows
+        wait for the purge sweep: ``gone``)."""
         sid = self._source_id(collection, path)
         if sid is None or tkey is None:
             return 0, BitMap()
         key = (tkey, sid)
         if not self._summaries.is_big(key) or key in self._memo:
-            return self._count_chunks(self._chunks(tkey, sid), dids)
-        hidden = self.hidden
+            return self._count_chunks(self._chunks(tkey, sid), dids, inactive)
+        hidden = self.gone if inactive else self.hidden
         total = 0
         actors = BitMap()
         for summary in self._run_summaries(key):
@@ -379,6 +381,7 @@ class DataPlaneBase(Reader):
                 return tkey
         return None
 
-    def _follow_set(self, aid: int) -> BitMap:
-        """The active accounts ``aid`` follows: a union of its reverse follow chunks' bitmaps."""
-        return self._tally(did_key(aid), FOLLOW, OUT_SUBJECT)[1]
+    def _follow_set(self, aid: int, inactive: bool = False) -> BitMap:
+        """The active accounts ``aid`` follows (``inactive``: and the inactive ones): a union
+        of its reverse follow chunks' bitmaps."""
+        return self._tally(did_key(aid), FOLLOW, OUT_SUBJECT, inactive=inactive)[1]

@@ -139,9 +139,10 @@ class GateQueries(ListQueries):
         return True
 
     def _gated_replies(self, tkey: bytes, sid: int) -> int:
-        """How many live replies under a post's ``.reply.parent.uri`` key break their
-        thread's gate: none unless the post's thread (its own root, or itself) has a gate;
-        then each of its newest GATED_REPLIES_MAX replies is checked."""
+        """How many live replies under a post's ``.reply.parent.uri`` key (inactive
+        accounts' too: what the reference's replyCount counts) break their thread's gate:
+        none unless the post's thread (its own root, or itself) has a gate; then each of
+        its newest GATED_REPLIES_MAX replies is checked."""
         parts = key_record(tkey)
         post = self._coll_id(POST)
         if parts is None or post is None:
@@ -153,7 +154,9 @@ class GateQueries(ListQueries):
         if not isinstance(self._gate_of(root if root is not None else tkey)[0], list):
             return 0
         broken = 0
-        for r_sk, r_aid in itertools.islice(self._live(self._chunks(tkey, sid)), GATED_REPLIES_MAX):
+        for r_sk, r_aid in itertools.islice(self._walk(self._chunks(tkey, sid), None, False), GATED_REPLIES_MAX):
+            if r_aid in self.gone:
+                continue  # a deleted account's, not counted
             r_links = self._links_of(r_sk, r_aid, post)
             if r_links is not None and self._violates_thread_gate(r_sk, r_aid, r_links):
                 broken += 1

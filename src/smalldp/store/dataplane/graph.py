@@ -216,8 +216,10 @@ class GraphQueries(ListQueries):
         self._memo[memo_key] = found  # type: ignore[assignment]
         return found
 
-    def counts_for_users(self, dids: list[str]) -> dict[str, list[int]]:
-        """getCountsForUsers."""
+    def counts_for_users(self, dids: list[str], *, reference: bool = False) -> dict[str, list[int]]:
+        """getCountsForUsers.  With ``reference`` (bsky.Service), as the reference's
+        aggregates count: followers and following include inactive accounts (only
+        deleting an account removes its follows there)."""
         def read() -> dict[str, list[int]]:
             names = ("followers", "following", "posts", "reposts", "lists", "feeds", "starterPacks")
             out: dict[str, list[int]] = {name: [] for name in names}
@@ -230,8 +232,8 @@ class GraphQueries(ListQueries):
                 self._prefetch(did_key(aid), [self._source_id(c, p) for c, p in (
                     (FOLLOW, ".subject"), (FOLLOW, OUT_SUBJECT), (POST, AUTHOR), (REPOST, AUTHOR), (LIST, AUTHOR),
                     (GENERATOR, AUTHOR), (STARTERPACK, AUTHOR))])
-                out["followers"].append(len(self._tally(did_key(aid), FOLLOW, ".subject")[1]))
-                out["following"].append(len(self._follow_set(aid)))
+                out["followers"].append(len(self._tally(did_key(aid), FOLLOW, ".subject", inactive=reference)[1]))
+                out["following"].append(len(self._follow_set(aid, inactive=reference)))
                 for name, coll in (("posts", POST), ("reposts", REPOST), ("lists", LIST), ("feeds", GENERATOR),
                                    ("starterPacks", STARTERPACK)):
                     out[name].append(self._tally(did_key(aid), coll, AUTHOR)[0])

@@ -49,9 +49,11 @@ _SK_MAX, _U32_MAX = (1 << 63) - 1, (1 << 32) - 1
 class InteractionQueries(GateQueries):
     """getInteractionCounts, get*BySubject, get*ByActorAndSubjects, getKnownLikers."""
 
-    def interaction_counts(self, uris: list[str], *, gated: bool = False) -> dict[str, list[int]]:
-        """getInteractionCounts; with ``gated`` (bsky.Service) replies that break their
-        thread's gate are not counted (store/dataplane/gates.py), as the reference's."""
+    def interaction_counts(self, uris: list[str], *, reference: bool = False) -> dict[str, list[int]]:
+        """getInteractionCounts.  With ``reference`` (bsky.Service), as the reference's
+        aggregates count: inactive accounts' likes, reposts, replies and quotes count too
+        (only deleting an account removes its records there), and replies that break their
+        thread's gate do not (store/dataplane/gates.py)."""
         def read() -> dict[str, list[int]]:
             out: dict[str, list[int]] = {"likes": [], "reposts": [], "replies": [], "quotes": []}
             sources = [self._source_id(c, p) for c, p in ((LIKE, ".subject.uri"), (REPOST, ".subject.uri"),
@@ -60,14 +62,14 @@ class InteractionQueries(GateQueries):
             for uri in uris:
                 tkey = self._target_key(uri)
                 self._prefetch(tkey, sources)
-                out["likes"].append(len(self._tally(tkey, LIKE, ".subject.uri")[1]))
-                out["reposts"].append(len(self._tally(tkey, REPOST, ".subject.uri")[1]))
-                replies = self._tally(tkey, POST, ".reply.parent.uri")[0]
+                out["likes"].append(len(self._tally(tkey, LIKE, ".subject.uri", inactive=reference)[1]))
+                out["reposts"].append(len(self._tally(tkey, REPOST, ".subject.uri", inactive=reference)[1]))
+                replies = self._tally(tkey, POST, ".reply.parent.uri", inactive=reference)[0]
                 parent_sid = self._source_id(POST, ".reply.parent.uri")
-                if gated and replies and tkey is not None and parent_sid is not None:
+                if reference and replies and tkey is not None and parent_sid is not None:
                     replies -= self._gated_replies(tkey, parent_sid)
                 out["replies"].append(replies)
-                out["quotes"].append(sum(self._tally(tkey, POST, p)[0] for p in QUOTE_PATHS))
+                out["quotes"].append(sum(self._tally(tkey, POST, p, inactive=reference)[0] for p in QUOTE_PATHS))
             return out
         return self._read(read)
 

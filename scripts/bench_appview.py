@@ -118,6 +118,7 @@ ENDPOINTS = (TIMELINE, *OTHERS)
 GONE = ("NotFound", "InvalidRequest", "BlockedActor", "BlockedByActor")  # a subject that vanished: not an error
 LIST_KEYS = ("feed", "followers", "likes", "notifications")  # what an answer's item count counts
 TIMELINE_P95_MS = 100.0  # issue 15's targets
+CLIENT_LAG_MS = 25.0  # the load client kept to its schedule: start delays p99 under this (a quarter of the target)
 RPC_P99_MS = 10.0
 ISSUE_REFERENCE = {  # what the issue measured on the reference (20k events), ms
     TIMELINE: {"p50_ms": [100, 140], "p95_ms": [140, 250]},
@@ -406,6 +407,10 @@ async def load(av_url: str, timeline: list[Entry], others: list[Entry], args: ar
     streams = {"timeline": res[0]}
     if len(res) > 1:
         streams["others"] = res[1]
+    for s in streams.values():
+        # judged against this benchmark's latencies (tens of ms), not bench_dataplane's 5 ms
+        s["client_kept_up"] = s["client_start_delay_ms"]["p99"] <= CLIENT_LAG_MS \
+            and s["rate_achieved"] >= 0.98 * s["rate_requested"]
     endpoints: dict[str, Any] = {}
     for s in streams.values():
         endpoints.update(s.pop("methods"))
@@ -424,8 +429,9 @@ def rpc_figures(before: dict[str, Any], after: dict[str, Any], seconds: float) -
         if calls <= 0:
             continue
         out[method] = {"calls": calls, "per_s": round(calls / max(seconds, 1e-9), 2),
-                       "p50_ms": fig["p50_ms"], "p99_ms": fig["p99_ms"], "ring": fig["window"],
-                       "ring_in_phase": calls >= fig["window"]}
+                       "p50_ms": fig["p50_ms"], "p99_ms": fig["p99_ms"],
+                       "run_p50_ms": fig.get("run_p50_ms"), "run_p99_ms": fig.get("run_p99_ms"),
+                       "ring": fig["window"], "ring_in_phase": calls >= fig["window"]}
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["calls"]))
 
 
@@ -659,8 +665,9 @@ def evaluate(result: dict[str, Any]) -> list[dict[str, Any]]:
                  "value": value, "target": TIMELINE_P95_MS,
                  "met": value is not None and value <= TIMELINE_P95_MS and not tl.get("errors")})
     for method, fig in (side.get("rpcs") or {}).items():
-        rows.append({"what": f"{method} p99, ms ({fig['per_s']}/s)", "value": fig["p99_ms"], "target": RPC_P99_MS,
-                     "met": fig["p99_ms"] <= RPC_P99_MS})
+        note = "" if fig["ring_in_phase"] else f"; ring of {fig['ring']} holds warm-up calls too"
+        rows.append({"what": f"{method} p99, ms ({fig['per_s']}/s{note})", "value": fig["p99_ms"],
+                     "target": RPC_P99_MS, "met": fig["p99_ms"] <= RPC_P99_MS})
     ingest = side.get("ingest") or {}
     if ingest:
         rows.append({"what": "live ingest during the phase, events/s (>= 95% of the offered rate, at most 5 s "
@@ -687,9 +694,12 @@ def human(result: dict[str, Any]) -> str:
                          f"p95 {v.get('p95_ms')}  p99 {v.get('p99_ms')}  max {v.get('max_ms')} ms  "
                          f"errors {v['errors']}  gone {v.get('gone')}  items {v.get('items_p50')}")
         if side.get("rpcs"):
-            lines.append("  RPCs (smalldp's ring of recent calls: p50/p99 ms, calls/s):")
+            lines.append("  RPCs (smalldp's ring of recent calls: p50/p99 ms; the handler's own run on its reader "
+                         "thread p50/p99 ms; calls/s):")
             for m, f in side["rpcs"].items():
-                lines.append(f"    {m:44s} {f['p50_ms']:8.2f} {f['p99_ms']:8.2f}  {f['per_s']:7.2f}/s"
+                run = (f"{f['run_p50_ms']:8.2f} {f['run_p99_ms']:8.2f}" if f.get("run_p50_ms") is not None
+                       else f"{'(async)':>17s}")
+                lines.append(f"    {m:44s} {f['p50_ms']:8.2f} {f['p99_ms']:8.2f}  {run}  {f['per_s']:7.2f}/s"
                              + ("" if f["ring_in_phase"] else "  (ring holds earlier calls too)"))
         if side.get("ingest"):
             ing = side["ingest"]

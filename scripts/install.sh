@@ -172,6 +172,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]} with apt-get"
   export DEBIAN_FRONTEND=noninteractive
   quiet apt-get update -q
+  APT_UPDATED=1
   quiet apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
@@ -344,7 +345,8 @@ read -r -a want <<<"$(node_wanted_packages "$NODE_BIN")"
 if [ ${#want[@]} -gt 0 ]; then
   say "installing ${want[*]} with apt-get (Debian's Node for the AppView)"
   export DEBIAN_FRONTEND=noninteractive
-  quiet apt-get update -q
+  # the lists are fresh when smalldp's packages were just installed
+  [ "${APT_UPDATED:-0}" = 1 ] || quiet apt-get update -q
   quiet apt-get install -y -q --no-install-recommends "${want[@]}"
   hash -r
 fi

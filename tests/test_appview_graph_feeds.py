@@ -968,3 +968,55 @@ def test_thread_gate_violations(tmp_path: Path) -> None:
     finally:
         dp.close()
         writer.close()
+
+
+def test_post_gate_violations(tmp_path: Path) -> None:
+    """GetPostRecords' violates_embedding_rules: a post quoting (embed.record, or the
+    record of a recordWithMedia) a post whose post gate has a disableRule, received after
+    that gate, unless the quoting author is the quoted post's; a gate without the rule, or
+    no gate, lets anyone quote. The quoted author is notified of the other quotes only."""
+    ev = Events()
+    alice, bob, carol = did("alice"), did("bob"), did("carol")
+    postgate = "app.bsky.feed.postgate"
+    gated, open_, loose = (f"at://{alice}/{am.POST}/{tidk(k, 1)}" for k in range(3))
+
+    def quote(author: str, k: int, subject: str, with_media: bool = False) -> dict[str, Any]:
+        record_embed = {"$type": "app.bsky.embed.record", "record": {"uri": subject, "cid": "bafyq"}}
+        embed = record_embed if not with_media else {
+            "$type": am.RECORD_WITH_MEDIA, "record": record_embed,
+            "media": {"$type": am.IMAGES, "images": [{"alt": "", "image": {"$type": "blob", "mimeType": "image/png"}}]}}
+        return ev.put(author, am.POST, tidk(k, 1), {"$type": am.POST, "text": "q", "embed": embed,
+                                                     "createdAt": "2024-01-01T00:00:00.000Z"})
+
+    first = [ev.put(alice, am.POST, uri.rsplit("/", 1)[1], {"$type": am.POST, "text": "p",
+                                                             "createdAt": "2024-01-01T00:00:00.000Z"})
+             for uri in (gated, open_, loose)]
+    first.append(quote(carol, 10, gated))  # before the gate
+    second = [ev.put(alice, postgate, gated.rsplit("/", 1)[1], {
+                  "$type": postgate, "post": gated, "createdAt": "2024-01-01T00:00:00.000Z",
+                  "embeddingRules": [{"$type": "app.bsky.feed.postgate#disableRule"}]}),
+              ev.put(alice, postgate, loose.rsplit("/", 1)[1], {
+                  "$type": postgate, "post": loose, "createdAt": "2024-01-01T00:00:00.000Z",
+                  "detachedEmbeddingUris": []})]
+    third = [quote(bob, 11, gated), quote(bob, 12, gated, with_media=True), quote(alice, 13, gated),
+             quote(bob, 14, open_), quote(bob, 15, loose)]
+    want = {f"at://{carol}/{am.POST}/{tidk(10, 1)}": False, f"at://{bob}/{am.POST}/{tidk(11, 1)}": True,
+            f"at://{bob}/{am.POST}/{tidk(12, 1)}": True, f"at://{alice}/{am.POST}/{tidk(13, 1)}": False,
+            f"at://{bob}/{am.POST}/{tidk(14, 1)}": False, f"at://{bob}/{am.POST}/{tidk(15, 1)}": False}
+    path = tmp_path / "db.sqlite"
+    writer = Writer(path)
+    for batch in (first, second, third):
+        apply(writer, batch)
+    dp = DataPlaneReader(path)
+    try:
+        meta = call(dp, "GetPostRecords", uris=list(want)).meta
+        assert {u: m.violates_embedding_rules for u, m in zip(want, meta)} == want
+        assert not any(m.violates_thread_gate for m in meta)
+        notes = call(dp, "GetNotifications", actor_did=alice, limit=100).notifications
+        assert {n.uri for n in notes if n.reason == "quote"} == {
+            u for u, v in want.items() if not v and not u.startswith(f"at://{alice}/")}
+        # quotes count whatever the gate (the reference counts every quote row)
+        assert list(call(dp, "GetInteractionCounts", refs=[ref(gated)]).quotes) == [4]
+    finally:
+        dp.close()
+        writer.close()

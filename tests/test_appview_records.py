@@ -413,7 +413,8 @@ def test_updates_and_recreates(store: Path) -> None:
 def test_post_records_and_gates(store: Path) -> None:
     """GetPostRecords: records as the others, and per uri hasThreadGate / hasPostGate when a
     live gate of the post's author at the post's rkey names the post; violates* false (no
-    replies here: test_appview_graph_feeds.test_thread_gate_violations has them)."""
+    replies or quotes here: test_appview_graph_feeds.test_thread_gate_violations and
+    test_post_gate_violations have them)."""
     writer = Writer(store)
     s = Stream()
     posts = [s.put(ALICE, POST, tid(k * 1_000), {"$type": POST, "createdAt": CREATED, "text": f"p{k}"},

@@ -127,10 +127,10 @@ def get_post_records(dp: DataPlaneReader, req: bsky_pb2.GetPostRecordsRequest) -
     receive times (store/dataplane/gates.py); the AppView then leaves the reply out of
     threads and gives it no ``reply`` context in feeds.
 
-    ``violates_embedding_rules`` is always false: the reference computes it when it
-    indexes a quote, from the quoted post's post gate, and keeps the result; smalldp does
-    not (the AppView itself still applies the post gates it hydrates: detached quotes).
-    ``has_media``, ``is_reply`` and ``has_video`` stay unset, as the reference leaves them.
+    ``violates_embedding_rules``: the post quotes a post whose post gate forbids embedding
+    (a ``disableRule``), decided the same way (store/dataplane/gates.py); the AppView then
+    shows the embed detached. ``has_media``, ``is_reply`` and ``has_video`` stay unset, as
+    the reference leaves them.
     """
     uris = args.items(req.uris, "uris")
     if not uris:
@@ -138,7 +138,8 @@ def get_post_records(dp: DataPlaneReader, req: bsky_pb2.GetPostRecordsRequest) -
     stored, gates = dp.stored_posts(uris)
     return bsky_pb2.GetPostRecordsResponse(
         records=[record_message(one) for one in stored],
-        meta=[bsky_pb2.PostRecordMeta(has_thread_gate=thread, has_post_gate=post, violates_thread_gate=violates)
-              for thread, post, violates in gates])
+        meta=[bsky_pb2.PostRecordMeta(has_thread_gate=thread, has_post_gate=post, violates_thread_gate=violates,
+                                      violates_embedding_rules=detached)
+              for thread, post, violates, detached in gates])
 
 

@@ -1,5 +1,6 @@
-"""Thread gates: whether a reply breaks the gate of its thread (bsky.Service's
-``PostRecordMeta.violates_thread_gate``), and reply counts without such replies.
+"""Thread gates and post gates: whether a reply breaks the gate of its thread (bsky.Service's
+``PostRecordMeta.violates_thread_gate``), reply counts without such replies, and whether a
+quote breaks the quoted post's embedding rules (``violates_embedding_rules``).
 
 **What the reference does.**  When its indexer indexes a reply it reads the thread root's
 ``app.bsky.feed.threadgate`` (the root author's gate record at the root's rkey) and the
@@ -23,10 +24,22 @@ with no ``reply`` context in feeds, and the reference leaves it out of its paren
 the reference indexes events in the order they come): the gate counts only when it was
 received no later than the reply, and a follow or list item only when it was (the pair's
 record: its oldest live one, store/dataplane/base.py).  Differences that remain: a gate
-updated after the reply counts from its update only (smalldp keeps the latest version); a
-follow or list item deleted since no longer lets the reply through (the reference kept its
-decision); records without a stored body (a collection outside ``body_collections``)
-count whenever they exist.  Mentions are read from the root post's links.
+updated after the reply (hiding a reply updates it) counts from its update only: smalldp
+keeps the latest version's receive time, not the first's (its ``createdAt`` is no better:
+clients may rewrite it, and gen_events' updates set it to the root's time, before the gate
+existed); a follow or list item deleted since no longer lets the reply through (the
+reference kept its decision); records without a stored body (a collection outside
+``body_collections``) count whenever they exist.  Mentions are read from the root post's
+links.
+
+**Post gates** the same way: the reference decides, when it indexes a post that embeds a
+post (``app.bsky.embed.record``, or the record of a ``recordWithMedia``), whether the
+quoted post's ``app.bsky.feed.postgate`` (its author's, at its rkey) has a
+``disableRule`` among its ``embeddingRules`` (``validatePostEmbed``, ``parsePostgate``),
+unless the quoting author is the quoted post's; the AppView then shows the embed detached
+and the reference sends no quote notification.  smalldp decides when read, counting the
+post gate only when it was received no later than the quote (an updated post gate:
+as an updated thread gate).
 """
 
 from __future__ import annotations
@@ -41,6 +54,8 @@ from smalldp.store.dataplane.lists import ListQueries
 from smalldp.store.encoding import did_key, key_record
 
 THREADGATE = "app.bsky.feed.threadgate"
+POSTGATE = "app.bsky.feed.postgate"
+QUOTE_PATHS = (".embed.record.uri", ".embed.record.record.uri")
 MENTION_PATH = ".facets[].features[app.bsky.richtext.facet#mention].did"
 RULE = "app.bsky.feed.threadgate#"
 # Replies of one post checked against their thread's gate when counting them (each is a
@@ -76,6 +91,42 @@ class GateQueries(ListQueries):
                     found = (record.get("allow") if isinstance(record, dict) else None, row[1])
         self._gates[root] = found
         return found
+
+    def _violates_embedding_rules(self, sk: int, aid: int, links: list[tuple[int, bytes]],
+                                  received_us: int | None = None) -> bool:
+        """Whether the live post (sk, aid) with these links, received at ``received_us``
+        (None: read it), quotes a post whose post gate forbids embedding it (module
+        docstring)."""
+        gate = self._coll_id(POSTGATE)
+        if gate is None:
+            return False
+        for path in QUOTE_PATHS:
+            quoted = self._link_target(links, POST, path)
+            parts = None if quoted is None else key_record(quoted)
+            if quoted is None or parts is None or parts[0] == aid or self._coll_name(parts[1]) != POST:
+                continue
+            owner, _, rkey = parts
+            g_sk = rkey if isinstance(rkey, int) else self._sort_key(owner, gate, rkey)
+            g_links = None if g_sk is None else self._links_of(g_sk, owner, gate)
+            if g_sk is None or g_links is None or self._link_target(g_links, POSTGATE, ".post") != quoted:
+                continue
+            row = self.conn.execute("SELECT cid, indexed_us, data FROM body WHERE sk=? AND aid=? AND coll=?",
+                                    (g_sk, owner, gate)).fetchone()
+            if row is None:
+                continue
+            if received_us is None:
+                post = self._coll_id(POST)
+                received_us = None if post is None else self._indexed_us(sk, aid, post)
+            if received_us is not None and row[1] > received_us:
+                continue  # the post gate came after the quote
+            json, _ = self._bodies.read(g_sk, POSTGATE, row[0], row[1], row[2], self._target_name)
+            record = orjson.loads(json)
+            rules = record.get("embeddingRules") if isinstance(record, dict) else None
+            if isinstance(rules, list) and any(isinstance(rule, dict) and
+                                               rule.get("$type") == "app.bsky.feed.postgate#disableRule"
+                                               for rule in rules):
+                return True
+        return False
 
     def _indexed_us(self, sk: int, aid: int, coll: int) -> int | None:
         """When the stored version of a record was received, or None without a body."""

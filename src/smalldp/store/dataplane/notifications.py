@@ -58,10 +58,10 @@ notifications whose subject record is not live.  ``priority`` is "X follows the 
 * records whose rkey is not a TID have no time and are left out (starter-pack joins
   excepted, at their profile's receive time: its latest update, where the reference keeps
   the first);
-* a reply that breaks its thread's gate gives no reply notification, as the reference's
-  (decided when read: store/dataplane/gates.py); hidden replies and post gates are not
-  applied (the reference skips reply notifications of replies the root's author hid, and
-  quote notifications that break a post gate);
+* a reply that breaks its thread's gate gives no reply notification, and a quote that
+  breaks the quoted post's post gate no quote notification, as the reference's (decided
+  when read: store/dataplane/gates.py); hidden replies are not applied (the reference
+  skips reply notifications of replies the root's author hid);
 * one like, repost or follow per account and subject notifies, as the reference indexes
   only the first: smalldp's first is the oldest live one by rkey, so when it is deleted
   the next one notifies (the reference then shows none);
@@ -453,7 +453,11 @@ class NotificationQueries(GateQueries):
         if MENTIONED in kinds:
             return [(_PLACE_OTHER, "mention", None)]
         if QUOTED in kinds:
-            return [(_PLACE_OTHER, "quote", kinds[QUOTED])]
+            own = self._links_of(sk, aid, coll)
+            if own is not None and not self._violates_embedding_rules(sk, aid, own):
+                return [(_PLACE_OTHER, "quote", kinds[QUOTED])]
+            # a quote the post gate forbids notifies nothing as a quote (the reference), but
+            # may as a reply
         if PARENT in kinds or ROOT in kinds or DEEP in kinds:
             own = self._links_of(sk, aid, coll)
             if own is None or self._violates_thread_gate(sk, aid, own):

@@ -106,19 +106,22 @@ class RecordQueries(GateQueries):
         author differ from its post's).  False for a uri that is not a live post."""
         return self._read(lambda: [self._post_gates(uri) for uri in uris])
 
-    def stored_posts(self, uris: list[str]) -> tuple[list[StoredRecord | None], list[tuple[bool, bool, bool]]]:
+    def stored_posts(self, uris: list[str]) -> tuple[list[StoredRecord | None], list[tuple[bool, bool, bool, bool]]]:
         """``stored_records(uris, POST)`` and per uri (has a thread gate, has a post gate,
-        is a reply that breaks its thread's gate: store/dataplane/gates.py) in one read."""
-        def read() -> tuple[list[StoredRecord | None], list[tuple[bool, bool, bool]]]:
+        is a reply that breaks its thread's gate, quotes a post whose post gate forbids it:
+        store/dataplane/gates.py) in one read."""
+        def read() -> tuple[list[StoredRecord | None], list[tuple[bool, bool, bool, bool]]]:
             stored = [self._stored(uri, POST) for uri in uris]
             meta = []
             for uri, body in zip(uris, stored):
                 thread, post = self._post_gates(uri)
                 key = None if body is None else self._record_key(uri)
                 links = None if key is None else self._links_of(*key)
-                violates = key is not None and links is not None and \
-                    self._violates_thread_gate(key[0], key[1], links, body.indexed_us)  # type: ignore[union-attr]
-                meta.append((thread, post, violates))
+                if key is None or links is None or body is None:
+                    meta.append((thread, post, False, False))
+                    continue
+                meta.append((thread, post, self._violates_thread_gate(key[0], key[1], links, body.indexed_us),
+                             self._violates_embedding_rules(key[0], key[1], links, body.indexed_us)))
             return stored, meta
         return self._read(read)
 

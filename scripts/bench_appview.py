@@ -37,10 +37,9 @@ summary.  A measurement, never a test: figures depend on the machine and its loa
    drawn from the stream (bench_dataplane's ``pick_params``) and each is asked once first;
    the ones that do not answer 200 (deleted, blocked) are left out.  Once live ingest has
    caught up, the load runs --warmup-s unrecorded (the AppView's JIT, caches, DID
-   documents), then --duration-s recorded, in one schedule: a pause between them would let
-   ingest run alone and catch up in a burst that the phase's first seconds pay for (seen:
-   a 1 s pause put 0.7-3.5 s requests into the first 5 s).  ``over_time`` and ``slowest``
-   count seconds from the warm-up's start.
+   documents), then --duration-s recorded, in one schedule, so that the phase starts in
+   the steady state (no pause in which ingest runs alone, no schedule starting over).
+   ``over_time`` and ``slowest`` count seconds from the warm-up's start.
 6. Per endpoint: p50/p95/p99/max, answers 200, errors (anything else but a subject that
    vanished meanwhile: a 400 NotFound / InvalidRequest / Blocked* is counted as ``gone``),
    answer sizes and item counts.  Per RPC, from smalldp's /xrpc/_health ``grpc.methods``
@@ -488,8 +487,7 @@ def rpc_figures(before: dict[str, Any], after: dict[str, Any], seconds: float,
 async def measure(av_url: str, plan: Plan, args: argparse.Namespace, *, health_url: str | None = None,
                   watch: Watch | None = None, procs: dict[str, Any] | None = None) -> dict[str, Any]:
     """One side: validate the subjects, settle (live ingest caught up), then the load:
-    warm-up and measured phase in one schedule (a pause between them lets live ingest run
-    alone and catch up in a burst, which the phase's first seconds then pay for)."""
+    warm-up and measured phase in one schedule (the phase starts in the steady state)."""
     token_s = int(args.warmup_s + args.duration_s + args.settle_s + 1800)
     res: dict[str, Any] = {"viewer": plan.viewer, "viewer_follows": plan.viewer_follows}
     t = time.monotonic()

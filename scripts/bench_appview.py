@@ -644,6 +644,8 @@ def run_smalldp(args: argparse.Namespace, out: Path, store: Path, tail_file: Pat
             wait_for_port(gport, serve.proc, timeout=60)
             log(f"replay :{rport} ({args.ingest_rate:g} events/s), serve :{sport} gRPC :{gport} on {live.name}")
             started = time.monotonic()
+            for old in (out / f"{PREFIX}-appview.log", out / f"{PREFIX}-appview.pino.log"):
+                old.unlink(missing_ok=True)  # the AppView appends: errors_logged is this run's
             with AppView(f"http://127.0.0.1:{gport}", plc.url, out / f"{PREFIX}-appview.log",
                          http_version="2", validate=False) as av:
                 info["appview"] = {"start_s": round(time.monotonic() - started, 2), "bsky": av.info.get("version"),

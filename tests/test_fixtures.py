@@ -241,12 +241,16 @@ def test_golden_post_body_and_delete(reader):
     assert got["uri"] == "at://did:plc:q235v55g5unth4zjjdpacfdr/app.bsky.feed.post/3mmoojp4cd223"
     # indexedAt is the event's time_us 1779719009157119 -> 2026-05-25T14:23:29.157Z
     assert got["indexedAt"] == "2026-05-25T14:23:29.157Z"
-    # a like's body is not kept (not a body collection): golden line 1 gives what is, its rev and link
+    # a like's body is kept too (the default body collections are what the official AppView
+    # reads, likes included: compact form), so golden line 1 comes back whole, with its cid
     like = json.loads(GOLDEN.read_text().splitlines()[0])
     like_uri = "at://did:plc:mcc5yghbk7tixqryac2yxku7/app.bsky.feed.like/3mmoojp7etg2g"
-    assert reader.record(like_uri) == {
-        "uri": like_uri, "rev": like["commit"]["rev"], "bodyKept": False,
-        "links": [{"path": ".subject.uri", "target": like["commit"]["record"]["subject"]["uri"]}]}
+    got_like = reader.record(like_uri)
+    assert got_like is not None and got_like["bodyKept"] is True
+    assert got_like["uri"] == like_uri and got_like["rev"] == like["commit"]["rev"]
+    assert got_like["cid"] == like["commit"]["cid"]
+    assert got_like["value"] == like["commit"]["record"]
+    assert got_like["links"] == [{"path": ".subject.uri", "target": like["commit"]["record"]["subject"]["uri"]}]
     # golden line 6 deletes a record never seen: nothing there
     assert reader.record("at://did:plc:3xnadku4kemqnycbweqnvgzx/org.hypercerts.claim.activity/3mmontn3gnc2e") is None
 

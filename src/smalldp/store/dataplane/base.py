@@ -1,4 +1,4 @@
-"""Plumbing shared by the DataPlane queries (store/dataplane/): one request's chunk memo,
+"""Plumbing shared by the DataPlane queries (store/dataplane/): one request's memo,
 prefetching several sources of a target in one query, tallies of live entries and actors
 (from chunks, or from per-run summaries for big keys, store/summaries.py), newest-first
 walks without inactive accounts, pages and their cursors, and turning index keys back
@@ -72,18 +72,34 @@ class DataPlaneBase(Reader):
     def __init__(self, path: Any, *, summaries: SummaryCache | None = None, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
         self._summaries = summaries if summaries is not None else SummaryCache()
-        # Chunks fetched during one request, by (target key, source): a request about 25
-        # targets asks for the viewer's follows 25 times. Cleared at every read.
+        # What one request read and derived, kept for that request (cleared at every
+        # read). Chunks by (target key, source): a request about 25 targets asks for the
+        # viewer's follows 25 times.
         self._memo: dict[tuple[bytes, int], list[_Chunk]] = {}
-        # Per request too: per key, the accounts with two live entries or more under it,
-        # and per (key, account) of those, the sort key of its oldest entry (None: none).
+        # per key, the accounts with two live entries or more under it, and per (key,
+        # account) of those, the sort key of its oldest entry (None: none)
         self._repeats: dict[tuple[bytes, int], BitMap] = {}
         self._oldest: dict[tuple[bytes, int, int], int | None] = {}
-        # and per key, each chunk's ceiling: the floor of the next newer chunk of its run
+        # per key, each chunk's ceiling: the floor of the next newer chunk of its run
         # (by id: the chunks are the request's memo, alive meanwhile)
         self._ceilings: dict[tuple[bytes, int], dict[int, float]] = {}
-        # and thread gates by root key: (allow, receive time) (store/dataplane/gates.py)
+        # thread gates by root key: (allow, receive time) (store/dataplane/gates.py)
         self._gates: dict[bytes, tuple[Any, int]] = {}
+        # forward links and receive times of records by (sort key, account, collection):
+        # a thread's gate checks ask for the same root, replies and follows many times
+        self._links: dict[tuple[int, int, int], list[tuple[int, bytes]] | None] = {}
+        self._received: dict[tuple[int, int, int], int | None] = {}
+        # gates.py: per thread root, the posts naming it as their root; per (root, replier)
+        # the earliest receive time of what lets the replier through the root's gate; per
+        # post key, how many of its replies break their thread's gate
+        self._thread_posts: dict[bytes, set[Entry]] = {}
+        self._let_through: dict[tuple[bytes, int], int | None] = {}
+        self._gated_counts: dict[tuple[bytes, int], int] = {}
+
+    def _forget(self) -> None:
+        """Forget everything one request memoized."""
+        self._memo, self._repeats, self._oldest, self._ceilings, self._gates = {}, {}, {}, {}, {}
+        self._links, self._received, self._thread_posts, self._let_through, self._gated_counts = {}, {}, {}, {}, {}
 
     def authored(self, actor: str, collection: str, limit: int, cursor: str | None) -> tuple[list[str], str | None]:
         """The actor's live records of a collection that links records to their author
@@ -103,11 +119,11 @@ class DataPlaneBase(Reader):
     # ------------------------------------------------------------ plumbing
 
     def _read(self, fn: Callable[[], T]) -> T:
-        self._memo, self._repeats, self._oldest, self._ceilings, self._gates = {}, {}, {}, {}, {}
+        self._forget()
         try:
             return super()._read(fn)
         finally:
-            self._memo, self._repeats, self._oldest, self._ceilings, self._gates = {}, {}, {}, {}, {}
+            self._forget()
 
     def _chunks(self, tkey: bytes, sid: int) -> list[_Chunk]:
         chunks = self._memo.get((tkey, sid))
@@ -298,9 +314,9 @@ class DataPlaneBase(Reader):
         ``sk``: a chunk wholly below ``sk`` whose bitmap holds it says so without being
         decoded; only chunks straddling ``sk`` are (once per request)."""
         chunks = self._chunks(tkey, sid)
-        ceilings = self._ceilings.get((tkey, sid))
-        if ceilings is None:
-            ceilings = self._ceilings[(tkey, sid)] = {}
+        found = self._ceilings.get((tkey, sid))
+        if found is None:
+            ceilings: dict[int, float] = {}
             by_run: dict[int, list[_Chunk]] = {}
             for chunk in chunks:
                 by_run.setdefault(chunk.run, []).append(chunk)
@@ -308,6 +324,9 @@ class DataPlaneBase(Reader):
                 run_chunks.sort(key=lambda c: c.floor)
                 for older, newer in zip(run_chunks, run_chunks[1:] + [None]):
                     ceilings[id(older)] = math.inf if newer is None else newer.floor
+            self._ceilings[(tkey, sid)] = ceilings
+        else:
+            ceilings = found
         straddling: list[_Chunk] = []
         for chunk in chunks:
             if chunk.floor > sk or aid not in chunk.header.bitmap:
@@ -370,9 +389,16 @@ class DataPlaneBase(Reader):
         return None if sk is None else (sk, aid, coll)
 
     def _links_of(self, sk: int, aid: int, coll: int) -> list[tuple[int, bytes]] | None:
-        """The links of a live record (None when it is not live)."""
-        row = self.conn.execute("SELECT links FROM fwd WHERE sk=? AND aid=? AND coll=?", (sk, aid, coll)).fetchone()
-        return None if row is None or row[0] is None else decode_links(row[0])
+        """The links of a live record (None when it is not live), memoized per request
+        (callers must not change the list)."""
+        key = (sk, aid, coll)
+        try:
+            return self._links[key]
+        except KeyError:
+            pass
+        row = self.conn.execute("SELECT links FROM fwd WHERE sk=? AND aid=? AND coll=?", key).fetchone()
+        links = self._links[key] = None if row is None or row[0] is None else decode_links(row[0])
+        return links
 
     def _link_target(self, links: list[tuple[int, bytes]], collection: str, path: str) -> bytes | None:
         sid = self._source_id(collection, path)

@@ -51,7 +51,7 @@ import orjson
 
 from smalldp.derived import FOLLOW, OUT_SUBJECT, POST
 from smalldp.store.dataplane.lists import ListQueries
-from smalldp.store.encoding import did_key, key_record
+from smalldp.store.encoding import Entry, did_key, key_record
 
 THREADGATE = "app.bsky.feed.threadgate"
 POSTGATE = "app.bsky.feed.postgate"
@@ -62,6 +62,9 @@ RULE = "app.bsky.feed.threadgate#"
 # few lookups): past this many, the rest count as replies (a lower bound on the ones left
 # out).
 GATED_REPLIES_MAX = 1000
+RECEIVED_BATCH = 500  # receive times read per query (SQLite allows 32,766 variables)
+ALWAYS = -(1 << 62)  # "received" before any moment: a mention, or a record without a body
+_UNSEEN = 1 << 63  # not a receive time: "not looked up yet" in the _let_through memo
 _NO_GATE: tuple[Any, int] = (None, 0)
 
 
@@ -129,10 +132,30 @@ class GateQueries(ListQueries):
         return False
 
     def _indexed_us(self, sk: int, aid: int, coll: int) -> int | None:
-        """When the stored version of a record was received, or None without a body."""
-        row = self.conn.execute("SELECT indexed_us FROM body WHERE sk=? AND aid=? AND coll=?",
-                                (sk, aid, coll)).fetchone()
-        return None if row is None else int(row[0])
+        """When the stored version of a record was received, or None without a body
+        (memoized per request)."""
+        key = (sk, aid, coll)
+        try:
+            return self._received[key]
+        except KeyError:
+            pass
+        row = self.conn.execute("SELECT indexed_us FROM body WHERE sk=? AND aid=? AND coll=?", key).fetchone()
+        received = self._received[key] = None if row is None else int(row[0])
+        return received
+
+    def _prefetch_received(self, coll: int, records: list[tuple[int, int]]) -> None:
+        """Read the receive times of many records of one collection in few queries (the
+        replies a reply count checks), into ``_indexed_us``' memo."""
+        missing = [(sk, aid) for sk, aid in records if (sk, aid, coll) not in self._received]
+        for start in range(0, len(missing), RECEIVED_BATCH):
+            part = missing[start:start + RECEIVED_BATCH]
+            sks = sorted({sk for sk, _ in part})
+            found = {(sk, aid): received for sk, aid, received in self.conn.execute(
+                f"SELECT sk, aid, indexed_us FROM body WHERE sk IN ({','.join('?' * len(sks))}) AND coll=?",
+                (*sks, coll))}
+            for sk, aid in part:
+                received = found.get((sk, aid))
+                self._received[(sk, aid, coll)] = None if received is None else int(received)
 
     def _received_by(self, sk: int | None, aid: int, collection: str, moment: int) -> bool:
         """Whether a live record (sort key ``sk``, None: none) was received by ``moment``
@@ -151,49 +174,88 @@ class GateQueries(ListQueries):
         parts = None if root is None else key_record(root)
         if root is None or parts is None or parts[0] == aid:
             return False
+        return self._breaks_gate(root, sk, aid, received_us)
+
+    def _breaks_gate(self, root: bytes, sk: int, aid: int, received_us: int | None) -> bool:
+        """``_violates_thread_gate`` of the post (sk, aid), a reply in the thread of ``root``
+        (a post key of another account than ``aid``'s)."""
         allow, gate_us = self._gate_of(root)
         if not isinstance(allow, list):
             return False
-        post = self._coll_id(POST)
         if received_us is None:
+            post = self._coll_id(POST)
             received_us = None if post is None else self._indexed_us(sk, aid, post)
         if received_us is not None and gate_us > received_us:
             return False  # the gate came after the reply: the reference indexed the reply first
         moment = received_us if received_us is not None else 1 << 62
+        memo = (root, aid)
+        earliest = self._let_through.get(memo, _UNSEEN)
+        if earliest == _UNSEEN:
+            earliest = self._let_through[memo] = self._earliest_pass(root, allow, aid)
+        return earliest is None or earliest > moment
+
+    def _earliest_pass(self, root: bytes, allow: list[Any], aid: int) -> int | None:
+        """The earliest receive time of what lets account ``aid`` reply in the thread of
+        ``root`` under the gate's ``allow`` rules (module docstring): a mention of it in the
+        root post, or a record without a stored body, counts as received at ALWAYS; None
+        when nothing does (the rules are the same for every reply of the account in the
+        thread: only the moment each reply was received differs, so this is asked once per
+        account and thread)."""
+        parts = key_record(root)
+        assert parts is not None  # _violates_thread_gate checked it
+        owner, root_coll, rkey = parts
         kinds = {rule.get("$type") for rule in allow if isinstance(rule, dict)}
         lists: list[str] = [rule["list"] for rule in allow if isinstance(rule, dict)
                             and rule.get("$type") == RULE + "listRule" and isinstance(rule.get("list"), str)]
-        owner, root_coll, rkey = parts
         if RULE + "mentionRule" in kinds:
             root_sk = rkey if isinstance(rkey, int) else self._sort_key(owner, root_coll, rkey)
             root_links = None if root_sk is None else self._links_of(root_sk, owner, root_coll)
             mention = self._source_id(POST, MENTION_PATH)
             if root_links is not None and (mention, did_key(aid)) in root_links:
-                return False
-        following, follower = RULE + "followingRule" in kinds, RULE + "followerRule" in kinds
-        if not following and not follower and not lists:
-            return True
-        if following and self._received_by(self._first_of(did_key(owner), FOLLOW, OUT_SUBJECT, aid), owner,
-                                           FOLLOW, moment):
-            return False
-        if follower and self._received_by(self._first_of(did_key(aid), FOLLOW, OUT_SUBJECT, owner), aid,
-                                          FOLLOW, moment):
-            return False
+                return ALWAYS
+        times: list[int] = []
+        if RULE + "followingRule" in kinds:
+            times.extend(self._received_at(self._first_of(did_key(owner), FOLLOW, OUT_SUBJECT, aid), owner, FOLLOW))
+        if RULE + "followerRule" in kinds:
+            times.extend(self._received_at(self._first_of(did_key(aid), FOLLOW, OUT_SUBJECT, owner), aid, FOLLOW))
         for list_uri in lists:
             list_key = self._target_key(list_uri)
             list_parts = None if list_key is None else key_record(list_key)
             if list_key is None or list_parts is None:
                 continue
             items = self._member_items(list_key, aid)
-            if items and self._received_by(items[0], list_parts[0], "app.bsky.graph.listitem", moment):
-                return False
-        return True
+            if items:
+                times.extend(self._received_at(items[0], list_parts[0], "app.bsky.graph.listitem"))
+        return min(times, default=None)
+
+    def _received_at(self, sk: int | None, aid: int, collection: str) -> list[int]:
+        """[when a live record (sort key ``sk``; None: none) was received], ALWAYS for one
+        without a stored body (it counts whenever it exists), [] without a record."""
+        if sk is None:
+            return []
+        coll = self._coll_id(collection)
+        received = None if coll is None else self._indexed_us(sk, aid, coll)
+        return [ALWAYS if received is None else received]
 
     def _gated_replies(self, tkey: bytes, sid: int) -> int:
         """How many live replies under a post's ``.reply.parent.uri`` key (inactive
         accounts' too: what the reference's replyCount counts) break their thread's gate:
         none unless the post's thread (its own root, or itself) has a gate; then each of
-        its newest GATED_REPLIES_MAX replies is checked."""
+        its newest GATED_REPLIES_MAX replies is checked.
+
+        A reply that names the same root is known to from the root's ``.reply.root.uri``
+        backlinks (one walk, memoized per request), so its links are not read; its
+        receive time is read with the others' in a few queries, and what lets its author
+        through the gate once per author (``_earliest_pass``). Only a reply naming another
+        root takes the long way. Memoized per request (the AppView may ask about one post
+        several times in one request)."""
+        found = self._gated_counts.get((tkey, sid))
+        if found is None:
+            found = self._gated_counts[(tkey, sid)] = self._count_gated(tkey, sid)
+        return found
+
+    def _count_gated(self, tkey: bytes, sid: int) -> int:
+        """``_gated_replies``, counted."""
         parts = key_record(tkey)
         post = self._coll_id(POST)
         if parts is None or post is None:
@@ -202,13 +264,33 @@ class GateQueries(ListQueries):
         sk = rkey if isinstance(rkey, int) else self._sort_key(aid, coll, rkey)
         links = None if sk is None else self._links_of(sk, aid, coll)
         root = None if links is None else self._link_target(links, POST, ".reply.root.uri")
-        if not isinstance(self._gate_of(root if root is not None else tkey)[0], list):
+        thread_root = root if root is not None else tkey
+        if not isinstance(self._gate_of(thread_root)[0], list):
             return 0
+        gone = self.gone
+        replies = [(r_sk, r_aid) for r_sk, r_aid in
+                   itertools.islice(self._walk(self._chunks(tkey, sid), None, False), GATED_REPLIES_MAX)
+                   if r_aid not in gone]  # a deleted account's, not counted
+        in_thread = self._thread_of(thread_root)
+        owner = key_record(thread_root)[0]  # type: ignore[index]  # _gate_of found a gate of a record key
+        self._prefetch_received(post, [reply for reply in replies if reply in in_thread])
         broken = 0
-        for r_sk, r_aid in itertools.islice(self._walk(self._chunks(tkey, sid), None, False), GATED_REPLIES_MAX):
-            if r_aid in self.gone:
-                continue  # a deleted account's, not counted
+        for reply in replies:
+            r_sk, r_aid = reply
+            if reply in in_thread:  # live, its root is thread_root
+                broken += r_aid != owner and self._breaks_gate(thread_root, r_sk, r_aid, None)
+                continue
             r_links = self._links_of(r_sk, r_aid, post)
             if r_links is not None and self._violates_thread_gate(r_sk, r_aid, r_links):
                 broken += 1
         return broken
+
+    def _thread_of(self, root: bytes) -> set[Entry]:
+        """The posts (sort key, account) naming ``root`` as their thread root, inactive
+        accounts' too (memoized per request)."""
+        found = self._thread_posts.get(root)
+        if found is None:
+            sid = self._source_id(POST, ".reply.root.uri")
+            found = set() if sid is None else set(self._walk(self._chunks(root, sid), None, False))
+            self._thread_posts[root] = found
+        return found

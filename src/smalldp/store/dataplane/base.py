@@ -1,4 +1,4 @@
-"""Plumbing shared by the DataPlane queries (store/dataplane/): one request's memo,
+"""Plumbing shared by the DataPlane queries (store/dataplane/): the snapshot memo,
 prefetching several sources of a target in one query, tallies of live entries and actors
 (from chunks, or from per-run summaries for big keys, store/summaries.py), newest-first
 walks without inactive accounts, pages and their cursors, and turning index keys back
@@ -48,6 +48,11 @@ _TIMELINE_CURSOR = struct.Struct(">qIB")
 # it stopped. A skipped entry costs ~0.3 µs (the walk and two set lookups), so ~3 ms.
 DUPLICATES_SKIP_MAX = 10_000
 _UNSEEN = -(1 << 64)  # no sort key is this: "not looked up yet" in the _oldest memo
+# Bounds of what one reader memoizes from a snapshot (DataPlaneBase.__init__): chunk bytes
+# as stored (decoded entries take ~10x as much) and memoized values. A snapshot under live
+# ingest lasts about a second and reaches a few MB at the AppView benchmark's load.
+SNAPSHOT_MEMO_BYTES = 8 << 20
+SNAPSHOT_MEMO_ITEMS = 200_000
 FeedEntry = tuple[int, int, int]  # (sort key, author ID, kind: 0 post, 1 repost)
 T = TypeVar("T")
 
@@ -72,16 +77,23 @@ class DataPlaneBase(Reader):
     def __init__(self, path: Any, *, summaries: SummaryCache | None = None, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
         self._summaries = summaries if summaries is not None else SummaryCache()
-        # What one request read and derived, kept for that request (cleared at every
-        # read). Chunks by (target key, source): a request about 25 targets asks for the
+        # What the queries read and derive from one snapshot, kept while it lasts: the
+        # writer commits about once a second (batch_ms), and the AppView asks about the
+        # same keys again and again meanwhile (a view's RPCs come at once: its viewer's
+        # follows, its posts' threads). All of it is a function of the snapshot, so an
+        # answer is the same as without it; cleared when PRAGMA data_version says another
+        # connection committed (_refresh), and when it grows past SNAPSHOT_MEMO_BYTES of
+        # chunks or SNAPSHOT_MEMO_ITEMS values (a quiet store keeps its snapshot).
+        # Chunks by (target key, source): a request about 25 targets asks for the
         # viewer's follows 25 times.
         self._memo: dict[tuple[bytes, int], list[_Chunk]] = {}
+        self._memo_bytes = 0
         # per key, the accounts with two live entries or more under it, and per (key,
         # account) of those, the sort key of its oldest entry (None: none)
         self._repeats: dict[tuple[bytes, int], BitMap] = {}
         self._oldest: dict[tuple[bytes, int, int], int | None] = {}
         # per key, each chunk's ceiling: the floor of the next newer chunk of its run
-        # (by id: the chunks are the request's memo, alive meanwhile)
+        # (by id: the chunks are the memo's, alive as long as this; cleared together)
         self._ceilings: dict[tuple[bytes, int], dict[int, float]] = {}
         # thread gates by root key: (allow, receive time) (store/dataplane/gates.py)
         self._gates: dict[bytes, tuple[Any, int]] = {}
@@ -96,10 +108,15 @@ class DataPlaneBase(Reader):
         self._let_through: dict[tuple[bytes, int], int | None] = {}
         self._gated_counts: dict[tuple[bytes, int], int] = {}
 
-    def _forget(self) -> None:
-        """Forget everything one request memoized."""
+    def _new_snapshot(self) -> None:
+        """Forget everything memoized (it held for the snapshot it was read from)."""
         self._memo, self._repeats, self._oldest, self._ceilings, self._gates = {}, {}, {}, {}, {}
         self._links, self._received, self._thread_posts, self._let_through, self._gated_counts = {}, {}, {}, {}, {}
+        self._memo_bytes = 0
+
+    def _memo_items(self) -> int:
+        return (len(self._memo) + len(self._oldest) + len(self._links) + len(self._received)
+                + len(self._let_through) + len(self._gated_counts))
 
     def authored(self, actor: str, collection: str, limit: int, cursor: str | None) -> tuple[list[str], str | None]:
         """The actor's live records of a collection that links records to their author
@@ -119,16 +136,23 @@ class DataPlaneBase(Reader):
     # ------------------------------------------------------------ plumbing
 
     def _read(self, fn: Callable[[], T]) -> T:
-        self._forget()
         try:
             return super()._read(fn)
         finally:
-            self._forget()
+            if self._memo_bytes > SNAPSHOT_MEMO_BYTES or self._memo_items() > SNAPSHOT_MEMO_ITEMS:
+                self._new_snapshot()
+
+    def _refresh(self) -> None:
+        version = self._version
+        super()._refresh()
+        if self._version != version:  # another connection committed: a new snapshot
+            self._new_snapshot()
 
     def _chunks(self, tkey: bytes, sid: int) -> list[_Chunk]:
         chunks = self._memo.get((tkey, sid))
         if chunks is None:
             chunks = self._memo[(tkey, sid)] = super()._chunks(tkey, sid)
+            self._memo_bytes += sum(len(chunk.data) for chunk in chunks)
             self._note_size((tkey, sid), chunks)
         return chunks
 
@@ -202,8 +226,9 @@ class DataPlaneBase(Reader):
         """Fetch the chunks of several sources of one target in one query."""
         if tkey is None:
             return
-        # Big keys are read from their summaries, not fetched whole.
-        wanted = {sid for sid in sids if sid is not None and not self._summaries.is_big((tkey, sid))}
+        # Big keys are read from their summaries, not fetched whole; memoized ones are here.
+        wanted = {sid for sid in sids if sid is not None and not self._summaries.is_big((tkey, sid))
+                  and (tkey, sid) not in self._memo}
         if not wanted:
             return
         found: dict[int, list[_Chunk]] = {sid: [] for sid in wanted}
@@ -212,6 +237,7 @@ class DataPlaneBase(Reader):
                 f"SELECT sid, run, lo, data FROM bl WHERE run IN ({self._runs}) AND tkey=? AND sid IN ({marks})",
                 (tkey,)):
             found[sid].append(_Chunk(run, lo, data))
+            self._memo_bytes += len(data)
         for sid, chunks in found.items():
             self._memo[(tkey, sid)] = chunks
             self._note_size((tkey, sid), chunks)
@@ -276,7 +302,7 @@ class DataPlaneBase(Reader):
 
     def _repeated(self, tkey: bytes, sid: int) -> BitMap:
         """The accounts with two live entries or more under a key (in one run or across
-        runs), memoized per request: from the per-run summaries of a big key (cached
+        runs), memoized per snapshot: from the per-run summaries of a big key (cached
         across requests), else from the headers of its chunks."""
         key = (tkey, sid)
         found = self._repeats.get(key)
@@ -297,7 +323,7 @@ class DataPlaneBase(Reader):
         return found
 
     def _oldest_entry(self, tkey: bytes, sid: int, aid: int) -> int | None:
-        """``_oldest_of`` the key's chunks, memoized per request."""
+        """``_oldest_of`` the key's chunks, memoized per snapshot."""
         memo = (tkey, sid, aid)
         oldest = self._oldest.get(memo, _UNSEEN)
         if oldest == _UNSEEN:
@@ -312,11 +338,11 @@ class DataPlaneBase(Reader):
     def _has_older(self, tkey: bytes, sid: int, sk: int, aid: int) -> bool:
         """Whether account ``aid`` has a live entry under the key with a sort key below
         ``sk``: a chunk wholly below ``sk`` whose bitmap holds it says so without being
-        decoded; only chunks straddling ``sk`` are (once per request)."""
+        decoded; only chunks straddling ``sk`` are (once per snapshot)."""
         chunks = self._chunks(tkey, sid)
         found = self._ceilings.get((tkey, sid))
         if found is None:
-            ceilings: dict[int, float] = {}
+            ceilings: dict[int, float] = {}  # memoized once complete (the memo outlives a request that fails)
             by_run: dict[int, list[_Chunk]] = {}
             for chunk in chunks:
                 by_run.setdefault(chunk.run, []).append(chunk)
@@ -389,7 +415,7 @@ class DataPlaneBase(Reader):
         return None if sk is None else (sk, aid, coll)
 
     def _links_of(self, sk: int, aid: int, coll: int) -> list[tuple[int, bytes]] | None:
-        """The links of a live record (None when it is not live), memoized per request
+        """The links of a live record (None when it is not live), memoized per snapshot
         (callers must not change the list)."""
         key = (sk, aid, coll)
         try:

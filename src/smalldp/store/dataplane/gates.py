@@ -69,7 +69,7 @@ _NO_GATE: tuple[Any, int] = (None, 0)
 
 
 class GateQueries(ListQueries):
-    """Thread-gate decisions (module docstring), memoized per request."""
+    """Thread-gate decisions (module docstring), memoized per snapshot."""
 
     def _gate_of(self, root: bytes) -> tuple[Any, int]:
         """The thread gate of the post a root key names: (its ``allow`` value, its receive
@@ -133,7 +133,7 @@ class GateQueries(ListQueries):
 
     def _indexed_us(self, sk: int, aid: int, coll: int) -> int | None:
         """When the stored version of a record was received, or None without a body
-        (memoized per request)."""
+        (memoized per snapshot)."""
         key = (sk, aid, coll)
         try:
             return self._received[key]
@@ -244,11 +244,11 @@ class GateQueries(ListQueries):
         its newest GATED_REPLIES_MAX replies is checked.
 
         A reply that names the same root is known to from the root's ``.reply.root.uri``
-        backlinks (one walk, memoized per request), so its links are not read; its
+        backlinks (one walk, memoized per snapshot), so its links are not read; its
         receive time is read with the others' in a few queries, and what lets its author
         through the gate once per author (``_earliest_pass``). Only a reply naming another
-        root takes the long way. Memoized per request (the AppView may ask about one post
-        several times in one request)."""
+        root takes the long way. Memoized per snapshot: a timeline asks again and again
+        about the same busy thread."""
         found = self._gated_counts.get((tkey, sid))
         if found is None:
             found = self._gated_counts[(tkey, sid)] = self._count_gated(tkey, sid)
@@ -287,7 +287,7 @@ class GateQueries(ListQueries):
 
     def _thread_of(self, root: bytes) -> set[Entry]:
         """The posts (sort key, account) naming ``root`` as their thread root, inactive
-        accounts' too (memoized per request)."""
+        accounts' too (memoized per snapshot)."""
         found = self._thread_posts.get(root)
         if found is None:
             sid = self._source_id(POST, ".reply.root.uri")

@@ -197,7 +197,7 @@ class GraphQueries(ListQueries):
 
     def _blocked_lists(self, blocker: int) -> list[tuple[int, bytes]]:
         """(listblock sort key, list key) of an account's newest list blocks, newest first,
-        each list once at its oldest live listblock (memoized per request)."""
+        each list once at its oldest live listblock (memoized per snapshot)."""
         memo_key = (did_key(blocker), -1)
         cached = self._memo.get(memo_key)
         if cached is not None:

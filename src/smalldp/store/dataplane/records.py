@@ -33,6 +33,7 @@ CHAT_DECLARATION = "chat.bsky.actor.declaration"
 NOTIFICATION_DECLARATION = "app.bsky.notification.declaration"
 GERM_DECLARATION = "com.germnetwork.declaration"
 ACTOR_RECORDS = (PROFILE, STATUS, CHAT_DECLARATION, NOTIFICATION_DECLARATION, GERM_DECLARATION)
+ACTOR_BATCH = 500  # accounts (DIDs, IDs, sort keys) a query of actor_records reads (SQLite: 32,766 variables)
 
 
 class StoredRecord(NamedTuple):
@@ -151,34 +152,97 @@ class RecordQueries(GateQueries):
         return self._read(lambda: self._actor_rows(dids))
 
     def _actor_rows(self, dids: list[str]) -> list[ActorRow | None]:
-        out: list[ActorRow | None] = []
-        for did in dids:
-            row = self.conn.execute(
-                "SELECT a.active, a.status, a.handle, a.id_us IS NOT NULL OR a.id_seq IS NOT NULL "
-                "OR a.handle IS NOT NULL OR r.rev IS NOT NULL, a.id_us, "
-                # the newest claim of the handle, by order time, as dids_by_handles
-                "CASE WHEN a.handle IS NULL THEN NULL ELSE (SELECT b.did FROM actor b WHERE b.handle = a.handle "
-                "ORDER BY b.id_us IS NULL, b.id_us DESC, b.aid DESC LIMIT 1) END "
-                "FROM actor a LEFT JOIN actor_rev r USING(aid) WHERE a.did=?", (did,)).fetchone()
-            out.append(None if row is None else ActorRow(bool(row[0]), row[1], row[2], bool(row[3]), row[4], row[5]))
-        return out
+        """``actor_rows`` in the read under way: ACTOR_BATCH DIDs a query (a thread view
+        asks about a thousand accounts at once)."""
+        found: dict[str, ActorRow] = {}
+        wanted = sorted({did for did in dids if did})
+        for start in range(0, len(wanted), ACTOR_BATCH):
+            part = wanted[start:start + ACTOR_BATCH]
+            for did, aid, *row in self.conn.execute(
+                    "SELECT a.did, a.aid, a.active, a.status, a.handle, a.id_us IS NOT NULL OR a.id_seq IS NOT NULL "
+                    "OR a.handle IS NOT NULL OR r.rev IS NOT NULL, a.id_us, "
+                    # the newest claim of the handle, by order time, as dids_by_handles
+                    "CASE WHEN a.handle IS NULL THEN NULL ELSE (SELECT b.did FROM actor b WHERE b.handle = a.handle "
+                    "ORDER BY b.id_us IS NULL, b.id_us DESC, b.aid DESC LIMIT 1) END "
+                    f"FROM actor a LEFT JOIN actor_rev r USING(aid) WHERE a.did IN ({','.join('?' * len(part))})",
+                    part):
+                self._aids[did] = aid  # an account's ID never changes once given (Reader._aid)
+                found[did] = ActorRow(bool(row[0]), row[1], row[2], bool(row[3]), row[4], row[5])
+        return [found.get(did) for did in dids]
 
-    def actor_records(self, dids: list[str]) -> list[tuple[ActorRow | None, list[StoredRecord | None], bool]]:
+    def actor_records(self, dids: list[str], handle_hints: dict[str, str] | None = None) -> tuple[
+            list[tuple[ActorRow | None, list[StoredRecord | None], bool]], dict[str, str]]:
         """Per DID, in one read: its account state (None: never seen), its live
         ``ACTOR_RECORDS`` at rkey ``self`` in that order (None where there is none, all
-        None for an inactive account), and whether it has a live labeler service record."""
-        def read() -> list[tuple[ActorRow | None, list[StoredRecord | None], bool]]:
+        None for an inactive account), and whether it has a live labeler service record.
+        Also, in the same read, the DID that claimed each handle of ``handle_hints`` (DID ->
+        a handle, lower case) latest (dids_by_handles' rule), for the accounts whose own
+        handle is another one: GetActors gives an account the handle of its DID document
+        only when no other account claims it (rpcs/actors.py).
+
+        Batched: the rows, the records' sort keys (rkey ``self`` is an alias) and their
+        bodies are read ACTOR_BATCH accounts a query."""
+        def read() -> tuple[list[tuple[ActorRow | None, list[StoredRecord | None], bool]], dict[str, str]]:
+            rows = self._actor_rows(dids)
+            colls = [self._coll_id(nsid) for nsid in ACTOR_RECORDS]
+            labeler = self._coll_id(LABELER)
+            aids: dict[str, int] = {}
+            for did, row in zip(dids, rows):
+                # the uris the records have must parse (a DID that is not one names nothing)
+                if row is not None and did not in aids and split_target(f"at://{did}/{PROFILE}/self") is not None:
+                    aid = self._active(did)  # an inactive account's records read as none
+                    if aid is not None:
+                        aids[did] = aid
+            selfs = self._self_sort_keys(sorted(set(aids.values())),
+                                         [coll for coll in (*colls, labeler) if coll is not None])
+            bodies = self._stored_many([(sk, aid, coll) for (aid, coll), sk in selfs.items() if coll != labeler])
             out: list[tuple[ActorRow | None, list[StoredRecord | None], bool]] = []
-            for did, row in zip(dids, self._actor_rows(dids)):
-                if row is None:
-                    nothing: list[StoredRecord | None] = [None] * len(ACTOR_RECORDS)
-                    out.append((None, nothing, False))
+            for did, row in zip(dids, rows):
+                aid = aids.get(did)
+                if row is None or aid is None:
+                    out.append((row, [None] * len(ACTOR_RECORDS), False))
                     continue
-                found = [self._stored(f"at://{did}/{nsid}/self", nsid) for nsid in ACTOR_RECORDS]
-                labeler = self._record_key(f"at://{did}/{LABELER}/self")
-                out.append((row, found, labeler is not None and self._links_of(*labeler) is not None))
-            return out
+                found: list[StoredRecord | None] = []
+                for coll in colls:
+                    sk = None if coll is None else selfs.get((aid, coll))
+                    found.append(None if sk is None else bodies.get((sk, aid, coll)))
+                label_sk = None if labeler is None else selfs.get((aid, labeler))
+                out.append((row, found, label_sk is not None and self._links_of(label_sk, aid, labeler) is not None))
+            asked = sorted({hint for did, row in zip(dids, rows) if row is not None
+                            and (hint := (handle_hints or {}).get(did)) is not None and hint != row.handle})
+            return out, dict(zip(asked, self._dids_by_handles(asked)))
         return self._read(read)
+
+    def _self_sort_keys(self, aids: list[int], colls: list[int]) -> dict[tuple[int, int], int]:
+        """(account, collection) -> the sort key of its record at rkey ``self``, where there
+        is one (an alias: ``self`` is no TID)."""
+        out: dict[tuple[int, int], int] = {}
+        if not colls:
+            return out
+        marks = ",".join(str(coll) for coll in colls)  # integers only
+        for start in range(0, len(aids), ACTOR_BATCH):
+            part = aids[start:start + ACTOR_BATCH]
+            for aid, coll, sk in self.conn.execute(
+                    f"SELECT aid, coll, sk FROM alias WHERE aid IN ({','.join('?' * len(part))}) "
+                    f"AND coll IN ({marks}) AND rkey='self'", part):
+                out[(aid, coll)] = sk
+        return out
+
+    def _stored_many(self, keys: list[tuple[int, int, int]]) -> dict[tuple[int, int, int], StoredRecord]:
+        """``_stored_at`` of many records: those with a body, by (sort key, account, collection)."""
+        out: dict[tuple[int, int, int], StoredRecord] = {}
+        wanted = set(keys)
+        sks = sorted({sk for sk, _, _ in keys})
+        for start in range(0, len(sks), ACTOR_BATCH):
+            part = sks[start:start + ACTOR_BATCH]
+            for sk, aid, coll, stored_cid, indexed_us, data in self.conn.execute(
+                    "SELECT sk, aid, coll, cid, indexed_us, data FROM body "
+                    f"WHERE sk IN ({','.join('?' * len(part))})", part):
+                if (sk, aid, coll) in wanted:
+                    json, cid = self._bodies.read(sk, self._coll_name(coll), stored_cid, indexed_us, data,
+                                                  self._target_name)
+                    out[(sk, aid, coll)] = StoredRecord(json, cid or "", indexed_us)
+        return out
 
     def actors(self, dids: list[str]) -> list[dict[str, Any] | None]:
         """getActors."""
@@ -199,15 +263,16 @@ class RecordQueries(GateQueries):
 
     def dids_by_handles(self, handles: list[str]) -> list[str]:
         """getDidsByHandles: the DID that most recently claimed each handle, or ""."""
-        def read() -> list[str]:
-            out = []
-            for handle in handles:
-                # The newest claim by order time (seqs of different relays don't compare).
-                row = self.conn.execute("SELECT did FROM actor WHERE handle=? ORDER BY id_us IS NULL, id_us DESC, "
-                                        "aid DESC LIMIT 1", (handle.lower(),)).fetchone()
-                out.append(row[0] if row else "")
-            return out
-        return self._read(read)
+        return self._read(lambda: self._dids_by_handles(handles))
+
+    def _dids_by_handles(self, handles: list[str]) -> list[str]:
+        out = []
+        for handle in handles:
+            # The newest claim by order time (seqs of different relays don't compare).
+            row = self.conn.execute("SELECT did FROM actor WHERE handle=? ORDER BY id_us IS NULL, id_us DESC, "
+                                    "aid DESC LIMIT 1", (handle.lower(),)).fetchone()
+            out.append(row[0] if row else "")
+        return out
 
     def latest_rev(self, actor: str) -> str:
         """getLatestRev."""

@@ -23,7 +23,6 @@ with conformance/node/loopback_guard.cjs, which refuses any other address and co
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import datetime as dt
@@ -39,7 +38,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -49,6 +47,8 @@ from typing import Any, Iterable, Iterator
 
 import aiohttp
 from aiohttp import web
+
+from thread_web import ThreadedWebServer
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
@@ -280,7 +280,7 @@ class Stream:
 # ----------------------------------------------------------------------------- fake PLC
 
 @dataclass
-class FakePlc:
+class FakePlc(ThreadedWebServer):
     """DID documents for every DID of a stream, on 127.0.0.1, in its own thread and loop.
 
     ``GET /<did>``: the document (alsoKnownAs at://<handle>, a #atproto Multikey from
@@ -335,32 +335,12 @@ class FakePlc:
         return web.json_response({"cid": "bafyreigbtj4x7ip5legnfznufuopl4sg4knzc2cof6duas4b3q2fy6swua",
                                   "rev": "3l3qo2vutsw2b"})
 
-    def __enter__(self) -> FakePlc:
-        self._loop = asyncio.new_event_loop()
-        ready = threading.Event()
+    runner_options = {"access_log": None}
 
-        async def start() -> None:
-            app = web.Application()
-            app.router.add_get("/_handle/{handle}", self._handle)
-            app.router.add_get("/xrpc/com.atproto.sync.getLatestCommit", self._latest_commit)
-            app.router.add_get("/{did:did:[^/]+}", self._doc)
-            self._runner = web.AppRunner(app, shutdown_timeout=0.1, access_log=None)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            ready.set()
-
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(start(), self._loop)
-        assert ready.wait(10), "the fake PLC did not start"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/_handle/{handle}", self._handle)
+        app.router.add_get("/xrpc/com.atproto.sync.getLatestCommit", self._latest_commit)
+        app.router.add_get("/{did:did:[^/]+}", self._doc)
 
 
 # ----------------------------------------------------------------------------- processes

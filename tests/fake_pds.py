@@ -10,11 +10,12 @@ own thread and event loop, so synchronous tests and subprocesses can use it alik
 from __future__ import annotations
 
 import asyncio
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from thread_web import ThreadedWebServer
 
 # what a repo's getRepo does instead of answering plainly
 OK, RATE_LIMITED_ONCE, STALL, TRUNCATED, TAKENDOWN, ERROR_500_ONCE = (
@@ -22,7 +23,7 @@ OK, RATE_LIMITED_ONCE, STALL, TRUNCATED, TAKENDOWN, ERROR_500_ONCE = (
 
 
 @dataclass
-class FakeNetwork:
+class FakeNetwork(ThreadedWebServer):
     """Repos (DID -> CAR bytes) and how each behaves; ``requests`` counts getRepo calls per DID."""
 
     cars: dict[str, bytes] = field(default_factory=dict)
@@ -96,30 +97,8 @@ class FakeNetwork:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    def __enter__(self) -> FakeNetwork:
-        self._loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        async def start() -> None:
-            app = web.Application()
-            app.router.add_get("/plc/{did}", self.plc)
-            app.router.add_get("/handles/{handle}/.well-known/atproto-did", self.handle)
-            app.router.add_get("/pds/xrpc/com.atproto.sync.getRepo", self.get_repo)
-            app.router.add_get("/relay/xrpc/com.atproto.sync.listRepos", self.list_repos)
-            self._runner = web.AppRunner(app, shutdown_timeout=0.1)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            ready.set()
-
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(start(), self._loop)
-        assert ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/plc/{did}", self.plc)
+        app.router.add_get("/handles/{handle}/.well-known/atproto-did", self.handle)
+        app.router.add_get("/pds/xrpc/com.atproto.sync.getRepo", self.get_repo)
+        app.router.add_get("/relay/xrpc/com.atproto.sync.listRepos", self.list_repos)

@@ -27,7 +27,6 @@ import asyncio
 import base64
 import json
 import subprocess
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -56,6 +55,7 @@ from smalldp.verify import parse_multikey
 from bsky_node import NODE_DIR, node_or_fail
 from conftest import JETSTREAM
 from helpers_server import BASE_US, apply, did, iso
+from thread_web import ThreadedWebServer
 
 pytestmark = pytest.mark.timeout(300)
 T = TypeVar("T")
@@ -120,7 +120,7 @@ def plc_doc(did_: str, key: Key | None = None, handles: tuple[str, ...] = (), pd
 
 
 @dataclass
-class FakePlc:
+class FakePlc(ThreadedWebServer):
     """PLC directory at ``/<did>``, and one did:web document at ``/.well-known/did.json``
     (the DID ``web_did``: did:web:localhost%3A<port>).  ``status`` overrides a DID's answer;
     ``delay_s`` holds every answer; ``requests`` counts them per DID."""
@@ -160,31 +160,9 @@ class FakePlc:
     async def web_json(self, request: web.Request) -> web.Response:
         return await self._answer(self.web_did, self.web_doc)
 
-    def __enter__(self) -> FakePlc:
-        self._loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        async def start() -> None:
-            app = web.Application()
-            app.router.add_get("/.well-known/did.json", self.web_json)
-            app.router.add_get("/{did}", self.plc)
-            self._runner = web.AppRunner(app, shutdown_timeout=0.1)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            ready.set()
-
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(start(), self._loop)
-        assert ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/.well-known/did.json", self.web_json)
+        app.router.add_get("/{did}", self.plc)
 
 
 @pytest.fixture

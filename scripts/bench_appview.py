@@ -107,7 +107,7 @@ from appview_harness import (  # noqa: E402
 from bench import ROOT, free_port, load_generator, wait_for_port  # noqa: E402
 from bench_dataplane import (  # noqa: E402
     DEFAULT_DICTIONARY, HEALTH_POLL_S, Recorder, Watch, _manifest_ok, ensure_dp_events, ensure_store,
-    generator_key, get_json, lat_stats, open_lines, open_loop, pick_params, working_copy,
+    generator_key, get_json, lat_stats, open_lines, open_loop, pick_params, wait_ingesting, working_copy,
 )
 from bench_live import Child, _cpu_model, _git_state, smalldp  # noqa: E402
 
@@ -580,24 +580,6 @@ class ProcCpu:
             return float(t.user + t.system)
         except psutil.Error:
             return float("nan")
-
-
-async def wait_ingesting(base: str, serve: Child, timeout: float = 180) -> None:
-    """Until serve's health shows ingested events (it has connected to the replay)."""
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
-        while True:
-            try:
-                h = await get_json(s, base + "/xrpc/_health")
-                if ((h.get("jetstream") or {}).get("events") or 0) > 0:
-                    return
-            except (aiohttp.ClientError, OSError, RuntimeError, asyncio.TimeoutError):
-                pass
-            if not serve.alive():
-                raise RuntimeError("serve exited: " + " | ".join(serve.log_tail(5)))
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"serve did not start ingesting within {timeout:.0f} s")
-            await asyncio.sleep(0.2)
 
 
 async def drive_smalldp(args: argparse.Namespace, plan: Plan, http_base: str, av: AppView, serve: Child,

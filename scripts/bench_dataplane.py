@@ -693,25 +693,30 @@ class Watch:
                 "max_queue_depth": max(s[3] for s in inside)}
 
 
-async def drive(args: argparse.Namespace, base: str, params: dict[str, Any], serve: Child, replay: Child,
-                tail_events: int) -> dict[str, Any]:
-    maker = RequestMaker(params)
-    plumb = args.plumbing
-    result: dict[str, Any] = {"phases": {}}
+async def wait_ingesting(base: str, serve: Child, timeout: float = 180) -> None:
+    """Until serve's health shows ingested events (it has connected to the replay)."""
+    deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
-        deadline = time.monotonic() + 120
         while True:
             try:
                 h = await get_json(s, base + "/xrpc/_health")
                 if ((h.get("jetstream") or {}).get("events") or 0) > 0:
-                    break
+                    return
             except (aiohttp.ClientError, OSError, RuntimeError, asyncio.TimeoutError):
                 pass
             if not serve.alive():
                 raise RuntimeError("serve exited: " + " | ".join(serve.log_tail(5)))
             if time.monotonic() > deadline:
-                raise RuntimeError("serve did not start ingesting within 120 s")
+                raise RuntimeError(f"serve did not start ingesting within {timeout:.0f} s")
             await asyncio.sleep(0.2)
+
+
+async def drive(args: argparse.Namespace, base: str, params: dict[str, Any], serve: Child, replay: Child,
+                tail_events: int) -> dict[str, Any]:
+    maker = RequestMaker(params)
+    plumb = args.plumbing
+    result: dict[str, Any] = {"phases": {}}
+    await wait_ingesting(base, serve, timeout=120)
     watch = Watch(base)
     watch_task = asyncio.create_task(watch.run())
     log(f"ingest running; warming up {args.warmup_s:g} s")

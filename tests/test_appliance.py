@@ -475,12 +475,7 @@ def _smalldp_serving(ch: Chroot) -> Iterator[tuple[int, int, int]]:
                 time.sleep(0.2)
         yield port, grpc_port, dead_port
     finally:
-        proc.terminate()
-        try:
-            output = proc.communicate(timeout=30)[0]
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            output = proc.communicate()[0]
+        output = _stop(proc)
     assert proc.returncode == 0, output
 
 
@@ -492,6 +487,16 @@ def _serve_and_check_health(ch: Chroot) -> dict:
             health = json.loads(r.read())
     assert health["status"] == "ok", health
     return health
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    """SIGTERM, then (after 30 s) SIGKILL; the process's output."""
+    proc.terminate()
+    try:
+        return proc.communicate(timeout=30)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()[0]
 
 
 def _get_json(url: str) -> tuple[int, dict]:
@@ -546,12 +551,7 @@ def _check_appview_on_smalldp(ch: Chroot) -> None:
             assert (status, body) == (400, {"error": "InvalidRequest", "message": "Profile not found"})
             assert proc.poll() is None  # stdin at /dev/null did not stop it
         finally:
-            proc.terminate()
-            try:
-                output = proc.communicate(timeout=30)[0]
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                output = proc.communicate()[0]
+            output = _stop(proc)
     assert proc.returncode == 0, output
     ready = output.splitlines()[0]
     assert f'"port":{port}' in ready and '"host":"127.0.0.1"' in ready, output

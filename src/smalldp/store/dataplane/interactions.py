@@ -59,13 +59,13 @@ class InteractionQueries(GateQueries):
             sources = [self._source_id(c, p) for c, p in ((LIKE, ".subject.uri"), (REPOST, ".subject.uri"),
                                                           (POST, ".reply.parent.uri"),
                                                           *((POST, q) for q in QUOTE_PATHS))]
+            parent_sid = sources[2]  # (POST, ".reply.parent.uri")
             for uri in uris:
                 tkey = self._target_key(uri)
                 self._prefetch(tkey, sources)
                 out["likes"].append(len(self._tally(tkey, LIKE, ".subject.uri", inactive=reference)[1]))
                 out["reposts"].append(len(self._tally(tkey, REPOST, ".subject.uri", inactive=reference)[1]))
                 replies = self._tally(tkey, POST, ".reply.parent.uri", inactive=reference)[0]
-                parent_sid = self._source_id(POST, ".reply.parent.uri")
                 if reference and replies and tkey is not None and parent_sid is not None:
                     replies -= self._gated_replies(tkey, parent_sid)
                 out["replies"].append(replies)

@@ -121,10 +121,14 @@ class GraphQueries(ListQueries):
             return out
         return self._read(read)
 
-    def _prefetch_edges(self, aid: int) -> None:
-        """One query for an account's follows, blocks, list blocks and list memberships."""
-        self._prefetch(did_key(aid), [self._source_id(c, p) for c, p in (
-            (FOLLOW, OUT_SUBJECT), (BLOCK, OUT_SUBJECT), (LISTBLOCK, AUTHOR), (LISTITEM, ".subject"))])
+    def _prefetch_edges(self, aid: int, *, follows: bool = True) -> None:
+        """One query for an account's follows (unless not ``follows``: block checks need
+        none, and an account's follows are its biggest edge set), blocks, list blocks and
+        list memberships."""
+        edges = ((BLOCK, OUT_SUBJECT), (LISTBLOCK, AUTHOR), (LISTITEM, ".subject"))
+        if follows:
+            edges += ((FOLLOW, OUT_SUBJECT),)
+        self._prefetch(did_key(aid), [self._source_id(c, p) for c, p in edges])
 
     def block_existence(self, pairs: list[tuple[str, str]]) -> list[bool]:
         """getBlockExistence: a block either way, direct or through a list."""
@@ -151,7 +155,7 @@ class GraphQueries(ListQueries):
             return {}
         for aid in (a, b):
             if (did_key(aid), -1) not in self._memo:
-                self._prefetch_edges(aid)
+                self._prefetch_edges(aid, follows=False)
         found: dict[str, str] = {}
         for kind in BLOCK_KINDS:
             if kind == "blocking":

@@ -24,6 +24,8 @@ from typing import Any, Awaitable, Callable
 import pytest
 
 from smalldp.events import MAX_TIME_AHEAD_US
+from smalldp.store.dataplane import DataPlaneReader
+from smalldp.store.dataplane.base import PREFETCH_KEYS_MAX
 from smalldp.store.writer import Writer
 from smalldp.tid import int_to_tid, tid_from_time
 
@@ -434,6 +436,24 @@ def test_get_interaction_counts(scenarios: list[Scenario]) -> None:
                 total += sum(want[key])
         assert total > 20
     for_each(scenarios, check)
+
+
+def test_interaction_counts_past_one_prefetch_query(scenarios: list[Scenario]) -> None:
+    """More URIs than one prefetch query takes (PREFETCH_KEYS_MAX), repeated and unknown
+    ones among them, asked of the reader directly: each count as the model's."""
+    for s in scenarios:
+        uris = s.u.post_uris + s.u.list_uris + [f"at://{s.u.stranger}/{am.POST}/{tidk(0, 1)}"]
+        uris = (uris * (PREFETCH_KEYS_MAX // len(uris) + 2))[:PREFETCH_KEYS_MAX + 37]
+        s.rng.shuffle(uris)
+        reader = DataPlaneReader(s.path)
+        try:
+            got = reader.interaction_counts(uris)
+        finally:
+            reader.close()
+        want = s.model.get_interaction_counts(uris)
+        for key in ("likes", "reposts", "replies", "quotes"):
+            assert got[key] == want[key], (s.name, key)
+        assert sum(want["likes"]) > 0, s.name
 
 
 @pytest.mark.parametrize("method", ["getLikesBySubject", "getRepostsBySubject", "getQuotesBySubject"])

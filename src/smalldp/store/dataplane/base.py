@@ -53,6 +53,7 @@ _UNSEEN = -(1 << 64)  # no sort key is this: "not looked up yet" in the _oldest 
 # ingest lasts about a second and reaches a few MB at the AppView benchmark's load.
 SNAPSHOT_MEMO_BYTES = 8 << 20
 SNAPSHOT_MEMO_ITEMS = 200_000
+PREFETCH_KEYS_MAX = 200  # target keys per prefetch query (SQLite's bound on parameters is far above)
 FeedEntry = tuple[int, int, int]  # (sort key, author ID, kind: 0 post, 1 repost)
 T = TypeVar("T")
 
@@ -241,6 +242,35 @@ class DataPlaneBase(Reader):
         for sid, chunks in found.items():
             self._memo[(tkey, sid)] = chunks
             self._note_size((tkey, sid), chunks)
+
+    def _prefetch_many(self, tkeys: Iterable[bytes | None], sids: Iterable[int | None]) -> None:
+        """``_prefetch`` of several targets, PREFETCH_KEYS_MAX of them a query: a request
+        about 25 posts asks SQLite once instead of 25 times."""
+        sid_list = [sid for sid in sids if sid is not None]
+        wanted: dict[bytes, set[int]] = {}
+        for tkey in tkeys:
+            if tkey is None or tkey in wanted:
+                continue
+            missing = {sid for sid in sid_list if (tkey, sid) not in self._memo
+                       and not self._summaries.is_big((tkey, sid))}
+            if missing:
+                wanted[tkey] = missing
+        keys = list(wanted)
+        marks = ",".join({str(sid) for missing in wanted.values() for sid in missing})  # integers only
+        for start in range(0, len(keys), PREFETCH_KEYS_MAX):
+            group = keys[start:start + PREFETCH_KEYS_MAX]
+            found: dict[tuple[bytes, int], list[_Chunk]] = {
+                (tkey, sid): [] for tkey in group for sid in wanted[tkey]}
+            for tkey, sid, run, lo, data in self.conn.execute(
+                    f"SELECT tkey, sid, run, lo, data FROM bl WHERE run IN ({self._runs}) "
+                    f"AND tkey IN ({','.join('?' * len(group))}) AND sid IN ({marks})", group):
+                chunks = found.get((tkey, sid))
+                if chunks is not None:  # not a big key, nor a source this key did not miss
+                    chunks.append(_Chunk(run, lo, data))
+                    self._memo_bytes += len(data)
+            for key, chunks in found.items():
+                self._memo[key] = chunks
+                self._note_size(key, chunks)
 
     def _active(self, did: str) -> int | None:
         """The account ID of an active account, else None."""

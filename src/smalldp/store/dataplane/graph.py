@@ -126,16 +126,17 @@ class GraphQueries(ListQueries):
                     (FOLLOW, OUT_SUBJECT), (FOLLOW, ".subject"), (BLOCK, OUT_SUBJECT), (BLOCK, ".subject"),
                     (LISTBLOCK, AUTHOR), (LISTITEM, ".subject"))])
             out = []
-            for target in targets:
-                t = self._active(target)
+            accounts = [self._active(target) for target in targets]
+            if v is not None:
+                sources = [self._source_id(LISTBLOCK, AUTHOR)]
+                if self._blocked_lists(v):  # is the target in a list the viewer blocks?
+                    sources.append(self._source_id(LISTITEM, ".subject"))
+                self._prefetch_many([did_key(t) for t in accounts if t is not None], sources)
+            for target, t in zip(targets, accounts):
                 if v is None or t is None:
                     out.append({"targetDid": target, "following": "", "followedBy": "", "blocking": "",
                                 "blockedBy": "", "blockingByList": "", "blockedByList": ""})
                     continue
-                sources = [self._source_id(LISTBLOCK, AUTHOR)]
-                if self._blocked_lists(v):  # is the target in a list the viewer blocks?
-                    sources.append(self._source_id(LISTITEM, ".subject"))
-                self._prefetch(did_key(t), sources)
                 which = 1 if list_uris else 0
                 out.append({"targetDid": target, "following": self._edge_uri(v, FOLLOW, t),
                             "followedBy": self._edge_uri_to(t, FOLLOW, v), "blocking": self._edge_uri(v, BLOCK, t),
@@ -147,7 +148,28 @@ class GraphQueries(ListQueries):
 
     def block_existence(self, pairs: list[tuple[str, str]]) -> list[bool]:
         """getBlockExistence: a block either way, direct or through a list."""
-        return self._read(lambda: [bool(self._pair_blocks(a, b, first=True)) for a, b in pairs])
+        def read() -> list[bool]:
+            self._prefetch_pairs(pairs)
+            return [bool(self._pair_blocks(a, b, first=True)) for a, b in pairs]
+        return self._read(read)
+
+    def _prefetch_pairs(self, pairs: list[tuple[str, str]]) -> None:
+        """What ``_pair_blocks`` reads of many pairs, in a few queries: each a's blocks,
+        blockers, list blocks and memberships; each b's list blocks, and its memberships
+        where its a blocks lists."""
+        firsts = {aid for aid in (self._active(a) for a, _ in pairs) if aid is not None}
+        self._prefetch_many([did_key(a) for a in firsts], [self._source_id(c, p) for c, p in (
+            (BLOCK, OUT_SUBJECT), (BLOCK, ".subject"), (LISTBLOCK, AUTHOR), (LISTITEM, ".subject"))])
+        seconds: list[bytes] = []
+        members: list[bytes] = []
+        for a_did, b_did in pairs:
+            a, b = self._active(a_did), self._active(b_did)
+            if a is not None and b is not None:
+                seconds.append(did_key(b))
+                if self._blocked_lists(a):
+                    members.append(did_key(b))
+        self._prefetch_many(seconds, [self._source_id(LISTBLOCK, AUTHOR)])
+        self._prefetch_many(members, [self._source_id(LISTITEM, ".subject")])
 
     def block_refs(self, pairs: list[tuple[str, str]]) -> list[dict[str, str]]:
         """Per pair (a, b), what blocks there are between them (bsky.Service's BlockExistence):
@@ -155,6 +177,7 @@ class GraphQueries(ListQueries):
         list through which a blocks b (a's newest listblock of a list holding b),
         ``blockedByList`` the list through which b blocks a; each a uri or ""."""
         def read() -> list[dict[str, str]]:
+            self._prefetch_pairs(pairs)
             out = []
             for a, b in pairs:
                 found = self._pair_blocks(a, b, first=False)

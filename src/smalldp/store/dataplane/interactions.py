@@ -60,9 +60,9 @@ class InteractionQueries(GateQueries):
                                                           (POST, ".reply.parent.uri"),
                                                           *((POST, q) for q in QUOTE_PATHS))]
             parent_sid = sources[2]  # (POST, ".reply.parent.uri")
-            for uri in uris:
-                tkey = self._target_key(uri)
-                self._prefetch(tkey, sources)
+            tkeys = [self._target_key(uri) for uri in uris]
+            self._prefetch_many(tkeys, sources)
+            for tkey in tkeys:
                 out["likes"].append(len(self._tally(tkey, LIKE, ".subject.uri", inactive=reference)[1]))
                 out["reposts"].append(len(self._tally(tkey, REPOST, ".subject.uri", inactive=reference)[1]))
                 replies = self._tally(tkey, POST, ".reply.parent.uri", inactive=reference)[0]

@@ -20,7 +20,7 @@ from smalldp.derived import (
     AUTHOR, BLOCK, FOLLOW, GENERATOR, LIST, LISTBLOCK, LISTITEM, OUT_SUBJECT, POST, REPOST, STARTERPACK,
 )
 from smalldp.store.dataplane.lists import ListQueries
-from smalldp.store.encoding import Entry, did_key, key_record
+from smalldp.store.encoding import Entry, did_key, key_account, key_record
 from smalldp.store.reader import BadCursor, decode_cursor, encode_cursor
 
 LIST_BLOCKS_MAX = 1000  # an account's newest list blocks considered by relationships
@@ -116,9 +116,10 @@ class GraphQueries(ListQueries):
         """getRelationships. ``blockingByList`` / ``blockedByList`` name the listblock record,
         or with ``list_uris`` the list it blocks (what bsky.Service answers).
 
-        Everything but the targets' list blocks and list memberships is read from the
-        viewer's keys (its follows, followers, blocks, blockers: one query for all), so
-        the cost per target is one small query, not its whole follow set."""
+        Everything but the targets' list memberships (read when the viewer blocks lists)
+        is read from the viewer's keys: its follows, followers, blocks, blockers, list
+        blocks and the lists holding it (one query for all), so a target costs lookups in
+        those, not a read of its own edges."""
         def read() -> list[dict[str, str]]:
             v = self._active(viewer)
             if v is not None:
@@ -127,11 +128,9 @@ class GraphQueries(ListQueries):
                     (LISTBLOCK, AUTHOR), (LISTITEM, ".subject"))])
             out = []
             accounts = [self._active(target) for target in targets]
-            if v is not None:
-                sources = [self._source_id(LISTBLOCK, AUTHOR)]
-                if self._blocked_lists(v):  # is the target in a list the viewer blocks?
-                    sources.append(self._source_id(LISTITEM, ".subject"))
-                self._prefetch_many([did_key(t) for t in accounts if t is not None], sources)
+            if v is not None and self._blocked_lists(v):  # is the target in a list the viewer blocks?
+                self._prefetch_many([did_key(t) for t in accounts if t is not None],
+                                    [self._source_id(LISTITEM, ".subject")])
             for target, t in zip(targets, accounts):
                 if v is None or t is None:
                     out.append({"targetDid": target, "following": "", "followedBy": "", "blocking": "",
@@ -142,7 +141,7 @@ class GraphQueries(ListQueries):
                             "followedBy": self._edge_uri_to(t, FOLLOW, v), "blocking": self._edge_uri(v, BLOCK, t),
                             "blockedBy": self._edge_uri_to(t, BLOCK, v),
                             "blockingByList": self._list_block_ref(v, t)[which],
-                            "blockedByList": self._list_block_ref(t, v)[which]})
+                            "blockedByList": self._list_blocked_by(v, t)[which]})
             return out
         return self._read(read)
 
@@ -154,21 +153,17 @@ class GraphQueries(ListQueries):
         return self._read(read)
 
     def _prefetch_pairs(self, pairs: list[tuple[str, str]]) -> None:
-        """What ``_pair_blocks`` reads of many pairs, in a few queries: each a's blocks,
-        blockers, list blocks and memberships; each b's list blocks, and its memberships
-        where its a blocks lists."""
+        """What ``_pair_blocks`` reads of many pairs, in two queries: each a's blocks,
+        blockers, list blocks and memberships; each b's memberships where its a blocks
+        lists."""
         firsts = {aid for aid in (self._active(a) for a, _ in pairs) if aid is not None}
         self._prefetch_many([did_key(a) for a in firsts], [self._source_id(c, p) for c, p in (
             (BLOCK, OUT_SUBJECT), (BLOCK, ".subject"), (LISTBLOCK, AUTHOR), (LISTITEM, ".subject"))])
-        seconds: list[bytes] = []
         members: list[bytes] = []
         for a_did, b_did in pairs:
             a, b = self._active(a_did), self._active(b_did)
-            if a is not None and b is not None:
-                seconds.append(did_key(b))
-                if self._blocked_lists(a):
-                    members.append(did_key(b))
-        self._prefetch_many(seconds, [self._source_id(LISTBLOCK, AUTHOR)])
+            if a is not None and b is not None and self._blocked_lists(a):
+                members.append(did_key(b))
         self._prefetch_many(members, [self._source_id(LISTITEM, ".subject")])
 
     def block_refs(self, pairs: list[tuple[str, str]]) -> list[dict[str, str]]:
@@ -191,15 +186,13 @@ class GraphQueries(ListQueries):
         a, b = self._active(a_did), self._active(b_did)
         if a is None or b is None:
             return {}
-        # a's keys answer both direct kinds (its blocks, its blockers): the AppView asks
-        # about one viewer and many accounts, so per b only its list blocks are read, and
-        # its list memberships when a blocks lists
+        # a's keys answer all but "a blocks a list holding b" (its blocks, its blockers,
+        # its list blocks, the lists holding it): the AppView asks about one viewer and
+        # many accounts, so per b only its list memberships are read, when a blocks lists
         self._prefetch(did_key(a), [self._source_id(c, p) for c, p in (
             (BLOCK, OUT_SUBJECT), (BLOCK, ".subject"), (LISTBLOCK, AUTHOR), (LISTITEM, ".subject"))])
-        sources = [self._source_id(LISTBLOCK, AUTHOR)]
         if self._blocked_lists(a):
-            sources.append(self._source_id(LISTITEM, ".subject"))
-        self._prefetch(did_key(b), sources)
+            self._prefetch(did_key(b), [self._source_id(LISTITEM, ".subject")])
         found: dict[str, str] = {}
         for kind in BLOCK_KINDS:
             if kind == "blocking":
@@ -209,7 +202,7 @@ class GraphQueries(ListQueries):
             elif kind == "blockingByList":
                 uri = self._list_block_ref(a, b)[1]
             else:
-                uri = self._list_block_ref(b, a)[1]
+                uri = self._list_blocked_by(a, b)[1]
             if uri:
                 found[kind] = uri
                 if first:
@@ -242,6 +235,56 @@ class GraphQueries(ListQueries):
             if self._member_item(list_key, blocked):
                 return self._uri(blocker, LISTBLOCK, sk), self._target_name(list_key)
         return "", ""
+
+    def _list_blocked_by(self, blocked: int, blocker: int) -> tuple[str, str]:
+        """``_list_block_ref(blocker, blocked)`` read from the blocked account's side: the
+        lists holding it (its list memberships), and per list who blocks it. A request
+        about one viewer and many accounts reads those once, and an account that blocks
+        none of them costs one bitmap lookup, not a read of its list blocks. (Unlike
+        ``_blocked_lists`` it is not bounded to the blocker's newest LIST_BLOCKS_MAX list
+        blocks: it never reads them.)"""
+        lists = self._lists_holding(blocked)
+        if not lists or blocker not in self._list_blockers(blocked, lists):
+            return "", ""
+        best: tuple[int, bytes] | None = None
+        for list_key in lists:  # the list whose (oldest live) listblock by blocker is the newest
+            sk = self._first_of(list_key, LISTBLOCK, ".subject", blocker)
+            if sk is not None and (best is None or sk > best[0]):
+                best = (sk, list_key)
+        if best is None:
+            return "", ""
+        return self._uri(blocker, LISTBLOCK, best[0]), self._target_name(best[1])
+
+    def _lists_holding(self, member: int) -> list[bytes]:
+        """The keys of the lists a live listitem of the list's own author puts ``member``
+        in (``_member_item``'s rule), memoized per snapshot."""
+        memo_key = (did_key(member), -2)
+        cached = self._memo.get(memo_key)
+        if cached is not None:
+            return cached  # type: ignore[return-value]
+        listitem = self._coll_id(LISTITEM)
+        found: set[bytes] = set()
+        if listitem is not None:
+            for sk, owner in self._live(self._of(member, LISTITEM, ".subject")):
+                list_key = self._link_target(self._links_of(sk, owner, listitem) or [], LISTITEM, ".list")
+                if list_key is not None and key_record(list_key) is not None and key_account(list_key) == owner:
+                    found.add(list_key)
+        lists = sorted(found)
+        self._memo[memo_key] = lists  # type: ignore[assignment]
+        return lists
+
+    def _list_blockers(self, member: int, lists: list[bytes]) -> BitMap:
+        """The active accounts with a live listblock of any of ``lists`` (the lists holding
+        ``member``), memoized per snapshot with them."""
+        memo_key = (did_key(member), -3)
+        cached = self._memo.get(memo_key)
+        if cached is not None:
+            return cached[0]  # type: ignore[return-value]
+        blockers = BitMap()
+        for list_key in lists:
+            blockers |= self._tally(list_key, LISTBLOCK, ".subject")[1]
+        self._memo[memo_key] = [blockers]  # type: ignore[list-item]
+        return blockers
 
     def _blocked_lists(self, blocker: int) -> list[tuple[int, bytes]]:
         """(listblock sort key, list key) of an account's newest list blocks, newest first,

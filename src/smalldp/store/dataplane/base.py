@@ -357,7 +357,13 @@ class DataPlaneBase(Reader):
         memo = (tkey, sid, aid)
         oldest = self._oldest.get(memo, _UNSEEN)
         if oldest == _UNSEEN:
-            oldest = self._oldest[memo] = self._oldest_of(self._chunks(tkey, sid), aid)
+            key = (tkey, sid)
+            if key not in self._memo and self._summaries.is_big(key) \
+                    and not any(aid in summary.actors for summary in self._run_summaries(key)):
+                oldest = None  # a big key's run summaries say it has no entry: no chunk read
+            else:
+                oldest = self._oldest_of(self._chunks(tkey, sid), aid)
+            self._oldest[memo] = oldest
         return oldest
 
     def _is_first(self, tkey: bytes, sid: int, sk: int, aid: int) -> bool:

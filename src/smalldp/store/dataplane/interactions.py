@@ -97,8 +97,11 @@ class InteractionQueries(GateQueries):
         def read() -> list[str]:
             aid = self._active(actor)
             out = []
-            for subject in subjects:
-                sk = self._first_of(self._target_key(subject), collection, ".subject.uri", aid)
+            tkeys = [self._target_key(subject) for subject in subjects]
+            if aid is not None:
+                self._prefetch_many(tkeys, [self._source_id(collection, ".subject.uri")])
+            for tkey in tkeys:
+                sk = self._first_of(tkey, collection, ".subject.uri", aid)
                 out.append("" if sk is None else self._uri(aid, collection, sk))  # type: ignore[arg-type]
             return out
         return self._read(read)

@@ -657,6 +657,45 @@ def test_sync_handlers_run_on_reader_threads_async_ones_get_the_context(store: P
     assert seen["loop_thread"] == "MainThread"
 
 
+def test_big_requests_run_on_the_bulk_thread_and_do_not_hold_up_small_ones(store: Path) -> None:
+    """A request of more than BULK_ITEMS items (or a GetThread) runs on the pool's bulk
+    thread: while one is stuck there, small requests are still answered."""
+    from smalldp.appview.grpc_server import BULK_ITEMS
+    release = threading.Event()
+    threads: dict[str, set[str]] = {"small": set(), "big": set()}
+
+    def post_records(dp: Any, req: pb.GetPostRecordsRequest) -> pb.GetPostRecordsResponse:
+        big = len(req.uris) > BULK_ITEMS
+        threads["big" if big else "small"].add(threading.current_thread().name)
+        if big:
+            assert release.wait(20), "never released"
+        return pb.GetPostRecordsResponse(records=[pb.Record() for _ in req.uris])
+
+    def thread_(dp: Any, req: pb.GetThreadRequest) -> pb.GetThreadResponse:
+        threads["big"].add(threading.current_thread().name)
+        return pb.GetThreadResponse(uris=[req.post_uri])
+
+    async def main() -> None:
+        async with InProcess(store, {"GetPostRecords": post_records, "GetThread": thread_}, {}) as s:
+            call = s.unary("GetPostRecords")
+            big = asyncio.ensure_future(call(pb.GetPostRecordsRequest(uris=["at://x"] * (BULK_ITEMS + 1))
+                                             .SerializeToString(), timeout=30))
+            while not threads["big"]:
+                await asyncio.sleep(0.01)
+            for n in (1, BULK_ITEMS):  # answered while the big one waits
+                raw = await call(pb.GetPostRecordsRequest(uris=["at://x"] * n).SerializeToString(), timeout=10)
+                assert len(pb.GetPostRecordsResponse.FromString(raw).records) == n
+            assert not big.done()
+            release.set()
+            assert len(pb.GetPostRecordsResponse.FromString(await big).records) == BULK_ITEMS + 1
+            raw = await s.unary("GetThread")(pb.GetThreadRequest(post_uri="at://y").SerializeToString(), timeout=10)
+            assert list(pb.GetThreadResponse.FromString(raw).uris) == ["at://y"]
+
+    asyncio.run(main())
+    assert threads["big"] and all(name.startswith("reader_bulk") for name in threads["big"]), threads
+    assert threads["small"] and not any(name.startswith("reader_bulk") for name in threads["small"]), threads
+
+
 def test_in_flight_bound_and_the_query_gate(store: Path) -> None:
     from smalldp.priority import QueryGate
     gate = QueryGate()

@@ -18,7 +18,13 @@ T = TypeVar("T")
 
 
 class ReaderPool:
-    """Runs reader functions on worker threads, each with its own connection."""
+    """Runs reader functions on worker threads, each with its own connection.
+
+    Besides its ``threads``, the pool keeps one *bulk* thread for work known to be big
+    (``run(..., bulk=True)``: an AppView batch of hundreds of posts, a thread walk). On the
+    same threads it would hold up every small query queued behind it for its whole run
+    (a thousand-post thread's hydration takes hundreds of ms); on its own thread the two
+    take turns at the interpreter instead, every switch interval."""
 
     def __init__(self, path: Path, threads: int = 4, cache_mb: int = 64, mmap_mb: int = 0) -> None:
         self.path = path
@@ -29,6 +35,7 @@ class ReaderPool:
         self._lock = threading.Lock()
         self._summaries = SummaryCache()  # shared: every thread profits from a summary made once
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="reader")
+        self._bulk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reader_bulk")
 
     def _reader(self) -> Reader:
         reader = getattr(self._local, "reader", None)
@@ -39,14 +46,15 @@ class ReaderPool:
                 self._all.append(reader)
         return reader
 
-    async def run(self, fn: Callable[[Reader], T]) -> T:
-        """Run ``fn(reader)`` on a worker thread."""
+    async def run(self, fn: Callable[[Reader], T], *, bulk: bool = False) -> T:
+        """Run ``fn(reader)`` on a worker thread (``bulk``: on the bulk thread)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(self._reader()))
+        return await loop.run_in_executor(self._bulk if bulk else self._executor, lambda: fn(self._reader()))
 
     def close(self) -> None:
         """Stop the threads and close every connection."""
         self._executor.shutdown(wait=True)
+        self._bulk.shutdown(wait=True)
         with self._lock:
             for reader in self._all:
                 reader.close()

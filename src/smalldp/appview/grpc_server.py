@@ -5,7 +5,8 @@
 past it, ``resource_exhausted`` at once rather than a queue that grows without end), marks
 the query gate (live ingest steps aside, as for HTTP queries), decodes the request with the
 transport's decoder (bad bytes or JSON: ``invalid_argument``), runs the registered handler
-(``smalldp.appview.rpcs``): a sync one on the ReaderPool's threads, an async one on the loop
+(``smalldp.appview.rpcs``): a sync one on the ReaderPool's threads (big requests, ``is_bulk``,
+on its bulk thread, so they do not hold up the small ones queued behind them), an async one on the loop
 with the ``AppViewContext``; a method of bsky.Service with no handler is ``unimplemented``,
 named. ``RpcError`` is the answer's status; anything else is a bug: logged with the method's
 name, counted, answered ``internal``. Every call is counted by transport, method and code.
@@ -71,6 +72,10 @@ MAX_IN_FLIGHT = 512
 STOP_GRACE_S = 2.0
 UNKNOWN_METHOD = "(unknown)"  # the metrics' method label for paths outside bsky.Service
 GRPC_CODES: dict[str, grpc.StatusCode] = {code.name.lower(): code for code in grpc.StatusCode}
+# Calls run on the ReaderPool's bulk thread: methods whose one item can mean a big walk,
+# and any request with more than BULK_ITEMS items in its repeated fields.
+BULK_METHODS = frozenset({"GetThread", "GetNotifications"})
+BULK_ITEMS = 100
 LATENCY_WINDOW = 512  # durations kept per method for its quantiles (the most recent calls)
 QUANTILES = (0.5, 0.99)
 
@@ -275,11 +280,23 @@ class Dispatcher:
                     return sync(cast(DataPlaneReader, reader), request)
                 finally:
                     ran.append(time.perf_counter() - started)
-            return self.pool.run(run)
+            return self.pool.run(run, bulk=is_bulk(method.name, request))
         handler = self.async_.get(method.name)
         if handler is not None:
             return handler(self.context, request)
         raise RpcError("unimplemented", f"{SERVICE}/{method.name} is not implemented by smalldp")
+
+
+def is_bulk(method: str, request: Message) -> bool:
+    """Whether a call goes to the ReaderPool's bulk thread (BULK_METHODS, or more than
+    BULK_ITEMS items in the request's repeated fields)."""
+    if method in BULK_METHODS:
+        return True
+    items = 0
+    for field_descriptor, value in request.ListFields():
+        if field_descriptor.is_repeated:
+            items += len(value)
+    return items > BULK_ITEMS
 
 
 class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no type stubs

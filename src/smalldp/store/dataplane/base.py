@@ -462,6 +462,22 @@ class DataPlaneBase(Reader):
         links = self._links[key] = None if row is None or row[0] is None else decode_links(row[0])
         return links
 
+    def _links_many(self, keys: Iterable[tuple[int, int, int]]) -> None:
+        """``_links_of`` of many records read ahead, PREFETCH_KEYS_MAX sort keys a query
+        (what is not found is memoized as not live, as ``_links_of`` would)."""
+        wanted = {key for key in keys if key not in self._links}
+        sks = sorted({sk for sk, _, _ in wanted})
+        for start in range(0, len(sks), PREFETCH_KEYS_MAX):
+            part = sks[start:start + PREFETCH_KEYS_MAX]
+            for sk, aid, coll, data in self.conn.execute(
+                    f"SELECT sk, aid, coll, links FROM fwd WHERE sk IN ({','.join('?' * len(part))})", part):
+                key = (sk, aid, coll)
+                if key in wanted:
+                    self._links[key] = None if data is None else decode_links(data)
+                    wanted.discard(key)
+        for key in wanted:
+            self._links[key] = None
+
     def _link_target(self, links: list[tuple[int, bytes]], collection: str, path: str) -> bytes | None:
         sid = self._source_id(collection, path)
         for s, tkey in links:

@@ -112,7 +112,16 @@ class RecordQueries(GateQueries):
         is a reply that breaks its thread's gate, quotes a post whose post gate forbids it:
         store/dataplane/gates.py) in one read."""
         def read() -> tuple[list[StoredRecord | None], list[tuple[bool, bool, bool, bool]]]:
-            stored = [self._stored(uri, POST) for uri in uris]
+            # read ahead in a few queries what the loop below asks one record at a time:
+            # the posts' bodies and forward links, and their gates' (a gate sits at its
+            # post's rkey)
+            keys = [self._record_key(uri) if (parts := split_target(uri)) is not None and parts[1] == POST
+                    else None for uri in uris]
+            posts = [key for key in keys if key is not None]
+            gate_colls = [coll for coll in (self._coll_id(THREADGATE), self._coll_id(POSTGATE)) if coll is not None]
+            self._links_many(posts + [(sk, aid, coll) for sk, aid, _ in posts if sk >= 0 for coll in gate_colls])
+            bodies = self._stored_many(posts)
+            stored = [None if key is None else bodies.get(key) for key in keys]
             meta = []
             for uri, body in zip(uris, stored):
                 thread, post = self._post_gates(uri)

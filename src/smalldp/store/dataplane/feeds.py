@@ -196,10 +196,13 @@ class FeedQueries(DataPlaneBase):
             level = [uri]
             found = 0
             post = key[2]
+            replies = self._source_id(POST, ".reply.parent.uri")
             for _ in range(below):
                 next_level = []
-                for parent_uri in level:
-                    for sk, aid in self._live(self._keyed(self._target_key(parent_uri), POST, ".reply.parent.uri")):
+                parents = [self._target_key(parent_uri) for parent_uri in level]
+                self._prefetch_many(parents, [replies])  # a level's replies in one query per 200 posts
+                for parent in parents:
+                    for sk, aid in self._live(self._keyed(parent, POST, ".reply.parent.uri")):
                         if (sk, aid, post) in seen:
                             # A reply cycle (a post replying to itself, or to one of its own
                             # replies): list each post once, or a deep `below` repeats it.

@@ -314,6 +314,28 @@ def test_query_gate_waits_at_most_its_share_of_each_window() -> None:
     gate.leave()
 
 
+def test_query_gate_stops_waiting_once_a_commit_is_overdue() -> None:
+    """Past the time ingest's last commit allowed (committed(until)), a query in flight no
+    longer holds ingest up; the next commit allows waiting again."""
+    import time
+    from smalldp import priority
+    gate = priority.QueryGate()
+    gate.enter()
+    gate.committed(time.monotonic() + 0.02)
+    t0 = time.monotonic()
+    gate.pause()  # waits until the horizon (20 ms), not MAX_WAIT_S
+    assert 0.01 <= time.monotonic() - t0 < priority.MAX_WAIT_S and gate.waits == 1
+    t1 = time.monotonic()
+    for _ in range(100):
+        gate.pause()
+    assert time.monotonic() - t1 < 0.02 and gate.waits == 1  # overdue: no waiting at all
+    gate.committed(time.monotonic() + 10)
+    t2 = time.monotonic()
+    gate.pause()
+    assert time.monotonic() - t2 >= priority.MAX_WAIT_S * 0.9 and gate.waits == 2
+    gate.leave()
+
+
 def test_requests_hold_the_gate_and_writer_offers_pause_points(tmp_path: Path) -> None:
     from helpers_server import Events, apply, did, tid
     from smalldp.api.server import make_app
@@ -390,4 +412,37 @@ def test_a_batch_commits_once_batch_ms_have_gone_since_the_last_commit(tmp_path:
     assert (live.pending(), metrics.batches_committed, metrics.events_committed) == (0, 2, 6)
     deliver_at(105.0)  # after a quiet spell, an event is due at once
     assert (live.pending(), metrics.batches_committed) == (0, 3)
+    live.writer.close()
+
+
+def test_each_commit_tells_the_query_gate_how_long_queries_may_hold_ingest_up(tmp_path: Path) -> None:
+    """Live ingest gives the gate a horizon at each commit: batch_ms plus COMMIT_SLACK_S
+    from then, past which a pause point returns at once."""
+    import time
+    from helpers_server import Events, did, tid
+    from smalldp.events import decode_event
+    from smalldp.ingest.live import COMMIT_SLACK_S, LiveIngest
+    from smalldp.priority import QueryGate
+    from smalldp.store.writer import Writer
+
+    horizons: list[tuple[float, float]] = []  # (when told, until)
+
+    class Recording(QueryGate):
+        def committed(self, until: float) -> None:
+            horizons.append((time.monotonic(), until))
+            super().committed(until)
+
+    now = [100.0]
+    metrics = IngestMetrics()
+    live = LiveIngest(lambda: Writer(tmp_path / "smalldp.sqlite"), ClientOptions(endpoints=("ws://127.0.0.1:1",)),
+                      metrics, batch_events=2, batch_ms=700, data_dir=tmp_path, clock=lambda: now[0],
+                      query_gate=Recording())
+    live.writer = live._open_writer()
+    ev = Events()
+    post = f"at://{did('author')}/app.bsky.feed.post/{tid(1)}"
+    for i in range(4):  # two full batches: two commits
+        live._deliver(decode_event(json.dumps(ev.like(did(f"fan{i}"), tid(1000 + i), post))))
+    assert metrics.batches_committed == 2 and len(horizons) == 2
+    for told, until in horizons:
+        assert until - told == pytest.approx(0.7 + COMMIT_SLACK_S, abs=0.05)
     live.writer.close()

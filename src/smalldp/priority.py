@@ -42,6 +42,7 @@ class QueryGate:
         self._window = 0.0  # time.monotonic() when the current window began
         self._waited = 0.0  # seconds waited in it
         self._until = math.inf  # time.monotonic() past which ingest no longer waits (committed())
+        self._last = -math.inf  # time.monotonic() when a query last started
 
     @property
     def active(self) -> int:
@@ -53,6 +54,7 @@ class QueryGate:
         with self._lock:
             self._active += 1
             self._clear.clear()
+            self._last = time.monotonic()
 
     def leave(self) -> None:
         """A query ends."""
@@ -61,6 +63,10 @@ class QueryGate:
             if self._active <= 0:
                 self._active = 0
                 self._clear.set()
+
+    def busy(self, within: float) -> bool:
+        """Whether a query is in flight or started in the last ``within`` seconds."""
+        return self._active > 0 or time.monotonic() - self._last < within
 
     def committed(self, until: float) -> None:
         """Ingest committed; it steps aside for queries until ``until`` (time.monotonic())

@@ -65,7 +65,15 @@ _T = TypeVar("_T")
 PAUSE_TICK_S = 0.5  # while paused: how often the thread checks for a stop and says it is alive
 # How far past a batch's due time queries may still hold ingest up (priority.QueryGate):
 # with batch_ms 1000, commits stay within about 2 s of each other under any query load.
-COMMIT_SLACK_S = 0.5
+COMMIT_SLACK_S = 0.25
+# While queries come (one in the last BUSY_WINDOW_S), merges get at most BUSY_MERGE_S after
+# a batch (at least one slice) instead of merge_ms: in steady live ingest merges need a
+# fraction of that (about 15 slices a minute at 1,500 events/s), and every millisecond of
+# their Python is one the queries wait for at the GIL (the AppView benchmark at 10M: the
+# ingest thread 38% busy, half of it merging). A backlog of merges still drains, more
+# slowly, and at full speed whenever queries pause.
+BUSY_WINDOW_S = 1.0
+BUSY_MERGE_S = 0.05
 # The WAL is truncated back to WAL_SIZE_LIMIT whenever SQLite restarts it (after a complete
 # checkpoint). If readers kept it from restarting (checkpoint starvation) it would grow
 # with every commit: past this size, force a TRUNCATE checkpoint (it waits up to the busy
@@ -368,8 +376,11 @@ class LiveIngest:
         rolls back and is done again later; the disk guard pauses ingest meanwhile."""
         if writer.merge_slices != 0:
             return  # this writer merges inside apply()
+        budget = self.merge_s
+        if self._gate is not None and self._gate.busy(BUSY_WINDOW_S):
+            budget = min(budget, BUSY_MERGE_S)
         try:
-            writer.merge_steps(budget_s=self.merge_s)
+            writer.merge_steps(budget_s=budget)
         except Exception as exc:
             if not is_disk_full(exc):
                 raise WriterFailed(f"merge: {type(exc).__name__}: {exc}") from exc

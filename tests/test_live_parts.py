@@ -450,28 +450,26 @@ def test_each_commit_tells_the_query_gate_how_long_queries_may_hold_ingest_up(tm
 
 def test_merges_get_a_smaller_budget_while_queries_come(tmp_path: Path) -> None:
     """Between batches merges run for merge_ms, but for BUSY_MERGE_S at most while a query
-    is in flight or started within BUSY_WINDOW_S (the gate says)."""
+    is in flight or started within BUSY_WINDOW_S (the gate says); without a gate, merge_ms."""
     from smalldp.ingest.live import BUSY_MERGE_S, LiveIngest
     from smalldp.priority import QueryGate
     from smalldp.store.writer import Writer
 
-    budgets: list[float | None] = []
-
-    class Recording(Writer):
-        def merge_steps(self, budget_s: float | None = None, slices: int | None = None) -> int:
-            budgets.append(budget_s)
-            return super().merge_steps(budget_s, slices)
+    def live_with(gate: QueryGate | None) -> LiveIngest:
+        return LiveIngest(lambda: Writer(tmp_path / "smalldp.sqlite", merge_slices=0),
+                          ClientOptions(endpoints=("ws://127.0.0.1:1",)), IngestMetrics(), batch_events=100,
+                          batch_ms=1000, merge_ms=400, data_dir=tmp_path, query_gate=gate)
 
     gate = QueryGate()
-    live = LiveIngest(lambda: Recording(tmp_path / "smalldp.sqlite", merge_slices=0), ClientOptions(endpoints=("ws://127.0.0.1:1",)),
-                      IngestMetrics(), batch_events=100, batch_ms=1000, merge_ms=400, data_dir=tmp_path,
-                      query_gate=gate)
-    writer = live._open_writer()
-    live._merge(writer)  # no query yet
+    live = live_with(gate)
+    budgets = [live.merge_budget()]  # no query yet
     gate.enter()
-    live._merge(writer)  # one in flight
+    budgets.append(live.merge_budget())  # one in flight
     gate.leave()
-    live._merge(writer)  # one just ended
+    budgets.append(live.merge_budget())  # one just ended
     assert budgets == [0.4, BUSY_MERGE_S, BUSY_MERGE_S]
     assert not gate.busy(0.0) and gate.busy(60.0)
+    assert live_with(None).merge_budget() == 0.4
+    writer = live._open_writer()
+    live._merge(writer)  # runs with that budget (nothing to merge in an empty store)
     writer.close()

@@ -376,11 +376,8 @@ class LiveIngest:
         rolls back and is done again later; the disk guard pauses ingest meanwhile."""
         if writer.merge_slices != 0:
             return  # this writer merges inside apply()
-        budget = self.merge_s
-        if self._gate is not None and self._gate.busy(BUSY_WINDOW_S):
-            budget = min(budget, BUSY_MERGE_S)
         try:
-            writer.merge_steps(budget_s=budget)
+            writer.merge_steps(budget_s=self.merge_budget())
         except Exception as exc:
             if not is_disk_full(exc):
                 raise WriterFailed(f"merge: {type(exc).__name__}: {exc}") from exc
@@ -390,6 +387,13 @@ class LiveIngest:
         metrics.merge_slices, metrics.merge_seconds = index.slices_done, index.slice_seconds
         metrics.merge_slice_max_s = index.slice_seconds_max
         metrics.merges_under_way = len(index.merges_under_way)
+
+    def merge_budget(self) -> float:
+        """Seconds of merge slices after a batch: merge_ms, or BUSY_MERGE_S at most while
+        queries come (one in flight, or started within BUSY_WINDOW_S)."""
+        if self._gate is not None and self._gate.busy(BUSY_WINDOW_S):
+            return min(self.merge_s, BUSY_MERGE_S)
+        return self.merge_s
 
     def _committed(self, batch: list[Operation], cursor: int, added: int, removed: int) -> None:
         self._due = self._clock() + self.batch_s

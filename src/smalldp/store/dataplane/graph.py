@@ -154,18 +154,22 @@ class GraphQueries(ListQueries):
 
     def _prefetch_pairs(self, pairs: list[tuple[str, str]]) -> None:
         """What ``_pair_blocks`` reads of many pairs, in two queries: each a's blocks,
-        blockers and list memberships; each b's list memberships."""
+        blockers, list blocks and memberships; each b's memberships where its a blocks
+        lists."""
         firsts = {aid for aid in (self._active(a) for a, _ in pairs) if aid is not None}
         self._prefetch_many([did_key(a) for a in firsts], [self._source_id(c, p) for c, p in (
-            (BLOCK, OUT_SUBJECT), (BLOCK, ".subject"), (LISTITEM, ".subject"))])
-        seconds = {b for b in (self._active(b) for _, b in pairs) if b is not None} - firsts
-        self._prefetch_many([did_key(b) for b in seconds], [self._source_id(LISTITEM, ".subject")])
+            (BLOCK, OUT_SUBJECT), (BLOCK, ".subject"), (LISTBLOCK, AUTHOR), (LISTITEM, ".subject"))])
+        members: list[bytes] = []
+        for a_did, b_did in pairs:
+            a, b = self._active(a_did), self._active(b_did)
+            if a is not None and b is not None and self._blocked_lists(a):
+                members.append(did_key(b))
+        self._prefetch_many(members, [self._source_id(LISTITEM, ".subject")])
 
     def block_refs(self, pairs: list[tuple[str, str]]) -> list[dict[str, str]]:
         """Per pair (a, b), what blocks there are between them (bsky.Service's BlockExistence):
         ``blocking`` a's block record of b, ``blockedBy`` b's of a, ``blockingByList`` the
-        list through which a blocks b (of the lists holding b that a blocks, the one whose
-        listblock by a, its oldest live one, is the newest),
+        list through which a blocks b (a's newest listblock of a list holding b),
         ``blockedByList`` the list through which b blocks a; each a uri or ""."""
         def read() -> list[dict[str, str]]:
             self._prefetch_pairs(pairs)
@@ -182,14 +186,13 @@ class GraphQueries(ListQueries):
         a, b = self._active(a_did), self._active(b_did)
         if a is None or b is None:
             return {}
-        # Direct blocks from a's keys (its blocks, its blockers), list blocks from the lists
-        # holding each account and who blocks those lists: per account its memberships
-        # (each memoized), never its own list blocks and their forward rows. The AppView
-        # asks about one viewer and many accounts, or, for a thread, about each post's
-        # author and the authors above it: both come to one read per account.
+        # a's keys answer all but "a blocks a list holding b" (its blocks, its blockers,
+        # its list blocks, the lists holding it): the AppView asks about one viewer and
+        # many accounts, so per b only its list memberships are read, when a blocks lists
         self._prefetch(did_key(a), [self._source_id(c, p) for c, p in (
-            (BLOCK, OUT_SUBJECT), (BLOCK, ".subject"), (LISTITEM, ".subject"))])
-        self._prefetch(did_key(b), [self._source_id(LISTITEM, ".subject")])
+            (BLOCK, OUT_SUBJECT), (BLOCK, ".subject"), (LISTBLOCK, AUTHOR), (LISTITEM, ".subject"))])
+        if self._blocked_lists(a):
+            self._prefetch(did_key(b), [self._source_id(LISTITEM, ".subject")])
         found: dict[str, str] = {}
         for kind in BLOCK_KINDS:
             if kind == "blocking":
@@ -197,7 +200,7 @@ class GraphQueries(ListQueries):
             elif kind == "blockedBy":
                 uri = self._edge_uri_to(b, BLOCK, a)
             elif kind == "blockingByList":
-                uri = self._list_blocked_by(b, a)[1]
+                uri = self._list_block_ref(a, b)[1]
             else:
                 uri = self._list_blocked_by(a, b)[1]
             if uri:
@@ -279,17 +282,9 @@ class GraphQueries(ListQueries):
             return cached[0]  # type: ignore[return-value]
         blockers = BitMap()
         for list_key in lists:
-            blockers |= self._list_blocker_set(list_key)
+            blockers |= self._tally(list_key, LISTBLOCK, ".subject")[1]
         self._memo[memo_key] = [blockers]  # type: ignore[list-item]
         return blockers
-
-    def _list_blocker_set(self, list_key: bytes) -> BitMap:
-        """The active accounts with a live listblock of the list, memoized per snapshot."""
-        memo_key = (list_key, -4)
-        cached = self._memo.get(memo_key)
-        if cached is None:
-            cached = self._memo[memo_key] = [self._tally(list_key, LISTBLOCK, ".subject")[1]]  # type: ignore[list-item]
-        return cached[0]  # type: ignore[return-value]
 
     def _blocked_lists(self, blocker: int) -> list[tuple[int, bytes]]:
         """(listblock sort key, list key) of an account's newest list blocks, newest first,

@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import random
 import sqlite3
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from pyroaring import BitMap
 
 from model import ModelBacklinks
 from smalldp.store.schema import open_writer
@@ -393,6 +395,10 @@ def _compare(model: ModelBacklinks, store: Store, where: str) -> None:
     _check_tables(store, where)
 
 
+def _expected_hash(tkey: bytes, sid: int) -> int:
+    return zlib.crc32(tkey, sid) if tkey[:1] == b"\x03" else zlib.crc32(tkey)
+
+
 def _check_tables(store: Store, where: str) -> None:
     """What the SQLite tables must say besides the answers (store/check.py and remove rely on it)."""
     from smalldp.store.encoding import decode_block
@@ -419,6 +425,13 @@ def _check_tables(store: Store, where: str) -> None:
             assert lo == 0 or lo == (entries[-1][0] if entries[-1][0] != 0 else -1), (where, run, tkey, sid, lo)
             if i + 1 < len(found):
                 assert found[i + 1][1][0][0] < entries[-1][0], (where, run, tkey, sid)  # no split sort key
+    # Every run has a key filter (store/runfilter.py: CRC-32s of its target keys, of an
+    # account's with the source) holding each key it has chunks of: a reader asks only
+    # the runs whose filter holds a key, so a missing hash would lose entries.
+    filters = {run: BitMap.deserialize(data) for run, data in conn.execute("SELECT run, data FROM runkeys")}
+    assert set(filters) == set(table), where
+    for run, tkey, sid in chunks:
+        assert _expected_hash(tkey, sid) in filters[run], (where, run, tkey, sid)
     # A merge under way: its output holds the target keys below next, its inputs the rest.
     for output, level, inputs, nxt in conn.execute("SELECT output, level, inputs, next FROM merge"):
         assert table[output][0] == level, where

@@ -1,4 +1,4 @@
-"""The `smalldp` command: import, serve, backfill, compact, replay, backup, restore, check."""
+"""The `smalldp` command: import, serve, backfill, compact, migrate, replay, backup, restore, check."""
 
 from __future__ import annotations
 
@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
 
     cmp_ = sub.add_parser("compact", help="merge every run of the backlink index into one")
     add_arguments(cmp_, STORE_SETTINGS)
+
+    mig = sub.add_parser("migrate", help="bring a store written by an earlier smalldp up to date "
+                                         "(key filters of old runs: a scan of the backlink index)")
+    add_arguments(mig, STORE_SETTINGS)
 
     rpl = sub.add_parser("replay", help="serve JSONL captures as a Jetstream v1 websocket, or captures and "
                                         "frame files as a relay (--wire firehose), for tests and benchmarks")
@@ -259,6 +263,20 @@ def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    """Bring the store up to this release: the schema (as every command does), then what
+    only a scan can add (key filters of runs written before them)."""
+    from smalldp.store.runfilter import build_missing
+    writer = _writer(settings)
+    try:
+        runs, keys = build_missing(writer.conn, progress=_progress("migrate"))
+    finally:
+        writer.close()
+    print(f"store up to date: key filters built for {runs} run{'' if runs == 1 else 's'} ({keys:,} keys)"
+          if runs else "store up to date: nothing to migrate")
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     """Serve capture files as a Jetstream v1 websocket (or as a relay) until SIGTERM or SIGINT."""
     from smalldp.config import parse_listen
@@ -405,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = _settings(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    commands = {"import": cmd_import, "serve": cmd_serve, "backfill": cmd_backfill, "compact": cmd_compact,
+    commands = {"import": cmd_import, "serve": cmd_serve, "backfill": cmd_backfill, "compact": cmd_compact, "migrate": cmd_migrate,
                 "replay": cmd_replay, "backup": cmd_backup, "restore": cmd_restore, "check": cmd_check}
     return commands[args.command](args, settings)
 

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from smalldp.store.dataplane import DataPlaneReader
 from smalldp.store.reader import Reader
+from smalldp.store.runfilter import RunFilters
 from smalldp.store.summaries import SummaryCache
 
 T = TypeVar("T")
@@ -34,13 +35,15 @@ class ReaderPool:
         self._all: list[Reader] = []
         self._lock = threading.Lock()
         self._summaries = SummaryCache()  # shared: every thread profits from a summary made once
+        self._filters = RunFilters()  # shared too: each run's key filter loaded once
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="reader")
         self._bulk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reader_bulk")
 
     def _reader(self) -> Reader:
         reader = getattr(self._local, "reader", None)
         if reader is None:
-            reader = DataPlaneReader(self.path, summaries=self._summaries, cache_mb=self._cache_mb, mmap_mb=self._mmap_mb)
+            reader = DataPlaneReader(self.path, summaries=self._summaries, filters=self._filters,
+                                     cache_mb=self._cache_mb, mmap_mb=self._mmap_mb)
             self._local.reader = reader
             with self._lock:
                 self._all.append(reader)

@@ -11,7 +11,9 @@ tkey, sid, lo, data)`` holds, per run and key (source id, target key), the key's
 entries (sort key, actor id) newest first, in chunks of about ``chunk_entries``
 (store/encoding.py's block format) keyed by their lowest sort key, 0 for the oldest.
 ``merge(output, level, inputs, next)`` records merges under way: keys whose target
-key sorts below ``next`` have moved from the inputs to the output run.
+key sorts below ``next`` have moved from the inputs to the output run. ``runkeys(run,
+data)`` holds each run's key filter (store/runfilter.py), so readers seek only the runs
+that may hold a key.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Callable, Collection, Iterator, Mapping, Protocol, Sequence
 from smalldp.store.compaction import CompactionConfig, MergeInProgress, choose
 from smalldp.store.encoding import Entry, chunk_floor, decode_block, encode_block
 from smalldp.store.progress import Progress, Throttle
+from smalldp.store.runfilter import encode_keys, union
 
 Key = tuple[int, bytes]  # (source id, target key)
 
@@ -152,6 +155,7 @@ class SqliteBacklinks:
                 rows.append((run, tkey, sid, lo, encode_block(chunk)))
         self.conn.executemany("INSERT INTO bl VALUES(?, ?, ?, ?, ?)", rows)
         self.conn.execute("INSERT INTO run(run, level, blocks) VALUES(?, 0, ?)", (run, len(rows)))
+        self.conn.execute("INSERT INTO runkeys VALUES(?, ?)", (run, encode_keys(keys)))
         self._levels[run] = 0
         return run
 
@@ -275,12 +279,14 @@ class SqliteBacklinks:
                 conn.execute("INSERT INTO run(run, level, blocks) VALUES(?, ?, 0)", (output, plan.level))
                 conn.execute("INSERT INTO merge VALUES(?, ?, ?, ?)",
                              (output, plan.level, ",".join(map(str, plan.inputs)), start))
+                self._filter_output(output, plan.inputs)
             else:
                 output, start = plan.output, self._next[plan.output]
             end = self._slice_end(plan.inputs, start)
             self._move(plan.inputs, output, start, end)
             if end is None:  # the inputs are empty now: the output is an ordinary run
                 conn.execute(f"DELETE FROM run WHERE run IN ({','.join(map(str, plan.inputs))})")
+                conn.execute(f"DELETE FROM runkeys WHERE run IN ({','.join(map(str, plan.inputs))})")
                 conn.execute("DELETE FROM merge WHERE output=?", (output,))
             else:
                 conn.execute("UPDATE merge SET next=? WHERE output=?", (end, output))
@@ -311,6 +317,14 @@ class SqliteBacklinks:
         self.slice_seconds += took
         self.slice_seconds_max = max(self.slice_seconds_max, took)
         return True
+
+    def _filter_output(self, output: int, inputs: Sequence[int]) -> None:
+        """Give a merge's output the union of its inputs' filters (it only ever receives
+        their keys), or none when an input has none (it may hold any key)."""
+        blobs = [data for (data,) in self.conn.execute(
+            f"SELECT data FROM runkeys WHERE run IN ({','.join(map(str, inputs))})")]
+        if len(blobs) == len(inputs):
+            self.conn.execute("INSERT INTO runkeys VALUES(?, ?)", (output, union(blobs)))
 
     def _slice_end(self, inputs: Sequence[int], start: bytes) -> bytes | None:
         """The target key the slice beginning at ``start`` stops before (None: through the

@@ -17,6 +17,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
+from pyroaring import BitMap
+
 from smalldp.derived import POST, REPOST, is_derived, is_reverse
 from smalldp.store import timeline
 from smalldp.store.check_report import CheckReport, Fact, Names
@@ -24,6 +26,7 @@ from smalldp.store.backlinks import chunk_lo
 from smalldp.store.bodies import COMPACT, SMALL_RECORDS
 from smalldp.store.encoding import chunk_floor, did_key, get_varint
 from smalldp.store.progress import Progress, Throttle
+from smalldp.store.runfilter import key_hash
 from smalldp.store.schema import MIGRATIONS, SCHEMA_VERSION
 from smalldp.store.strict import ChunkError, decode_links_strict, parse_chunk, parse_segment
 
@@ -287,6 +290,12 @@ class _Checker:
         ranges: list[tuple[float, int, int, int]] = []  # (floor, lo, lowest sk, highest sk) per chunk
         runs_total = max(1, len(self.runs))
         runs_seen = 0
+        # (a backup from before schema 8 has no runkeys table: its runs have no filters)
+        has_filters = conn.execute("SELECT 1 FROM sqlite_master WHERE name='runkeys'").fetchone()
+        filters = {run: BitMap.deserialize(data) for run, data in
+                   (conn.execute("SELECT run, data FROM runkeys") if has_filters else ())}
+        for run in sorted(set(filters) - set(self.runs)):
+            report.add("run-filter", f"a key filter is stored for run {run}, which is not in the run table")
         for run, tkey, sid, lo, data in conn.execute("SELECT run, tkey, sid, lo, data FROM bl ORDER BY run, tkey, sid, lo"):
             chunks += 1
             if run not in blocks:
@@ -298,6 +307,10 @@ class _Checker:
                 if group is not None:
                     self._ranges(group, ranges)
                 group, ranges = (run, tkey, sid), []
+                run_filter = filters.get(run)
+                if run_filter is not None and key_hash(tkey, sid) not in run_filter:
+                    report.add("run-filter", f"run {run}'s key filter lacks {names.target(tkey)} via "
+                                             f"{names.source(sid)}: readers would not find its entries")
             where = f"run {run}, {names.target(tkey)} via {names.source(sid)}, lo {lo}"
             if sid not in sources:
                 report.add("bl-source", f"chunk ({where}) names an unknown source")

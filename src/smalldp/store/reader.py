@@ -32,6 +32,7 @@ from smalldp.store.encoding import (
     iter_entries,
     split_target,
 )
+from smalldp.store.runfilter import Filter, RunFilters, runs_for
 from smalldp.store.schema import open_reader
 from smalldp.tid import int_to_tid, tid_to_int
 
@@ -103,12 +104,16 @@ class _Chunk:
 class Reader:
     """Queries on one read-only connection."""
 
-    def __init__(self, path: Path, *, cache_mb: int = 64, mmap_mb: int = 0) -> None:
+    def __init__(self, path: Path, *, cache_mb: int = 64, mmap_mb: int = 0,
+                 filters: RunFilters | None = None) -> None:
         self.conn = open_reader(path, cache_mb, mmap_mb)
         self._bodies = BodyDecompressor(self.conn)
         self._version = -1
         self._runs = "NULL"
         self._run_gens: dict[int, int] = {}  # run -> gen, read at each new snapshot
+        # the key filters of those runs (store/runfilter.py), shared with other readers
+        self._run_filters = filters if filters is not None else RunFilters()
+        self._filters: dict[int, Filter | None] = {}
         self._run_count = 0
         self.hidden = BitMap()
         # deleted accounts whose rows the purge sweep has not removed yet (store/purge.py)
@@ -143,6 +148,7 @@ class Reader:
         runs = [str(r) for r in self._run_gens]
         self._run_count = len(runs)
         self._runs = ",".join(runs) or "NULL"  # inlined into queries: integers only
+        self._filters = self._run_filters.of_runs(self.conn, self._run_gens)
         row = self.conn.execute("SELECT v FROM meta WHERE k='hidden'").fetchone()
         self.hidden = BitMap.deserialize(row[0]) if row and row[0] else BitMap()
         self.gone = BitMap(aid for (aid,) in self.conn.execute("SELECT aid FROM purge WHERE reconcile=0")) & self.hidden
@@ -218,7 +224,13 @@ class Reader:
 
     def _chunks(self, tkey: bytes, sid: int) -> list[_Chunk]:
         return [_Chunk(run, lo, data) for run, lo, data in self.conn.execute(
-            f"SELECT run, lo, data FROM bl WHERE run IN ({self._runs}) AND tkey=? AND sid=?", (tkey, sid))]
+            f"SELECT run, lo, data FROM bl WHERE run IN ({self._runs_for(tkey, (sid,))}) AND tkey=? AND sid=?",
+            (tkey, sid))]
+
+    def _runs_for(self, tkey: bytes, sids: Iterable[int]) -> str:
+        """The runs that may hold the target key under one of the sources, as an SQL
+        list of integers."""
+        return runs_for(self._filters, tkey, sids)
 
     def _locate(self, target: str, collection: str, path: str) -> list[_Chunk]:
         sid = self._source_id(collection, path)

@@ -14,6 +14,7 @@ Tables (all integers are SQLite varints on disk):
                              the compact codec of small records (store/bodies.py)
   run(run, level, blocks, gen)  the sorted runs of the backlink index (an LSM of tables);
                              gen counts rewrites of the run's chunks (readers cache per gen)
+  runkeys(run, data)         per run, the hashes of the keys it may hold (store/runfilter.py)
   bl(run, tkey, sid, lo, data)  backlink chunks: per run and (target, source), entries
                              newest first, split into chunks keyed by their lowest sort key
                              (0 for a run's oldest chunk, which is most keys' only one)
@@ -37,8 +38,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 7  # 2: derived links, tl, actor_rev, run.gen; 3: actor.acct_us, actor.id_us; 4: merge;
-# 5: purge.lap, purge.start; 6: purge.reconcile, backfill; 7: compact bodies (store/bodies.py)
+SCHEMA_VERSION = 8  # 2: derived links, tl, actor_rev, run.gen; 3: actor.acct_us, actor.id_us; 4: merge;
+# 5: purge.lap, purge.start; 6: purge.reconcile, backfill; 7: compact bodies (store/bodies.py);
+# 8: runkeys (store/runfilter.py)
 # Older versions open_writer upgrades in place (a few ALTER TABLEs, no data rewritten).
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE actor ADD COLUMN acct_us INTEGER", "ALTER TABLE actor ADD COLUMN id_us INTEGER"),
@@ -51,6 +53,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # and list blocks: nothing to rewrite; those written before simply have no body (their
     # records are absent from getRecords and the AppView's Get*Records until written again)
     6: (),
+    # the runkeys table, which SCHEMA creates; runs written before have no filter, so
+    # readers ask them for every key until `smalldp migrate` builds their filters
+    7: (),
 }
 DB_NAME = "smalldp.sqlite"
 PAGE_SIZE = 8192
@@ -83,6 +88,7 @@ CREATE TABLE IF NOT EXISTS body(
   PRIMARY KEY(sk, aid, coll)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS run(run INTEGER PRIMARY KEY, level INTEGER NOT NULL, blocks INTEGER NOT NULL,
   gen INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS runkeys(run INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS bl(
   run INTEGER, tkey BLOB, sid INTEGER, lo INTEGER, data BLOB NOT NULL,
   PRIMARY KEY(run, tkey, sid, lo)) WITHOUT ROWID;

@@ -373,8 +373,8 @@ class NotificationQueries(GateQueries):
                     budget -= 1
                     seen.add(key)
                     rows: list[Row] = self.conn.execute(
-                        f"SELECT run, lo, data FROM bl WHERE run IN ({self._runs}) AND tkey=? AND sid=?",
-                        (key, parent_sid)).fetchall()
+                        f"SELECT run, lo, data FROM bl WHERE run IN ({self._runs_for(key, (parent_sid,))}) "
+                        "AND tkey=? AND sid=?", (key, parent_sid)).fetchall()
                     for e in (_newest_first(rows, None) if rows else ()):
                         if e[0] >= 0 and e[1] not in hidden:
                             below.append(e)

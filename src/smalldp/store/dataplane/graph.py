@@ -189,10 +189,7 @@ class GraphQueries(ListQueries):
         # a's keys answer all but "a blocks a list holding b" (its blocks, its blockers,
         # its list blocks, the lists holding it): the AppView asks about one viewer and
         # many accounts, so per b only its list memberships are read, when a blocks lists
-        self._prefetch(did_key(a), [self._source_id(c, p) for c, p in (
-            (BLOCK, OUT_SUBJECT), (BLOCK, ".subject"), (LISTBLOCK, AUTHOR), (LISTITEM, ".subject"))])
-        if self._blocked_lists(a):
-            self._prefetch(did_key(b), [self._source_id(LISTITEM, ".subject")])
+        # (the callers fetch all of it for every pair at once: _prefetch_pairs)
         found: dict[str, str] = {}
         for kind in BLOCK_KINDS:
             if kind == "blocking":

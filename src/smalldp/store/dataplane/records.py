@@ -214,9 +214,10 @@ class RecordQueries(GateQueries):
                 found: list[StoredRecord | None] = []
                 for coll in colls:
                     sk = None if coll is None else selfs.get((aid, coll))
-                    found.append(None if sk is None else bodies.get((sk, aid, coll)))
+                    found.append(None if sk is None or coll is None else bodies.get((sk, aid, coll)))
                 label_sk = None if labeler is None else selfs.get((aid, labeler))
-                out.append((row, found, label_sk is not None and self._links_of(label_sk, aid, labeler) is not None))
+                out.append((row, found, label_sk is not None and labeler is not None
+                            and self._links_of(label_sk, aid, labeler) is not None))
             asked = sorted({hint for did, row in zip(dids, rows) if row is not None
                             and (hint := (handle_hints or {}).get(did)) is not None and hint != row.handle})
             return out, dict(zip(asked, self._dids_by_handles(asked)))

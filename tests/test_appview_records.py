@@ -674,6 +674,7 @@ def test_a_store_from_before_reads_small_records_as_absent(store: Path) -> None:
     writer.close()
     conn = sqlite3.connect(store)
     conn.execute("UPDATE meta SET v=6 WHERE k='schema'")
+    conn.execute("DROP TABLE runkeys")  # schema 8's
     conn.commit()
     conn.close()
     writer = Writer(store)
@@ -681,7 +682,7 @@ def test_a_store_from_before_reads_small_records_as_absent(store: Path) -> None:
     s.apply(writer)
     writer.close()
     conn = sqlite3.connect(store)
-    assert conn.execute("SELECT v FROM meta WHERE k='schema'").fetchone()[0] == SCHEMA_VERSION == 7
+    assert conn.execute("SELECT v FROM meta WHERE k='schema'").fetchone()[0] == SCHEMA_VERSION == 8
     conn.close()
     dp = DataPlaneReader(store)
     try:

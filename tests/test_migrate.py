@@ -48,7 +48,9 @@ def tid_int(i: int) -> int:
 
 
 def back_to_schema_5(conn: sqlite3.Connection) -> None:
-    """Take the store back to the layout before schema 6: no purge.reconcile, no backfill table."""
+    """Take the store back to the layout before schema 6: no purge.reconcile, no backfill
+    table (nor schema 8's runkeys)."""
+    conn.execute("DROP TABLE runkeys")
     conn.execute("ALTER TABLE purge DROP COLUMN reconcile")
     conn.execute("DROP TABLE backfill")
     assert [row[1] for row in conn.execute("PRAGMA table_info(purge)")] == ["aid", "rev", "lap", "start"]

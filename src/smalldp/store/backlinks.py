@@ -270,6 +270,9 @@ class SqliteBacklinks:
             return False
         conn = self.conn
         began = self.merging_since = time.monotonic()
+        # A new merge's output filter, made before the write lock is taken (a union of big
+        # filters takes a while: 0.1 s for the 10M store's biggest runs)
+        output_filter = self._output_filter(plan.inputs) if plan.output is None else None
         try:
             conn.execute("BEGIN IMMEDIATE")
             self._in_merge = True
@@ -279,7 +282,8 @@ class SqliteBacklinks:
                 conn.execute("INSERT INTO run(run, level, blocks) VALUES(?, ?, 0)", (output, plan.level))
                 conn.execute("INSERT INTO merge VALUES(?, ?, ?, ?)",
                              (output, plan.level, ",".join(map(str, plan.inputs)), start))
-                self._filter_output(output, plan.inputs)
+                if output_filter is not None:
+                    conn.execute("INSERT INTO runkeys VALUES(?, ?)", (output, output_filter))
             else:
                 output, start = plan.output, self._next[plan.output]
             end = self._slice_end(plan.inputs, start)
@@ -318,13 +322,17 @@ class SqliteBacklinks:
         self.slice_seconds_max = max(self.slice_seconds_max, took)
         return True
 
-    def _filter_output(self, output: int, inputs: Sequence[int]) -> None:
-        """Give a merge's output the union of its inputs' filters (it only ever receives
-        their keys), or none when an input has none (it may hold any key)."""
-        blobs = [data for (data,) in self.conn.execute(
-            f"SELECT data FROM runkeys WHERE run IN ({','.join(map(str, inputs))})")]
-        if len(blobs) == len(inputs):
-            self.conn.execute("INSERT INTO runkeys VALUES(?, ?)", (output, union(blobs)))
+    def _output_filter(self, inputs: Sequence[int]) -> bytes | None:
+        """The filter of a merge's output: the union of its inputs' filters (it only ever
+        receives their keys), or None when an input has none (it may hold any key).
+        Pauses between inputs, so queries are not held up for the whole union."""
+        blobs: list[bytes] = []
+        for run in inputs:
+            row = self.conn.execute("SELECT data FROM runkeys WHERE run=?", (run,)).fetchone()
+            if row is None:
+                return None
+            blobs.append(row[0])
+        return union(blobs, self.pause)
 
     def _slice_end(self, inputs: Sequence[int], start: bytes) -> bytes | None:
         """The target key the slice beginning at ``start`` stops before (None: through the

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from typing import Collection, Iterable, Mapping
+from typing import Callable, Collection, Iterable, Mapping
 from zlib import crc32
 
 from pyroaring import BitMap, FrozenBitMap
@@ -48,11 +48,14 @@ def encode_keys(keys: Iterable[tuple[int, bytes]]) -> bytes:
     return BitMap([key_hash(tkey, sid) for sid, tkey in keys]).serialize()
 
 
-def union(blobs: Iterable[bytes]) -> bytes:
-    """The stored filter holding every key of the stored filters ``blobs``."""
+def union(blobs: Iterable[bytes], pause: Callable[[], None] | None = None) -> bytes:
+    """The stored filter holding every key of the stored filters ``blobs`` (``pause``
+    called between them). One at a time with |=: BitMap.union(*all) is 7x slower here."""
     out = BitMap()
     for blob in blobs:
-        out |= BitMap.deserialize(blob)
+        if pause is not None:
+            pause()
+        out |= FrozenBitMap.deserialize(blob)
     return out.serialize()
 
 

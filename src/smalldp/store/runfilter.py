@@ -45,7 +45,8 @@ def key_hash(tkey: bytes, sid: int) -> int:
 
 def encode_keys(keys: Iterable[tuple[int, bytes]]) -> bytes:
     """The stored filter of the keys (source id, target key)."""
-    return BitMap([key_hash(tkey, sid) for sid, tkey in keys]).serialize()
+    # sorted: pyroaring builds a bitmap from sorted values 2.5x faster
+    return BitMap(sorted([key_hash(tkey, sid) for sid, tkey in keys])).serialize()
 
 
 def union(blobs: Iterable[bytes], pause: Callable[[], None] | None = None) -> bytes:

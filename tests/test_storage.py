@@ -450,6 +450,7 @@ def test_random_sequences_agree(seed: int, tmp_path: Path) -> None:
     model = ModelBacklinks(fanout=fanout)
     present: set[tuple[tuple[int, bytes], tuple[int, int]]] = set()
     log: list[str] = []
+    ever: set[int] = set()  # every run number the store has shown
     try:
         for step in range(300):
             roll = rng.random()
@@ -494,6 +495,11 @@ def test_random_sequences_agree(seed: int, tmp_path: Path) -> None:
                 model.compact_all()
                 assert len(store.index.runs()) == len(model.runs()) <= 1
             _compare(model, store, f"seed {seed} step {step}")
+            # Readers cache a run's key filter by its number: a number is never reused,
+            # each new run is numbered above every run before it.
+            new = set(store.index.runs()) - ever
+            assert not ever or not new or min(new) > max(ever), (seed, step, sorted(new), max(ever))
+            ever |= new
         store.drain()
         _compare(model, store, f"seed {seed} after draining")
         assert max(level_counts(store).values(), default=0) < fanout

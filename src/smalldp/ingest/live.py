@@ -120,6 +120,10 @@ class LiveIngest:
         self._failure: WriterFailed | None = None
         self._batch: list[Operation] = []
         self._meta_committed: dict[str, object] = {}  # the client's commit_meta() as last committed
+        # A merge slice failed for lack of space: it is retried before the next batch, so
+        # that while the guard pauses ingest nothing is committed, whichever write found
+        # the disk full (a small batch would often fit where the merge did not).
+        self._merge_pending = False
         self._clock = clock
         self._due = clock() + self.batch_s  # a batch commits by then: batch_ms after the last commit
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -319,6 +323,10 @@ class LiveIngest:
         while self._batch and writer is not None:
             if not self._room(block):
                 return False
+            if self._merge_pending:
+                self._merge(writer)
+                if self._merge_pending:  # no room yet: the guard paused again
+                    continue
             batch = self._batch
             cursor = batch[-1].time_us
             meta = self.client.commit_meta() if self.client is not None else None
@@ -373,14 +381,17 @@ class LiveIngest:
     def _merge(self, writer: Writer) -> None:
         """Merge slices between batches, for at most merge_ms: a merge of any size goes on
         over many batches, so no commit waits long behind one.  A slice that finds no room
-        rolls back and is done again later; the disk guard pauses ingest meanwhile."""
+        rolls back and is done again later, before the next batch; the disk guard pauses
+        ingest meanwhile."""
         if writer.merge_slices != 0:
             return  # this writer merges inside apply()
         try:
             writer.merge_steps(budget_s=self.merge_budget())
+            self._merge_pending = False
         except Exception as exc:
             if not is_disk_full(exc):
                 raise WriterFailed(f"merge: {type(exc).__name__}: {exc}") from exc
+            self._merge_pending = True
             self.guard.commit_failed(exc)
             self._show_guard()
         index, metrics = writer.backlinks, self.metrics

@@ -423,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = _settings(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    commands = {"import": cmd_import, "serve": cmd_serve, "backfill": cmd_backfill, "compact": cmd_compact, "migrate": cmd_migrate,
+    commands = {"import": cmd_import, "serve": cmd_serve, "backfill": cmd_backfill, "compact": cmd_compact,
+                "migrate": cmd_migrate,
                 "replay": cmd_replay, "backup": cmd_backup, "restore": cmd_restore, "check": cmd_check}
     return commands[args.command](args, settings)
 

@@ -582,6 +582,40 @@ class ProcCpu:
             return float("nan")
 
 
+class ChildrenCpu:
+    """CPU seconds of a process's children (serve's RPC worker processes), summed over
+    every child seen: one that ends keeps the seconds it was last seen with."""
+
+    def __init__(self, pid: int) -> None:
+        self.ps = psutil.Process(pid)
+        self.seen: dict[int, float] = {}
+
+    def cpu_s(self) -> float:
+        try:
+            children = self.ps.children(recursive=True)
+        except psutil.Error:
+            children = []
+        for child in children:
+            try:
+                t = child.cpu_times()
+                self.seen[child.pid] = float(t.user + t.system)
+            except psutil.Error:
+                pass
+        return sum(self.seen.values())
+
+    def rss(self) -> int:
+        total = 0
+        try:
+            for child in self.ps.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+        return total
+
+
 async def drive_smalldp(args: argparse.Namespace, plan: Plan, http_base: str, av: AppView, serve: Child,
                         replay: Child) -> dict[str, Any]:
     """The smalldp side once everything runs: the Watch on serve's health, then measure."""
@@ -590,7 +624,8 @@ async def drive_smalldp(args: argparse.Namespace, plan: Plan, http_base: str, av
     watch_task = asyncio.create_task(watch.run())
     try:
         res = await measure(av.url, plan, args, health_url=http_base + "/xrpc/_health", watch=watch,
-                            procs={"serve": serve, "replay": replay, "appview": ProcCpu(av.proc.pid)})
+                            procs={"serve": serve, "serve_workers": ChildrenCpu(serve.proc.pid), "replay": replay,
+                                   "appview": ProcCpu(av.proc.pid)})
     finally:
         watch.stop.set()
         await watch_task
@@ -639,6 +674,7 @@ def run_smalldp(args: argparse.Namespace, out: Path, store: Path, tail_file: Pat
             info["plc_requests"] = dict(plc.requests)
             info["wire"] = "zstd" if dictionary else "uncompressed"
             info["serve_rss_bytes"] = serve.rss()
+            info["serve_workers_rss_bytes"] = ChildrenCpu(serve.proc.pid).rss()  # the RPC worker processes
             info["serve_exit"] = serve.stop()
             info["tail_events"] = tail_events
             info["tail_exhausted"] = ((info.get("ingest") or {}).get("events_total") or 0) >= tail_events

@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
 
     srv = sub.add_parser("serve", help="follow Jetstream (or relays: --firehose) and serve the HTTP API "
                                        "and bsky.Service (gRPC on --grpc-listen, Connect on --listen)")
-    add_arguments(srv, [*STORE_SETTINGS, "listen", "grpc_listen", "read_threads", *INGEST_SETTINGS])
+    add_arguments(srv, [*STORE_SETTINGS, "listen", "grpc_listen", "read_threads", "rpc_processes", *INGEST_SETTINGS])
     srv.add_argument("--no-ingest", action="store_true", help="answer queries only; do not follow Jetstream")
 
     bfl = sub.add_parser("backfill", help="fetch whole repos (getRepo) from their PDSes into the store "

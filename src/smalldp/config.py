@@ -106,6 +106,11 @@ SETTINGS: tuple[Setting, ...] = (
     # only add hand-overs. Measured on the 10M-event store (closed loop, 4 clients):
     # getTimeline 621 requests/s with 1 thread, 479 with 2, 503 with 4.
     Setting("read_threads", "int", 1, "Threads answering queries (more only help slow disks).", 1, 64),
+    # Processes, not threads: a worker's handlers do not share the serve process's
+    # interpreter lock with live ingest and the event loop (appview/workers.py, README).
+    Setting("rpc_processes", "int", 1,
+            "Worker processes answering bsky.Service's store reads, besides one for big calls "
+            "(thread walks, batches of hundreds); 0: on serve's reader threads instead.", 0, 16),
     Setting("jetstream", "list", PUBLIC_JETSTREAMS,
             "Jetstream endpoints (ws:// or wss:// URLs), tried in order, failing over to the next; "
             "a URL without a path gets the wire's path. Repeat the flag or comma-separate."),
@@ -189,6 +194,7 @@ class Settings:
     body_collections: tuple[str, ...]
     log_level: str
     read_threads: int
+    rpc_processes: int
     jetstream: tuple[str, ...]
     firehose: tuple[str, ...]
     verify_commits: bool

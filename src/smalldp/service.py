@@ -157,12 +157,13 @@ class Service:
         if self._live is not None:
             self.backfill = BackfillHandOff(settings, self._live)
             app = make_app(path, read_threads=settings.read_threads, cache_mb=settings.cache_mb,
-                           mmap_mb=settings.mmap_mb, ingest_status=self.metrics.health,
-                           sample_sources=[self.metrics.samples], query_gate=self.gate,
-                           backfill_status=self.backfill.health, rpc_services=rpc_services)
+                           mmap_mb=settings.mmap_mb, rpc_processes=settings.rpc_processes,
+                           ingest_status=self.metrics.health, sample_sources=[self.metrics.samples],
+                           query_gate=self.gate, backfill_status=self.backfill.health, rpc_services=rpc_services)
         else:
             app = make_app(path, read_threads=settings.read_threads, cache_mb=settings.cache_mb,
-                           mmap_mb=settings.mmap_mb, rpc_services=rpc_services)
+                           mmap_mb=settings.mmap_mb, rpc_processes=settings.rpc_processes,
+                           rpc_services=rpc_services)
         app.on_cleanup.append(lambda _: session.close())
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_S)
         await runner.setup()

@@ -15,6 +15,7 @@ from smalldp.api.readers import READERS, ReaderPool
 from smalldp.api.xrpc import Handler, Params, XrpcError, json_response, xrpc_errors
 from smalldp.appview import connect
 from smalldp.appview.grpc_server import Dispatcher
+from smalldp.appview.workers import RpcWorkers
 from smalldp.links import is_at_uri
 from smalldp.priority import QueryGate
 
@@ -104,7 +105,7 @@ async def health(request: web.Request) -> web.Response:
     if backfill is not None:  # a backfill handed to this serve (running, or how the last one ended)
         body["backfill"] = backfill
     # bsky.Service: the gRPC server (grpc_listen) and the calls of both transports
-    body["grpc"] = request.app[connect.DISPATCHER].metrics.health()
+    body["grpc"] = request.app[connect.DISPATCHER].health()
     # What the status page at / shows: disk, file, counts, history, top targets (api/status.py).
     body.update(await status.health_fields(request.app))
     return json_response(body)
@@ -115,7 +116,7 @@ def make_app(db_path: Path, *, read_threads: int = 1, cache_mb: int = 64, mmap_m
              sample_sources: list[metrics.SampleSource] | None = None,
              query_gate: QueryGate | None = None,
              backfill_status: BackfillStatus = lambda: None,
-             rpc_services: dict[str, Any] | None = None) -> web.Application:
+             rpc_services: dict[str, Any] | None = None, rpc_processes: int = 0) -> web.Application:
     """Build the application answering from read-only connections to ``db_path``.
 
     ``ingest_status`` says what live ingest is doing (a dict with at least "state");
@@ -123,7 +124,9 @@ def make_app(db_path: Path, *, read_threads: int = 1, cache_mb: int = 64, mmap_m
     request marks itself in flight so that live ingest lets it go first;
     ``backfill_status`` says what a backfill handed to the service is doing (None: none);
     ``rpc_services`` are the named services bsky.Service's async handlers get
-    (``AppViewContext.services``). The app's ``connect.DISPATCHER`` answers bsky.Service.
+    (``AppViewContext.services``). The app's ``connect.DISPATCHER`` answers bsky.Service,
+    its store reads in ``rpc_processes`` worker processes (and one for big calls; 0: on
+    the reader pool's threads).
     """
     middlewares = [cors_preflight, xrpc_errors] if query_gate is None else [cors_preflight, queries_first, xrpc_errors]
     # 100 at-uris in one query string are ~12 KB: above aiohttp's default 8 KB request line.
@@ -136,7 +139,8 @@ def make_app(db_path: Path, *, read_threads: int = 1, cache_mb: int = 64, mmap_m
     app.on_response_prepare.append(allow_any_origin)
     # bsky.Service (issue 15): Connect on this port; smalldp.service adds the gRPC server,
     # which shares this dispatcher and so this reader pool.
-    dispatcher = Dispatcher(app[READERS], gate=query_gate, services=rpc_services)
+    workers = RpcWorkers(db_path, rpc_processes, cache_mb=cache_mb, mmap_mb=mmap_mb) if rpc_processes else None
+    dispatcher = Dispatcher(app[READERS], gate=query_gate, services=rpc_services, workers=workers)
     connect.setup(app, dispatcher)
     app[metrics.SAMPLE_SOURCES] = [*(sample_sources or []), dispatcher.metrics.samples]
     app.add_routes(constellation.routes)
@@ -147,6 +151,8 @@ def make_app(db_path: Path, *, read_threads: int = 1, cache_mb: int = 64, mmap_m
 
     async def close_readers(app: web.Application) -> None:
         app[READERS].close()
+        if workers is not None:
+            await workers.close()
 
     app.on_cleanup.append(close_readers)
     return app

@@ -99,7 +99,11 @@ async def handle(request: web.Request) -> web.Response:
         timeout = _headers(request)
         raw = await _body(request)
         decode = decode_proto(raw) if binary else decode_json(raw)
-        response = await dispatcher.call(method, decode, "connect", timeout=timeout)
+        response: Message | bytes
+        if binary:
+            response = await dispatcher.call_bytes(method, decode, "connect", timeout=timeout)
+        else:
+            response = await dispatcher.call(method, decode, "connect", timeout=timeout)
     except _PreDispatch as exc:
         dispatcher.metrics.record("connect", method, exc.code, 0.0)
         return error_response(exc.code, exc.message,
@@ -111,8 +115,8 @@ async def handle(request: web.Request) -> web.Response:
     except Exception:
         log.exception("Connect %s: internal error", method)
         return error_response("internal", "internal error (logged)")
-    if binary:
-        return web.Response(body=response.SerializeToString(), content_type="application/proto")
+    if isinstance(response, bytes):
+        return web.Response(body=response, content_type="application/proto")
     return web.Response(body=orjson.dumps(json_format.MessageToDict(response)), content_type="application/json")
 
 

@@ -52,13 +52,13 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, TypeVar, cast
 
 import grpc
-from google.protobuf import message_factory
 from google.protobuf.message import DecodeError, Message
 
 from smalldp.api.readers import ReaderPool
-from smalldp.appview.proto import bsky_pb2
+from smalldp.appview.methods import METHODS, SERVICE, Method
 from smalldp.appview.rpcs import handlers
 from smalldp.appview.rpcs.base import AppViewContext, AsyncHandler, RpcError, SyncHandler
+from smalldp.appview.workers import RpcWorkers, WorkerBug
 from smalldp.priority import QueryGate
 from smalldp.store.dataplane import DataPlaneReader
 
@@ -66,7 +66,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Sample = tuple[str, str, str, float]  # as smalldp.api.metrics.Sample
 
-SERVICE = "bsky.Service"
 MAX_MESSAGE_BYTES = 4 << 20
 MAX_IN_FLIGHT = 512
 STOP_GRACE_S = 2.0
@@ -80,23 +79,6 @@ LATENCY_WINDOW = 512  # durations kept per method for its quantiles (the most re
 QUANTILES = (0.5, 0.99)
 
 
-@dataclass(frozen=True)
-class Method:
-    """One method of bsky.Service and its message classes."""
-
-    name: str
-    request: type[Message]
-    response: type[Message]
-
-
-def _methods() -> dict[str, Method]:
-    service = bsky_pb2.DESCRIPTOR.services_by_name["Service"]
-    return {m.name: Method(m.name, message_factory.GetMessageClass(m.input_type),
-                           message_factory.GetMessageClass(m.output_type))
-            for m in service.methods}
-
-
-METHODS: dict[str, Method] = _methods()
 Decoder = Callable[[type[Message]], Message]
 
 
@@ -212,21 +194,42 @@ class Dispatcher:
 
     def __init__(self, pool: ReaderPool, *, gate: QueryGate | None = None,
                  services: dict[str, Any] | None = None, max_in_flight: int = MAX_IN_FLIGHT,
-                 registry: tuple[dict[str, SyncHandler], dict[str, AsyncHandler]] | None = None) -> None:
+                 registry: tuple[dict[str, SyncHandler], dict[str, AsyncHandler]] | None = None,
+                 workers: RpcWorkers | None = None) -> None:
+        if workers is not None and registry is not None:
+            raise ValueError("worker processes answer with the registered handlers, not a given registry")
         self.pool = pool
+        self.workers = workers
         self.gate = gate
         self.max_in_flight = max_in_flight
         self.sync, self.async_ = registry if registry is not None else handlers()
         self.context = AppViewContext(read=self.read, services=dict(services or {}))
         self.metrics = RpcMetrics()
 
-    async def read(self, fn: Callable[[DataPlaneReader], T]) -> T:
-        """Run ``fn`` with a DataPlaneReader on one of the pool's threads."""
-        return await self.pool.run(cast(Callable[[Any], T], fn))
+    def health(self) -> dict[str, object]:
+        """The ``grpc`` part of /xrpc/_health: the calls' counters and, with worker
+        processes, their lanes (``workers``: processes, pids, restarts; None without)."""
+        return {**self.metrics.health(), "workers": None if self.workers is None else self.workers.health()}
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(reader, *args)`` with a DataPlaneReader: in a worker process with
+        ``workers`` (then ``fn`` is a module-level function), else on one of the pool's threads."""
+        if self.workers is not None:
+            return await self.workers.read(fn, *args)
+        return await self.pool.run(lambda reader: fn(reader, *args))
 
     async def call(self, method: str, decode: Decoder, transport: str, timeout: float | None = None) -> Message:
         """Answer bsky.Service/``method`` (within ``timeout`` seconds, if given: else
         deadline_exceeded); raises RpcError (counted) for every failure."""
+        answer = await self._call(method, decode, transport, timeout)
+        return METHODS[method].response.FromString(answer) if isinstance(answer, bytes) else answer
+
+    async def call_bytes(self, method: str, decode: Decoder, transport: str, timeout: float | None = None) -> bytes:
+        """As ``call``, the answer serialized (a worker's answer is not decoded and encoded again)."""
+        answer = await self._call(method, decode, transport, timeout)
+        return answer if isinstance(answer, bytes) else bytes(answer.SerializeToString())
+
+    async def _call(self, method: str, decode: Decoder, transport: str, timeout: float | None) -> Message | bytes:
         started = time.perf_counter()
         metrics = self.metrics
         known = METHODS.get(method)
@@ -250,7 +253,7 @@ class Dispatcher:
                         raise RpcError("deadline_exceeded", f"{SERVICE}/{method}: no answer within "
                                                             f"{timeout} s") from None
                     raise
-            if not isinstance(response, known.response):
+            if not isinstance(response, (known.response, bytes)):  # bytes: a worker checked them
                 raise TypeError(f"the handler answered a {type(response).__name__}, "
                                 f"not a {known.response.__name__}")
             return response
@@ -271,8 +274,10 @@ class Dispatcher:
             metrics.record(transport, method if known else UNKNOWN_METHOD, code, time.perf_counter() - started,
                            ran=ran[0] if ran else None)
 
-    def _answer(self, method: Method, request: Message, ran: list[float]) -> Awaitable[Message]:
+    def _answer(self, method: Method, request: Message, ran: list[float]) -> Awaitable[Message | bytes]:
         sync = self.sync.get(method.name)
+        if sync is not None and self.workers is not None:
+            return self._in_worker(self.workers, method.name, request, ran)
         if sync is not None:
             def run(reader: Any) -> Message:
                 started = time.perf_counter()
@@ -285,6 +290,14 @@ class Dispatcher:
         if handler is not None:
             return handler(self.context, request)
         raise RpcError("unimplemented", f"{SERVICE}/{method.name} is not implemented by smalldp")
+
+    @staticmethod
+    async def _in_worker(workers: RpcWorkers, name: str, request: Message, ran: list[float]) -> bytes:
+        try:
+            return await workers.answer(name, request.SerializeToString(), bulk=is_bulk(name, request), ran=ran)
+        except WorkerBug as bug:
+            log.error("%s/%s: internal error in a worker process\n%s", SERVICE, name, bug)
+            raise RpcError("internal", f"{SERVICE}/{name}: internal error (logged)") from None
 
 
 def is_bulk(method: str, request: Message) -> bool:
@@ -310,11 +323,10 @@ class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no ty
     def _unary(dispatcher: Dispatcher, name: str) -> grpc.RpcMethodHandler:
         async def answer(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
             try:
-                response = await dispatcher.call(name, decode_proto(raw), "grpc")
+                return await dispatcher.call_bytes(name, decode_proto(raw), "grpc")
             except RpcError as exc:
                 await context.abort(GRPC_CODES[exc.code], exc.message)
                 raise AssertionError("abort returned") from None
-            return bytes(response.SerializeToString())
         # No (de)serializers: the handler gets the request's bytes and returns the answer's.
         return grpc.unary_unary_rpc_method_handler(answer)
 

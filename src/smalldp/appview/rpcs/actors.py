@@ -153,11 +153,16 @@ async def handles(cache: IdentityCache | None, dids: list[str], rows: list[Actor
         for task in pending:
             task.cancel()  # the cache's own fetch goes on (shielded) and fills it for next time
         found.update((did, task.result()) for did, task in tasks.items() if task in done)
-    for i, (did, row) in enumerate(zip(dids, rows)):
+    for i, (did, maybe) in enumerate(zip(dids, rows)):
         identity = found.get(did)
-        if row is not None and identity is not None:
-            out[i] = choose_handle(identity, row.handle, row.handle_owner).lower()
+        if maybe is not None and identity is not None:
+            out[i] = choose_handle(identity, maybe.handle, maybe.handle_owner).lower()
     return out
+
+
+def _actor_records(dp: DataPlaneReader, dids: list[str], hints: dict[str, str]) -> tuple[
+        list[tuple[ActorRow | None, list[StoredRecord | None], bool]], dict[str, str]]:
+    return dp.actor_records(dids, hints)
 
 
 def _unclaimed(dp: DataPlaneReader, dids: list[str], names: list[str]) -> list[str]:
@@ -186,7 +191,7 @@ async def get_actors(ctx: AppViewContext, req: bsky_pb2.GetActorsRequest) -> bsk
     # so that a document's handle (an account without identity events has no other) is
     # checked without a second read (a second wait for the reader thread).
     hints = {} if cache is None else {did: hint for did in set(dids) if (hint := cache.handle_hint(did))}
-    found, owners = await ctx.read(lambda dp: dp.actor_records(dids, hints))
+    found, owners = await ctx.read(_actor_records, dids, hints)
     rows = [row for row, _, _ in found]
     names = await handles(cache, dids, rows)
     if any(name and row is not None and name != row.handle for name, row in zip(names, rows)):
@@ -197,7 +202,7 @@ async def get_actors(ctx: AppViewContext, req: bsky_pb2.GetActorsRequest) -> bsk
         if all(not name or name in owners for name in names):
             names = _without_unclaimed(dids, names, owners)
         else:  # a document fetched or refreshed meanwhile names a handle not read yet
-            names = await ctx.read(lambda dp: _unclaimed(dp, dids, names))
+            names = await ctx.read(_unclaimed, dids, names)
     return bsky_pb2.GetActorsResponse(actors=[
         actor_info(row, records, labeler, asked in age, name)
         for asked, (row, records, labeler), name in zip(req.dids, found, names)])

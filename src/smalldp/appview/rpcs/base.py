@@ -5,7 +5,8 @@ ReaderPool, as the XRPC routes do) with a ``DataPlaneReader`` and the decoded re
 message; it must bound its work and may raise ``RpcError``.  An **async handler**
 ``fn(ctx, request) -> response`` runs on the event loop with the ``AppViewContext`` (for
 work that waits on the network, such as resolving a DID document); it reaches the store
-through ``ctx.read``.
+through ``ctx.read(fn, *args)``, ``fn`` a module-level function of the reader (it may run in
+a worker process).
 
 Errors: ``RpcError(code, message)`` with a gRPC status code name in lower case
 (``invalid_argument``, ``not_found``, ``unimplemented``, ...), the message saying what was
@@ -47,9 +48,11 @@ class RpcError(Exception):
 
 
 class Reads(Protocol):
-    """Runs a function of a DataPlaneReader on a reader thread (api.readers.ReaderPool.run)."""
+    """Runs ``fn(reader, *args)`` with a DataPlaneReader: in an RPC worker process
+    (``appview.workers``: ``fn`` must then be a module-level function, and it, ``args`` and
+    its result picklable) or on a reader thread (api.readers.ReaderPool.run)."""
 
-    def __call__(self, fn: Callable[[DataPlaneReader], _T]) -> Awaitable[_T]: ...
+    def __call__(self, fn: Callable[..., _T], *args: Any) -> Awaitable[_T]: ...
 
 
 @dataclass

@@ -58,12 +58,16 @@ async def _identity(ctx: AppViewContext, did: str, state: IdentityState | None) 
 async def get_identity_by_did(ctx: AppViewContext, req: pb.GetIdentityByDidRequest) -> pb.GetIdentityByDidResponse:
     """The DID document's keys, services and handle (module docstring)."""
     did = args.did(req.did, "did")
-    state = await ctx.read(lambda dp: dp.identity_state(did))
+    state = await ctx.read(_identity_state, did)
     identity = await _identity(ctx, did, state)
     handle = choose_handle(identity, None if state is None else state.handle,
                            None if state is None else state.handle_owner)
     return pb.GetIdentityByDidResponse(did=did, handle=handle, keys=identity.keys, services=identity.services,
                                        updated=args.timestamp_us(identity.fetched_us))
+
+
+def _identity_state(dp: DataPlaneReader, did: str) -> IdentityState | None:
+    return dp.identity_state(did)
 
 
 def _by_handle(dp: DataPlaneReader, handle: str) -> tuple[str, IdentityState | None]:
@@ -81,7 +85,7 @@ async def get_identity_by_handle(ctx: AppViewContext,
     handle = req.handle.lower()
     if not valid_handle(handle):
         raise args.invalid("handle", f"not a handle: {req.handle[:80]!r}")
-    did, state = await ctx.read(lambda dp: _by_handle(dp, handle))
+    did, state = await ctx.read(_by_handle, handle)
     if not did:
         raise RpcError("not_found", f"identity not found: no account has claimed {handle}")
     identity = await _identity(ctx, did, state)

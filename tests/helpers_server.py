@@ -180,9 +180,10 @@ class Client:
 
 
 @asynccontextmanager
-async def running(db_path: Path, read_threads: int = 2) -> AsyncIterator[Client]:
-    """The real app on 127.0.0.1:<ephemeral>, with a client session."""
-    app = make_app(db_path, read_threads=read_threads)
+async def running(db_path: Path, read_threads: int = 2, rpc_processes: int = 0) -> AsyncIterator[Client]:
+    """The real app on 127.0.0.1:<ephemeral>, with a client session (``rpc_processes``:
+    store reads of the DataPlane and bsky.Service in that many worker processes)."""
+    app = make_app(db_path, read_threads=read_threads, rpc_processes=rpc_processes)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:

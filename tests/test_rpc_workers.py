@@ -10,7 +10,9 @@ the real Dispatcher. What must hold:
 * a worker that dies answers ``unavailable`` for the call it held (the AppView retries
   that code) and the next call is answered by a new worker, counted;
 * a handler's bug in a worker is ``internal``, its traceback logged;
-* workers end with the process that started them, even when it is killed.
+* workers end with the process that started them, even when it is killed;
+* the DataPlane's XRPC methods (dev.smalldp.*) answer the same from workers as from the
+  reader threads, a bad cursor found by the store included (400).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, TypeVar
 
 import psutil
 import pytest
@@ -37,7 +39,7 @@ from smalldp.appview.workers import BUG, ERROR, OK, RpcWorkers
 from smalldp.store.dataplane import DataPlaneReader
 from smalldp.store.writer import Writer
 
-from helpers_server import POST, Events, apply, at_uri, did, tid
+from helpers_server import POST, Events, apply, at_uri, did, running, tid
 
 pytestmark = pytest.mark.timeout(120)
 T = TypeVar("T")
@@ -265,3 +267,45 @@ def test_closed_workers_refuse(store: Path) -> None:
     assert run(go()).code == "unavailable"
     with pytest.raises(ValueError):
         RpcWorkers(store, 0)
+
+
+# The DataPlane's XRPC methods (dev.smalldp.*) read the store in the workers too.
+XRPC_CALLS: list[tuple[str, dict[str, Any] | list[tuple[str, str]]]] = [
+    ("getRecords", [("uris", ROOT), ("uris", REPLY)]),
+    ("getInteractionCounts", [("uris", ROOT)]),
+    ("getLikesBySubject", {"subject": ROOT, "limit": 1}),
+    ("getRepostsBySubject", {"subject": ROOT}),
+    ("getLikesByActorAndSubjects", [("actor", BOB), ("subjects", ROOT)]),
+    ("getFollowers", {"actor": ALICE}),
+    ("getFollows", {"actor": BOB}),
+    ("getBlocks", {"actor": BOB}),
+    ("getRelationships", [("viewer", ALICE), ("targets", BOB), ("targets", CAROL)]),
+    ("getCountsForUsers", [("dids", ALICE), ("dids", BOB)]),
+    ("getActors", [("dids", ALICE), ("dids", CAROL)]),
+    ("getAuthorFeed", {"actor": BOB}),
+    ("getTimeline", {"viewer": BOB}),
+    ("getThread", {"uri": ROOT}),
+    ("getFollowsFollowing", [("viewer", BOB), ("targets", ALICE)]),
+    ("getFollowers", {"actor": ALICE, "cursor": "not-a-cursor"}),  # 400: the store's BadCursor
+    ("getFollowers", {"actor": "nobody"}),  # 400: a parameter
+]
+
+
+def test_xrpc_dataplane_methods_in_workers_answer_as_on_threads(store: Path) -> None:
+    async def ask(rpc_processes: int) -> list[tuple[int, Any]]:
+        async with running(store, rpc_processes=rpc_processes) as client:
+            replies = [await client.get(f"/xrpc/dev.smalldp.{name}", params) for name, params in XRPC_CALLS]
+            health = (await client.get("/xrpc/_health")).json["grpc"]["workers"]
+        out: list[tuple[int, Any]] = [(r.status, r.json) for r in replies]
+        return out + [(0, health)]
+
+    threads, processes = run(ask(0)), run(ask(1))
+    assert threads[-1] == (0, None)  # no workers: every read on the reader threads
+    health = processes[-1][1]
+    assert len(health["small"]["pids"]) == 1 and os.getpid() not in health["small"]["pids"]
+    for (name, params), a, b in zip(XRPC_CALLS, threads, processes):
+        assert a == b, (name, params)
+    statuses = [status for status, _ in threads[:-1]]
+    assert statuses[:-2] == [200] * (len(XRPC_CALLS) - 2) and statuses[-2:] == [400, 400]
+    assert "cursor" in threads[-3][1]["message"]
+    assert sorted(f["actorDid"] for f in threads[5][1]["followers"]) == sorted([BOB, CAROL])

@@ -10,6 +10,7 @@ from typing import Callable, TypeVar
 
 from aiohttp import web
 
+from smalldp.appview.workers import RpcWorkers
 from smalldp.store.dataplane import DataPlaneReader
 from smalldp.store.reader import Reader
 from smalldp.store.runfilter import RunFilters
@@ -65,3 +66,6 @@ class ReaderPool:
 
 
 READERS = web.AppKey("readers", ReaderPool)  # where the application keeps its pool
+# the RPC worker processes (rpc_processes), when serve has them: the DataPlane's XRPC
+# methods and bsky.Service read the store there
+WORKERS = web.AppKey("rpc_workers", RpcWorkers)

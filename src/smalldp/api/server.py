@@ -11,7 +11,7 @@ from aiohttp import web
 
 from smalldp import __version__
 from smalldp.api import NAMESPACE, constellation, dataplane, metrics, status
-from smalldp.api.readers import READERS, ReaderPool
+from smalldp.api.readers import READERS, WORKERS, ReaderPool
 from smalldp.api.xrpc import Handler, Params, XrpcError, json_response, xrpc_errors
 from smalldp.appview import connect
 from smalldp.appview.grpc_server import Dispatcher
@@ -140,6 +140,8 @@ def make_app(db_path: Path, *, read_threads: int = 1, cache_mb: int = 64, mmap_m
     # bsky.Service (issue 15): Connect on this port; smalldp.service adds the gRPC server,
     # which shares this dispatcher and so this reader pool.
     workers = RpcWorkers(db_path, rpc_processes, cache_mb=cache_mb, mmap_mb=mmap_mb) if rpc_processes else None
+    if workers is not None:
+        app[WORKERS] = workers
     dispatcher = Dispatcher(app[READERS], gate=query_gate, services=rpc_services, workers=workers)
     connect.setup(app, dispatcher)
     app[metrics.SAMPLE_SOURCES] = [*(sample_sources or []), dispatcher.metrics.samples]

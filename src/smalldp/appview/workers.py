@@ -42,7 +42,6 @@ import asyncio
 import itertools
 import json
 import logging
-import os
 import pickle
 import signal
 import socket
@@ -57,15 +56,17 @@ from typing import Any, BinaryIO, Callable, TypeVar
 from smalldp.appview.methods import METHODS, SERVICE
 from smalldp.appview.rpcs.base import RpcError, SyncHandler
 from smalldp.store.dataplane import DataPlaneReader
+from smalldp.store.reader import BadCursor
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-OK, ERROR, BUG = "ok", "error", "bug"
+OK, ERROR, BUG, CURSOR = "ok", "error", "bug", "cursor"
 # (OK, value, seconds ran) | (ERROR, (code, message), seconds) | (BUG, traceback, seconds)
+# | (CURSOR, message, seconds): a store read's BadCursor
 Outcome = tuple[str, Any, float]
 ANSWER, READ = 1, 2  # what a request frame asks: a sync handler's answer, an async handler's read
-STATUS = {OK: 0, ERROR: 1, BUG: 2}
+STATUS = {OK: 0, ERROR: 1, BUG: 2, CURSOR: 3}
 STATUS_NAMES = {v: k for k, v in STATUS.items()}
 REQUEST = struct.Struct("<IBI")  # call id, ANSWER or READ, payload bytes
 RESPONSE = struct.Struct("<IBdI")  # call id, STATUS, seconds the worker ran it, payload bytes
@@ -162,13 +163,15 @@ def _read_pickled(payload: bytes) -> Outcome:
 
 
 def _read(fn: Callable[..., Any], args: tuple[Any, ...]) -> Outcome:
-    """``fn(reader, *args)``, for an async handler's store read."""
+    """``fn(reader, *args)``, for an async handler's store read or an XRPC method's."""
     started = time.perf_counter()
     try:
         assert _reader is not None
         return OK, fn(_reader, *args), time.perf_counter() - started
     except RpcError as exc:
         return ERROR, (exc.code, exc.message), time.perf_counter() - started
+    except BadCursor as exc:  # an XRPC method's 400
+        return CURSOR, str(exc), time.perf_counter() - started
     except Exception:
         return BUG, traceback.format_exc(), time.perf_counter() - started
 
@@ -350,7 +353,17 @@ def _unwrap(kind: str, value: Any) -> Any:
     if kind == ERROR:
         code, message = value
         raise RpcError(code, message)
+    if kind == CURSOR:
+        raise BadCursor(value)
     raise WorkerBug(value)
+
+
+def reader_method(dp: DataPlaneReader, name: str, *args: Any) -> Any:
+    """``dp.<name>(*args)``: a public query method of the reader, by name (how the XRPC
+    routes name their read to a worker without a lambda, which does not pickle)."""
+    if name.startswith("_"):
+        raise ValueError(f"not a query method: {name!r}")
+    return getattr(dp, name)(*args)
 
 
 if __name__ == "__main__":

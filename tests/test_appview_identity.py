@@ -612,7 +612,7 @@ def test_handlers_over_a_store(plc: FakePlc, tmp_path: Path) -> None:
 
     async def main(session: aiohttp.ClientSession) -> None:
         cache = cache_for(session, plc, ttl_s=3600)
-        ctx = AppViewContext(read=pool.run, services={"identity": cache})
+        ctx = AppViewContext(read=reads(pool), services={"identity": cache})
         got = await by_did(ctx, bsky_pb2.GetIdentityByDidRequest(did=a))
         assert isinstance(got, bsky_pb2.GetIdentityByDidResponse)
         assert got.did == a and got.handle == "alice.example.com"  # the store's, claimed by the document
@@ -656,14 +656,21 @@ def test_handlers_over_a_store(plc: FakePlc, tmp_path: Path) -> None:
                         bsky_pb2.GetIdentityByHandleRequest(handle="not a handle")):
             assert await code_of(by_handle(ctx, request)) == "invalid_argument"
         # a server without the identity service
-        bare = AppViewContext(read=pool.run, services={})
+        bare = AppViewContext(read=reads(pool), services={})
         assert await code_of(by_did(bare, bsky_pb2.GetIdentityByDidRequest(did=a))) == "unavailable"
         # the directory down, nothing cached: unavailable
         plc.status[b] = 503
-        fresh = AppViewContext(read=pool.run, services={"identity": cache_for(session, plc)})
+        fresh = AppViewContext(read=reads(pool), services={"identity": cache_for(session, plc)})
         assert await code_of(by_did(fresh, bsky_pb2.GetIdentityByDidRequest(did=b))) == "unavailable"
     try:
         run(main)
     finally:
         pool.close()
         writer.close()
+
+
+def reads(pool: ReaderPool) -> Any:
+    """``AppViewContext.read`` on a ReaderPool's threads: ``fn(reader, *args)``."""
+    async def read(fn: Any, *args: Any) -> Any:
+        return await pool.run(lambda reader: fn(reader, *args))
+    return read

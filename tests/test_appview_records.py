@@ -535,8 +535,8 @@ def test_get_actors(store: Path) -> None:
 
 def get_actors(dp: DataPlaneReader, services: dict[str, Any], **fields: Any) -> Any:
     """GetActors (an async handler: it may wait for DID documents) on a loop of its own."""
-    async def read(fn: Any) -> Any:
-        return fn(dp)
+    async def read(fn: Any, *args: Any) -> Any:
+        return fn(dp, *args)
 
     async def main() -> Any:
         return await ASYNC["GetActors"](AppViewContext(read=read, services=services), pb.GetActorsRequest(**fields))

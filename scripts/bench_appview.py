@@ -109,7 +109,7 @@ from bench_dataplane import (  # noqa: E402
     DEFAULT_DICTIONARY, HEALTH_POLL_S, Recorder, Watch, _manifest_ok, ensure_dp_events, ensure_store,
     generator_key, get_json, lat_stats, open_lines, open_loop, pick_params, wait_ingesting, working_copy,
 )
-from bench_live import Child, _cpu_model, _git_state, smalldp  # noqa: E402
+from bench_live import Child, ChildrenCpu, _cpu_model, _git_state, smalldp  # noqa: E402
 
 PREFIX = "av"  # file names in --out-dir: av-events-*, av-store-* (the DataPlane benchmark's are dp-*)
 VARIANT = "did:web as stand-in did:plc"
@@ -580,40 +580,6 @@ class ProcCpu:
             return float(t.user + t.system)
         except psutil.Error:
             return float("nan")
-
-
-class ChildrenCpu:
-    """CPU seconds of a process's children (serve's RPC worker processes), summed over
-    every child seen: one that ends keeps the seconds it was last seen with."""
-
-    def __init__(self, pid: int) -> None:
-        self.ps = psutil.Process(pid)
-        self.seen: dict[int, float] = {}
-
-    def cpu_s(self) -> float:
-        try:
-            children = self.ps.children(recursive=True)
-        except psutil.Error:
-            children = []
-        for child in children:
-            try:
-                t = child.cpu_times()
-                self.seen[child.pid] = float(t.user + t.system)
-            except psutil.Error:
-                pass
-        return sum(self.seen.values())
-
-    def rss(self) -> int:
-        total = 0
-        try:
-            for child in self.ps.children(recursive=True):
-                try:
-                    total += child.memory_info().rss
-                except psutil.Error:
-                    pass
-        except psutil.Error:
-            pass
-        return total
 
 
 async def drive_smalldp(args: argparse.Namespace, plan: Plan, http_base: str, av: AppView, serve: Child,

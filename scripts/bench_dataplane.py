@@ -65,7 +65,7 @@ from yarl import URL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import ROOT, free_port, load_generator, wait_for_port  # noqa: E402
-from bench_live import Child, _cpu_model, _git_state, smalldp  # noqa: E402
+from bench_live import Child, ChildrenCpu, _cpu_model, _git_state, smalldp  # noqa: E402
 
 DEFAULT_DICTIONARY = Path("/work/shared/fixtures/jetstream/zstd_dictionary_legacy_subscribe.zdict")
 NS = "dev.smalldp"
@@ -721,7 +721,9 @@ async def drive(args: argparse.Namespace, base: str, params: dict[str, Any], ser
     watch_task = asyncio.create_task(watch.run())
     log(f"ingest running; warming up {args.warmup_s:g} s")
     await asyncio.sleep(args.warmup_s)
-    procs = {"serve": serve, "replay": replay}
+    # serve's RPC worker processes (rpc_processes) read the store for the DataPlane methods
+    workers = ChildrenCpu(serve.proc.pid)
+    procs = {"serve": serve, "serve_workers": workers, "replay": replay}
 
     async def settle() -> float:
         """Let ingest catch up with the replay before a phase (an overloaded phase starves
@@ -779,10 +781,11 @@ async def drive(args: argparse.Namespace, base: str, params: dict[str, Any], ser
         cap: dict[str, Any] = {}
         for m in METHODS:
             reqs = build((maker.make(m) for _ in iter(int, 1)), 200)
-            cpu0 = serve.cpu_s()
+            cpu0, wcpu0 = serve.cpu_s(), workers.cpu_s()
             t0 = time.monotonic()
             cap[m] = await closed_loop(reqs, args.capacity_s, args.capacity_concurrency)
             cap[m]["serve_cpu_pct"] = round(100 * (serve.cpu_s() - cpu0) / (time.monotonic() - t0), 1)
+            cap[m]["serve_workers_cpu_pct"] = round(100 * (workers.cpu_s() - wcpu0) / (time.monotonic() - t0), 1)
         result["phases"]["capacity"] = {"methods": cap, "ingest": {}}
         log("capacity: " + ", ".join(f"{m} {v['requests_per_s']}/s" for m, v in cap.items()))
     watch.stop.set()
@@ -944,6 +947,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"replay :{rport} (speed {speed:g} = {args.ingest_rate:g} events/s), serve :{sport} on {live.name}")
         result.update(asyncio.run(drive(args, f"http://127.0.0.1:{sport}", params, serve, replay, tail)))
         result["serve_rss_bytes"] = serve.rss()
+        result["serve_workers_rss_bytes"] = ChildrenCpu(serve.proc.pid).rss()
         result["serve_exit"] = serve.stop()
         if result["serve_exit"] != 0:
             result["problems"].append(f"serve exited with {result['serve_exit']}: {serve.log_tail(5)}")

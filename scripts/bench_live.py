@@ -156,6 +156,40 @@ class Child:
             child.stop()
 
 
+class ChildrenCpu:
+    """CPU seconds of a process's children (serve's RPC worker processes), summed over
+    every child seen: one that ends keeps the seconds it was last seen with."""
+
+    def __init__(self, pid: int) -> None:
+        self.ps = psutil.Process(pid)
+        self.seen: dict[int, float] = {}
+
+    def cpu_s(self) -> float:
+        try:
+            children = self.ps.children(recursive=True)
+        except psutil.Error:
+            children = []
+        for child in children:
+            try:
+                t = child.cpu_times()
+                self.seen[child.pid] = float(t.user + t.system)
+            except psutil.Error:
+                pass
+        return sum(self.seen.values())
+
+    def rss(self) -> int:
+        total = 0
+        try:
+            for child in self.ps.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+        return total
+
+
 def smalldp(*args: str) -> list[str]:
     return [sys.executable, "-m", "smalldp.cli", *args]
 

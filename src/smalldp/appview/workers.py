@@ -102,10 +102,9 @@ def _serve(sock: socket.socket, path: Path, cache_mb: int, mmap_mb: int) -> None
         if kind == ANSWER:
             name_size = payload[0]
             status, value, ran = _answer(payload[1:1 + name_size].decode(), payload[1 + name_size:])
-            body = value if status == OK else _error_bytes(status, value)
         else:
             status, value, ran = _read_pickled(payload)
-            body = value if status == OK else _error_bytes(status, value)
+        body = value if status == OK else _error_bytes(status, value)
         sock.sendall(RESPONSE.pack(call, STATUS[status], ran, len(body)) + body)
 
 

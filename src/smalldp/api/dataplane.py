@@ -13,12 +13,12 @@ from typing import Any, Callable
 from aiohttp import web
 
 from smalldp.api import NAMESPACE
-from smalldp.api.readers import READERS, WORKERS
+from smalldp.api.readers import READERS, WORKERS, read_store
 from smalldp.api.xrpc import Params, XrpcError, json_response
+from smalldp.appview.workers import reader_method
 from smalldp.derived import BLOCK, FOLLOW, POST, REPOST
 from smalldp.events import valid_did, valid_handle
 from smalldp.links import is_link
-from smalldp.appview.workers import reader_method
 from smalldp.store.dataplane import FEED_FILTERS, LIKE, QUOTE_PATHS, THREAD_LEVELS_MAX
 from smalldp.store.encoding import split_target
 
@@ -34,10 +34,7 @@ def _route(name: str) -> Callable[[Callable[[web.Request], Any]], Any]:
 
 async def _run(request: web.Request, method: str, *args: Any) -> Any:
     """``reader.<method>(*args)`` of a DataPlaneReader, where serve runs store reads."""
-    workers = request.app.get(WORKERS)
-    if workers is not None:
-        return await workers.read(reader_method, method, *args)
-    return await request.app[READERS].run(lambda r: getattr(r, method)(*args))
+    return await read_store(request.app[READERS], request.app.get(WORKERS), reader_method, method, *args)
 
 
 def _is_at_uri(value: str) -> bool:

@@ -6,7 +6,7 @@ import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from aiohttp import web
 
@@ -69,3 +69,11 @@ READERS = web.AppKey("readers", ReaderPool)  # where the application keeps its p
 # the RPC worker processes (rpc_processes), when serve has them: the DataPlane's XRPC
 # methods and bsky.Service read the store there
 WORKERS = web.AppKey("rpc_workers", RpcWorkers)
+
+
+async def read_store(pool: ReaderPool, workers: RpcWorkers | None, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(reader, *args)`` with a DataPlaneReader: in a worker process when there are
+    ``workers`` (then ``fn`` is a module-level function), else on one of ``pool``'s threads."""
+    if workers is not None:
+        return await workers.read(fn, *args)
+    return await pool.run(lambda reader: fn(reader, *args))

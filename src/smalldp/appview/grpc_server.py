@@ -54,7 +54,7 @@ from typing import Any, Awaitable, Callable, TypeVar, cast
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from smalldp.api.readers import ReaderPool
+from smalldp.api.readers import ReaderPool, read_store
 from smalldp.appview.methods import METHODS, SERVICE, Method
 from smalldp.appview.rpcs import handlers
 from smalldp.appview.rpcs.base import AppViewContext, AsyncHandler, RpcError, SyncHandler
@@ -212,11 +212,8 @@ class Dispatcher:
         return {**self.metrics.health(), "workers": None if self.workers is None else self.workers.health()}
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(reader, *args)`` with a DataPlaneReader: in a worker process with
-        ``workers`` (then ``fn`` is a module-level function), else on one of the pool's threads."""
-        if self.workers is not None:
-            return await self.workers.read(fn, *args)
-        return await self.pool.run(lambda reader: fn(reader, *args))
+        """``fn(reader, *args)`` with a DataPlaneReader (``api.readers.read_store``)."""
+        return await read_store(self.pool, self.workers, fn, *args)
 
     async def call(self, method: str, decode: Decoder, transport: str, timeout: float | None = None) -> Message:
         """Answer bsky.Service/``method`` (within ``timeout`` seconds, if given: else

@@ -32,6 +32,8 @@ class FakeNetwork(ThreadedWebServer):
     unlisted_docs: set[str] = field(default_factory=set)  # DIDs the PLC directory does not know
     keys: dict[str, str] = field(default_factory=dict)  # DID -> its #atproto Multikey (publicKeyMultibase)
     delay_s: float = 0.0  # before each getRepo answer (makes a run long enough to kill)
+    hold_after: int | None = None  # getRepo calls after this many in all wait until it is raised or None
+    held: int = 0  # getRepo calls waiting at that gate now
     page_size: int = 3
     requests: dict[str, int] = field(default_factory=dict)
     port: int = 0
@@ -65,9 +67,17 @@ class FakeNetwork(ThreadedWebServer):
     async def get_repo(self, request: web.Request) -> web.StreamResponse:
         did = request.query.get("did", "")
         count = self.requests[did] = self.requests.get(did, 0) + 1
+        ordinal = sum(self.requests.values())
         how = self.behaviour.get(did, OK)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
+        if self.hold_after is not None and ordinal > self.hold_after:
+            self.held += 1
+            try:  # a killed client leaves this waiting: the test releases it by lifting the gate
+                while self.hold_after is not None and ordinal > self.hold_after:
+                    await asyncio.sleep(0.01)
+            finally:
+                self.held -= 1
         if how == RATE_LIMITED_ONCE and count == 1:
             return web.json_response({"error": "RateLimitExceeded", "message": "slow down"}, status=429,
                                      headers={"Retry-After": "1"})

@@ -415,6 +415,19 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _done_count(data: Path) -> int:
+    """How many repos the store at ``data`` has marked done (0 before its tables exist)."""
+    if not db_path(data).exists():
+        return 0
+    conn = sqlite3.connect(db_path(data), timeout=5)
+    try:
+        return int(conn.execute("SELECT count(*) FROM backfill WHERE state='done'").fetchone()[0])
+    except sqlite3.OperationalError:  # the tables not made yet
+        return 0
+    finally:
+        conn.close()  # else it holds the store, and the next run refuses it as in use
+
+
 def test_sigkill_mid_run_then_again_equals_a_clean_run(tmp_path: Path) -> None:
     root, cars = follows_network(16, 300, seed=50)
     with FakeNetwork(cars=cars) as net:
@@ -423,32 +436,24 @@ def test_sigkill_mid_run_then_again_equals_a_clean_run(tmp_path: Path) -> None:
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 1, done.stderr  # did_of(17) is followed and does not resolve
         assert json.loads(done.stdout)["done"] == 17
-        net.delay_s = 0.1
         killed = tmp_path / "killed"
-        for attempt in range(3):  # killed after a few repos are done, at a different point each time
+        for attempt in range(3):  # killed after a few more repos are done, at a different point each time
+            before = _done_count(killed)
+            net.hold_after = sum(net.requests.values()) + 3  # the run cannot end while a getRepo is held
             proc = subprocess.Popen(_cmd(killed, net, "--follows-of", root, "--backfill-concurrency", "2"),
                                     env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                if proc.poll() is not None:
+            while time.monotonic() < deadline and proc.poll() is None:
+                if net.held and _done_count(killed) > before:
                     break
-                if db_path(killed).exists():
-                    conn = sqlite3.connect(db_path(killed), timeout=5)
-                    try:
-                        n = conn.execute("SELECT count(*) FROM backfill WHERE state='done'").fetchone()[0]
-                    except sqlite3.OperationalError:  # the tables not made yet
-                        n = 0
-                    finally:
-                        conn.close()  # else it holds the store, and the next run refuses it as in use
-                    if n >= 3 + 3 * attempt:
-                        break
                 time.sleep(0.02)
             assert proc.poll() is None, "it ended before it was killed"
+            assert _done_count(killed) > before, "no repo was done before the kill"
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
         states = {s for s, _ in status(killed).values()}
         assert "queued" in states or "running" in states  # it was killed mid-run
-        net.delay_s = 0
+        net.hold_after = None
         again = subprocess.run(_cmd(killed, net, "--json", "--follows-of", root), env=_env(),
                                capture_output=True, text=True, timeout=120)
         assert again.returncode == 1, again.stderr

@@ -456,6 +456,33 @@ def test_interaction_counts_past_one_prefetch_query(scenarios: list[Scenario]) -
         assert sum(want["likes"]) > 0, s.name
 
 
+@pytest.mark.parametrize("side", [None, True, False])
+def test_list_blocks_answer_the_same_from_either_side(scenarios: list[Scenario], side: bool | None) -> None:
+    """A list block between two accounts is read from the blocker's list blocks or from
+    the lists holding the other account and their blockers, whichever is cheaper: forced
+    to either side (or left to choose), relationships and block existence answer as the
+    model, through the reader directly, for every ordered pair of accounts."""
+    for s in scenarios:
+        people = s.u.subjects + [s.u.stranger]
+        pairs = [(a, b) for a in people for b in people]
+        reader = DataPlaneReader(s.path)
+        if side is not None:
+            reader._blocker_side = lambda blocker, blocked, sharing=1: side  # type: ignore[method-assign]
+        try:
+            refs = reader.block_refs(pairs)
+            exists = reader.block_existence(pairs)
+            relationships = {viewer: reader.relationships(viewer, people, list_uris=False) for viewer in people}
+        finally:
+            reader.close()
+        assert exists == s.model.get_block_existence(pairs), s.name
+        assert [any(r.values()) for r in refs] == exists, s.name
+        for viewer in people:
+            assert relationships[viewer] == s.model.get_relationships(viewer, people), (s.name, viewer)
+        if s.name == "seed2":  # list blocks both ways are reached
+            assert any(r["blockedByList"] for rows in relationships.values() for r in rows)
+            assert any(r["blockingByList"] for rows in relationships.values() for r in rows)
+
+
 @pytest.mark.parametrize("method", ["getLikesBySubject", "getRepostsBySubject", "getQuotesBySubject"])
 def test_records_by_subject(scenarios: list[Scenario], method: str) -> None:
     """getLikesBySubject / getRepostsBySubject / getQuotesBySubject: every live record,

@@ -116,10 +116,9 @@ class GraphQueries(ListQueries):
         """getRelationships. ``blockingByList`` / ``blockedByList`` name the listblock record,
         or with ``list_uris`` the list it blocks (what bsky.Service answers).
 
-        Everything but the targets' list memberships (read when the viewer blocks lists)
-        is read from the viewer's keys: its follows, followers, blocks, blockers, list
-        blocks and the lists holding it (one query for all), so a target costs lookups in
-        those, not a read of its own edges."""
+        Follows and direct blocks either way are read from the viewer's keys (one query
+        for all), so a target costs lookups in those, not a read of its own edges; list
+        blocks as ``_prefetch_list_blocks`` reads them for all targets at once."""
         def read() -> list[dict[str, str]]:
             v = self._active(viewer)
             if v is not None:
@@ -128,9 +127,8 @@ class GraphQueries(ListQueries):
                     (LISTBLOCK, AUTHOR), (LISTITEM, ".subject"))])
             out = []
             accounts = [self._active(target) for target in targets]
-            if v is not None and self._blocked_lists(v):  # is the target in a list the viewer blocks?
-                self._prefetch_many([did_key(t) for t in accounts if t is not None],
-                                    [self._source_id(LISTITEM, ".subject")])
+            if v is not None:
+                self._prefetch_list_blocks([(v, t) for t in accounts if t is not None], len(accounts))
             for target, t in zip(targets, accounts):
                 if v is None or t is None:
                     out.append({"targetDid": target, "following": "", "followedBy": "", "blocking": "",
@@ -141,7 +139,7 @@ class GraphQueries(ListQueries):
                             "followedBy": self._edge_uri_to(t, FOLLOW, v), "blocking": self._edge_uri(v, BLOCK, t),
                             "blockedBy": self._edge_uri_to(t, BLOCK, v),
                             "blockingByList": self._list_block_ref(v, t)[which],
-                            "blockedByList": self._list_blocked_by(v, t)[which]})
+                            "blockedByList": self._list_block_by(t, v, len(accounts))[which]})
             return out
         return self._read(read)
 
@@ -153,18 +151,72 @@ class GraphQueries(ListQueries):
         return self._read(read)
 
     def _prefetch_pairs(self, pairs: list[tuple[str, str]]) -> None:
-        """What ``_pair_blocks`` reads of many pairs, in two queries: each a's blocks,
-        blockers, list blocks and memberships; each b's memberships where its a blocks
-        lists."""
-        firsts = {aid for aid in (self._active(a) for a, _ in pairs) if aid is not None}
-        self._prefetch_many([did_key(a) for a in firsts], [self._source_id(c, p) for c, p in (
-            (BLOCK, OUT_SUBJECT), (BLOCK, ".subject"), (LISTBLOCK, AUTHOR), (LISTITEM, ".subject"))])
-        members: list[bytes] = []
-        for a_did, b_did in pairs:
-            a, b = self._active(a_did), self._active(b_did)
-            if a is not None and b is not None and self._blocked_lists(a):
-                members.append(did_key(b))
-        self._prefetch_many(members, [self._source_id(LISTITEM, ".subject")])
+        """What ``_pair_blocks`` reads of many pairs, a few batched queries in all: each
+        a's blocks and blockers, then what list blocks either way need
+        (``_prefetch_list_blocks``)."""
+        active = [(a, b) for a, b in ((self._active(a), self._active(b)) for a, b in pairs)
+                  if a is not None and b is not None]
+        self._prefetch_many([did_key(a) for a in {a for a, _ in active}], [self._source_id(c, p) for c, p in (
+            (BLOCK, OUT_SUBJECT), (BLOCK, ".subject"))])
+        self._prefetch_list_blocks(active)
+
+    def _prefetch_list_blocks(self, pairs: list[tuple[int, int]], sharing: int = 1) -> None:
+        """What ``_list_block_ref(a, b)`` and ``_list_block_by(b, a, sharing)`` read of
+        many pairs of active accounts, in batches rather than a query per key or record (a
+        request about 100 accounts otherwise costs thousands of point reads): a's list
+        blocks and memberships, b's list blocks where ``_blocker_side`` asks, then the
+        records and keys of the side it picks, and b's memberships where a blocks lists."""
+        listblock, listitem = self._coll_id(LISTBLOCK), self._coll_id(LISTITEM)
+        if listblock is None or listitem is None:
+            return  # no list block or list item was ever indexed
+        blocks_sid, member_sid = self._source_id(LISTBLOCK, AUTHOR), self._source_id(LISTITEM, ".subject")
+        firsts = {a for a, _ in pairs}
+        self._prefetch_many([did_key(a) for a in firsts], [blocks_sid, member_sid])
+        self._prefetch_many({did_key(b) for a, b in pairs if self._membership_count(a) >= sharing}, [blocks_sid])
+        by_blocker = {a for a in firsts if self._list_block_count(a)}
+        by_member: set[int] = set()
+        for a, b in pairs:
+            if not self._blocker_side(b, a, sharing):
+                by_member.add(a)
+            elif self._list_block_count(b):
+                by_blocker.add(b)
+        self._prefetch_many({did_key(b) for a, b in pairs if a in by_blocker}, [member_sid])
+        self._links_many([(sk, x, listblock) for x in by_blocker for sk, _ in
+                          itertools.islice(self._live(self._of(x, LISTBLOCK, AUTHOR)), LIST_BLOCKS_MAX)] +
+                         [(sk, owner, listitem) for a in by_member for sk, owner in
+                          self._live(self._of(a, LISTITEM, ".subject"))])
+        self._prefetch_many({list_key for a in by_member for list_key in self._lists_holding(a)},
+                            [self._source_id(LISTBLOCK, ".subject")])
+
+    def _list_block_count(self, account: int) -> int:
+        """The account's live list blocks."""
+        return self._tally(did_key(account), LISTBLOCK, AUTHOR)[0]
+
+    def _membership_count(self, account: int) -> int:
+        """The live listitems naming the account."""
+        return self._tally(did_key(account), LISTITEM, ".subject")[0]
+
+    def _blocker_side(self, blocker: int, blocked: int, sharing: int = 1) -> bool:
+        """Whether ``_list_block_by`` reads the blocker's list blocks (exact when it has at
+        most LIST_BLOCKS_MAX: ``_blocked_lists`` sees them all) rather than the lists
+        holding ``blocked`` and their blockers, read once for the ``sharing`` pairs of a
+        request that ask about ``blocked``: whichever reads fewer records (the member's
+        side without reading the blocker's at all when it is in fewer than ``sharing``
+        lists)."""
+        members = self._membership_count(blocked)
+        if members < sharing:
+            return False
+        count = self._list_block_count(blocker)
+        return count <= LIST_BLOCKS_MAX and count * sharing <= members
+
+    def _list_block_by(self, blocker: int, blocked: int, sharing: int = 1) -> tuple[str, str]:
+        """The blocker's listblock of a list holding ``blocked`` and that list's uri, or
+        ("", ""), read from the side ``_blocker_side`` picks: ``_list_block_ref`` (nothing
+        to read for the many accounts that block no list) or ``_list_blocked_by``; both
+        pick the list whose oldest live listblock is the newest."""
+        if self._blocker_side(blocker, blocked, sharing):
+            return self._list_block_ref(blocker, blocked)
+        return self._list_blocked_by(blocked, blocker)
 
     def block_refs(self, pairs: list[tuple[str, str]]) -> list[dict[str, str]]:
         """Per pair (a, b), what blocks there are between them (bsky.Service's BlockExistence):
@@ -186,10 +238,10 @@ class GraphQueries(ListQueries):
         a, b = self._active(a_did), self._active(b_did)
         if a is None or b is None:
             return {}
-        # a's keys answer all but "a blocks a list holding b" (its blocks, its blockers,
-        # its list blocks, the lists holding it): the AppView asks about one viewer and
-        # many accounts, so per b only its list memberships are read, when a blocks lists
-        # (the callers fetch all of it for every pair at once: _prefetch_pairs)
+        # Direct blocks either way are read from a's keys (its blocks and its blockers);
+        # a list block either way from the blocker's list blocks, which most accounts do
+        # not have (``_list_block_by``). The callers fetch all of it for every pair at
+        # once: _prefetch_pairs.
         found: dict[str, str] = {}
         for kind in BLOCK_KINDS:
             if kind == "blocking":
@@ -199,7 +251,7 @@ class GraphQueries(ListQueries):
             elif kind == "blockingByList":
                 uri = self._list_block_ref(a, b)[1]
             else:
-                uri = self._list_blocked_by(a, b)[1]
+                uri = self._list_block_by(b, a)[1]
             if uri:
                 found[kind] = uri
                 if first:
@@ -228,10 +280,24 @@ class GraphQueries(ListQueries):
         """(the blocker's listblock of a list that contains ``blocked``, that list's uri),
         or ("", ""): the list whose listblock (the oldest live one of each list) is the
         newest."""
-        for sk, list_key in self._blocked_lists(blocker):
-            if self._member_item(list_key, blocked):
+        lists = self._blocked_lists(blocker)
+        if not lists:
+            return "", ""
+        owners = self._list_owners_naming(blocked)  # most lists' owners never named it: no read
+        for sk, list_key in lists:
+            owner = key_account(list_key)
+            if owner is not None and owner in owners and self._member_item(list_key, blocked):
                 return self._uri(blocker, LISTBLOCK, sk), self._target_name(list_key)
         return "", ""
+
+    def _list_owners_naming(self, member: int) -> BitMap:
+        """The active accounts with a listitem naming ``member`` (in any of their lists),
+        memoized per snapshot: a list can hold it only if its owner is one."""
+        memo_key = (did_key(member), -4)
+        cached = self._memo.get(memo_key)
+        if cached is None:
+            cached = self._memo[memo_key] = [self._tally(did_key(member), LISTITEM, ".subject")[1]]  # type: ignore[list-item]
+        return cached[0]  # type: ignore[return-value]
 
     def _list_blocked_by(self, blocked: int, blocker: int) -> tuple[str, str]:
         """``_list_block_ref(blocker, blocked)`` read from the blocked account's side: the

@@ -173,14 +173,15 @@ class GraphQueries(ListQueries):
         firsts = {a for a, _ in pairs}
         self._prefetch_many([did_key(a) for a in firsts], [blocks_sid, member_sid])
         self._prefetch_many({did_key(b) for a, b in pairs if self._membership_count(a) >= sharing}, [blocks_sid])
-        by_blocker = {a for a in firsts if self._list_block_count(a)}
+        self._prefetch_many({did_key(b) for a, b in pairs if self._list_block_count(a)}, [member_sid])
+        # a blocker's list blocks are read only where the other account is in some list
+        by_blocker = {a for a, b in pairs if self._list_block_count(a) and self._membership_count(b)}
         by_member: set[int] = set()
         for a, b in pairs:
             if not self._blocker_side(b, a, sharing):
                 by_member.add(a)
-            elif self._list_block_count(b):
+            elif self._list_block_count(b) and self._membership_count(a):
                 by_blocker.add(b)
-        self._prefetch_many({did_key(b) for a, b in pairs if a in by_blocker}, [member_sid])
         self._links_many([(sk, x, listblock) for x in by_blocker for sk, _ in
                           itertools.islice(self._live(self._of(x, LISTBLOCK, AUTHOR)), LIST_BLOCKS_MAX)] +
                          [(sk, owner, listitem) for a in by_member for sk, owner in
@@ -189,12 +190,31 @@ class GraphQueries(ListQueries):
                             [self._source_id(LISTBLOCK, ".subject")])
 
     def _list_block_count(self, account: int) -> int:
-        """The account's live list blocks."""
-        return self._tally(did_key(account), LISTBLOCK, AUTHOR)[0]
+        """The account's live list blocks (memoized per snapshot)."""
+        memo_key = (did_key(account), -5)
+        cached = self._memo.get(memo_key)
+        if cached is None:
+            cached = self._memo[memo_key] = [self._tally(did_key(account), LISTBLOCK, AUTHOR)[0]]  # type: ignore[list-item]
+        return cached[0]  # type: ignore[return-value]
 
     def _membership_count(self, account: int) -> int:
-        """The live listitems naming the account."""
-        return self._tally(did_key(account), LISTITEM, ".subject")[0]
+        """The live listitems naming the account (``_list_owners_naming`` keeps it)."""
+        return self._list_items_naming(account)[1]
+
+    def _list_owners_naming(self, member: int) -> BitMap:
+        """The active accounts with a listitem naming ``member`` (in any of their lists):
+        a list can hold it only if its owner is one."""
+        return self._list_items_naming(member)[0]
+
+    def _list_items_naming(self, member: int) -> tuple[BitMap, int]:
+        """(the owners, the number) of the live listitems naming ``member``, memoized per
+        snapshot."""
+        memo_key = (did_key(member), -4)
+        cached = self._memo.get(memo_key)
+        if cached is None:
+            total, owners = self._tally(did_key(member), LISTITEM, ".subject")
+            cached = self._memo[memo_key] = [owners, total]  # type: ignore[list-item]
+        return cached[0], cached[1]  # type: ignore[return-value]
 
     def _blocker_side(self, blocker: int, blocked: int, sharing: int = 1) -> bool:
         """Whether ``_list_block_by`` reads the blocker's list blocks (exact when it has at
@@ -280,24 +300,14 @@ class GraphQueries(ListQueries):
         """(the blocker's listblock of a list that contains ``blocked``, that list's uri),
         or ("", ""): the list whose listblock (the oldest live one of each list) is the
         newest."""
-        lists = self._blocked_lists(blocker)
-        if not lists:
-            return "", ""
         owners = self._list_owners_naming(blocked)  # most lists' owners never named it: no read
-        for sk, list_key in lists:
+        if not owners:
+            return "", ""
+        for sk, list_key in self._blocked_lists(blocker):
             owner = key_account(list_key)
             if owner is not None and owner in owners and self._member_item(list_key, blocked):
                 return self._uri(blocker, LISTBLOCK, sk), self._target_name(list_key)
         return "", ""
-
-    def _list_owners_naming(self, member: int) -> BitMap:
-        """The active accounts with a listitem naming ``member`` (in any of their lists),
-        memoized per snapshot: a list can hold it only if its owner is one."""
-        memo_key = (did_key(member), -4)
-        cached = self._memo.get(memo_key)
-        if cached is None:
-            cached = self._memo[memo_key] = [self._tally(did_key(member), LISTITEM, ".subject")[1]]  # type: ignore[list-item]
-        return cached[0]  # type: ignore[return-value]
 
     def _list_blocked_by(self, blocked: int, blocker: int) -> tuple[str, str]:
         """``_list_block_ref(blocker, blocked)`` read from the blocked account's side: the

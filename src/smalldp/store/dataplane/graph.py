@@ -198,7 +198,7 @@ class GraphQueries(ListQueries):
         return cached[0]  # type: ignore[return-value]
 
     def _membership_count(self, account: int) -> int:
-        """The live listitems naming the account (``_list_owners_naming`` keeps it)."""
+        """The live listitems naming the account (memoized with their owners)."""
         return self._list_items_naming(account)[1]
 
     def _list_owners_naming(self, member: int) -> BitMap:
@@ -259,9 +259,9 @@ class GraphQueries(ListQueries):
         if a is None or b is None:
             return {}
         # Direct blocks either way are read from a's keys (its blocks and its blockers);
-        # a list block either way from the blocker's list blocks, which most accounts do
-        # not have (``_list_block_by``). The callers fetch all of it for every pair at
-        # once: _prefetch_pairs.
+        # a list block from the blocker's list blocks, which most accounts do not have
+        # (b's, from the lists holding a when that is cheaper: ``_list_block_by``). The
+        # callers fetch all of it for every pair at once: _prefetch_pairs.
         found: dict[str, str] = {}
         for kind in BLOCK_KINDS:
             if kind == "blocking":
